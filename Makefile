@@ -1,0 +1,59 @@
+# prospect: every target sets itself up from a machine with only Python 3.11+ and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(wildcard protos/prospect/v1/*.proto)
+STAMP_INSTALL := $(VENV)/.stamp-install
+STAMP_PROTO := prospect/v1/.stamp-proto
+
+.PHONY: setup run up test bench proto lint k8s-validate image clean
+
+setup: $(STAMP_INSTALL) $(STAMP_PROTO)
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "prospect needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# compat mode puts the project root on sys.path, so the generated `prospect` package
+# (made after install, by `make proto`) is importable without reinstalling.
+$(STAMP_INSTALL): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
+	@touch $@
+
+$(STAMP_PROTO): $(PROTOS) $(STAMP_INSTALL)
+	@rm -rf prospect && mkdir -p prospect/v1
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	@touch prospect/__init__.py prospect/v1/__init__.py prospect/py.typed
+	@touch $@
+
+proto:
+	@rm -f $(STAMP_PROTO)
+	@$(MAKE) --no-print-directory $(STAMP_PROTO)
+
+run: setup
+	$(PY) -m services.cli.demo
+
+up: setup
+	$(PY) -m services.cli.stack
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m tests.bench
+
+lint: setup
+	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/mypy
+
+k8s-validate: setup
+	@echo "k8s manifests arrive with the Kubernetes issue"; exit 1
+
+image:
+	docker build -t prospect:dev .
+
+clean:
+	rm -rf $(VENV) prospect data .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Command-line client and local stack launcher for prospect."""

@@ -1,0 +1,214 @@
+"""``prospect``: the command-line client of the jobs gRPC API.
+
+Exit codes: 0 success (for ``watch``: the job COMPLETED), 1 the job ended otherwise,
+2 a gRPC error (printed as ``error: <CODE>: <details>``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf.message import Message
+
+from prospect.v1 import jobs_pb2, jobs_pb2_grpc
+from services.cli import render
+from services.cli.client import (
+    WatchError,
+    campaign_request,
+    job_service,
+    list_all_leads,
+    watch_until_done,
+)
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+RPC_TIMEOUT = 30.0
+STATUS_CHOICES = ("pending", "processing", "completed", "failed", "cancelled")
+
+Command = Callable[[jobs_pb2_grpc.JobServiceStub, argparse.Namespace], Awaitable[int]]
+
+
+def _emit(args: argparse.Namespace, message: Message, text: str) -> None:
+    print(render.to_json(message) if args.json else text)
+
+
+async def watch_job(
+    stub: jobs_pb2_grpc.JobServiceStub, job_id: str, *, as_json: bool = False, after: int = 0
+) -> jobs_pb2.Job:
+    """Show a job's updates until it ends (a live bar on a TTY); return the final job."""
+    line = render.LiveLine()
+
+    def on_update(update: jobs_pb2.JobUpdate) -> None:
+        if as_json:
+            print(render.to_json(update), flush=True)
+        else:
+            line.show(render.progress_line(update))
+
+    def on_retry(reason: str, delay: float) -> None:
+        if not as_json:
+            line.note(f"connection lost ({reason}); resuming in {delay:.1f}s")
+        else:
+            print(f"resuming watch in {delay:.1f}s: {reason}", file=sys.stderr, flush=True)
+
+    try:
+        return await watch_until_done(
+            stub, job_id, on_update, after_version=after, on_retry=on_retry
+        )
+    finally:
+        line.finish()
+
+
+def _exit_for(job: jobs_pb2.Job) -> int:
+    return 0 if job.status == jobs_pb2.JOB_STATUS_COMPLETED else 1
+
+
+async def cmd_submit(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
+    request = campaign_request(
+        args.business_type,
+        args.location,
+        max_results=args.max_results,
+        min_score=args.min_score,
+        budget=args.budget,
+        verify_emails=not args.no_verify,
+        idempotency_key=args.idempotency_key,
+    )
+    response = await stub.SubmitCampaign(request, timeout=RPC_TIMEOUT)
+    _emit(
+        args,
+        response,
+        f"submitted job {response.job_id} (campaign {response.campaign_id}, "
+        f"{render.status_name(response.status)})",
+    )
+    if not args.watch:
+        return 0
+    job = await watch_job(stub, response.job_id, as_json=args.json)
+    if not args.json:
+        print(render.job_summary(job))
+    return _exit_for(job)
+
+
+async def cmd_watch(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
+    job = await watch_job(stub, args.job_id, as_json=args.json, after=args.after_version)
+    if not args.json:
+        print(render.job_summary(job))
+    return _exit_for(job)
+
+
+async def cmd_get(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
+    job = await stub.GetJob(jobs_pb2.GetJobRequest(job_id=args.job_id), timeout=RPC_TIMEOUT)
+    _emit(args, job, render.job_summary(job))
+    return 0
+
+
+async def cmd_cancel(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
+    job = await stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=args.job_id), timeout=RPC_TIMEOUT)
+    _emit(args, job, render.job_summary(job))
+    return 0
+
+
+async def cmd_list(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
+    status = f"JOB_STATUS_{args.status.upper()}" if args.status else None
+    request = jobs_pb2.ListJobsRequest(
+        page_size=args.page_size, page_token=args.page_token, status=status
+    )
+    page = await stub.ListJobs(request, timeout=RPC_TIMEOUT)
+    if args.json:
+        print(render.to_json(page))
+        return 0
+    print(render.jobs_table(page.jobs) if page.jobs else "no jobs")
+    if page.next_page_token:
+        print(f"\nnext page: --page-token {page.next_page_token}")
+    return 0
+
+
+async def cmd_leads(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
+    leads = await list_all_leads(stub, args.job_id, page_size=args.page_size)
+    if args.json:
+        print(render.to_json([render.to_dict(lead) for lead in leads]))
+    elif leads:
+        print(render.leads_table(leads))
+        print(f"\n{len(leads)} leads, {render.format_money(sum(x.cost for x in leads))} in total")
+    else:
+        print("no leads")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prospect", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("JOBS_GRPC_ADDR") or DEFAULT_ADDR,
+        help="jobs service host:port (default: $JOBS_GRPC_ADDR or %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("PROSPECT_TOKEN") or None,
+        help="bearer token for servers in jwt auth mode (default: $PROSPECT_TOKEN)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("submit", help="submit a lead discovery campaign")
+    p.add_argument("business_type", help='e.g. "coffee shop"')
+    p.add_argument("location", help='e.g. "Seattle, WA"')
+    p.add_argument("--max-results", type=int, default=10, help="leads kept (default 10)")
+    p.add_argument("--min-score", type=int, default=50, help="minimum score 0-100 (default 50)")
+    p.add_argument("--budget", type=float, default=0.0, help="USD cap on spend; 0 = none")
+    p.add_argument("--no-verify", action="store_true", help="do not verify emails")
+    p.add_argument("--idempotency-key", default="", help="same key, same job")
+    p.add_argument("--watch", action="store_true", help="watch the job after submitting")
+    p.set_defaults(run=cmd_submit)
+
+    p = sub.add_parser("watch", help="follow a job live until it ends")
+    p.add_argument("job_id")
+    p.add_argument("--after-version", type=int, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(run=cmd_watch)
+
+    p = sub.add_parser("get", help="show one job")
+    p.add_argument("job_id")
+    p.set_defaults(run=cmd_get)
+
+    p = sub.add_parser("list", help="list your jobs, newest first")
+    p.add_argument("--status", choices=STATUS_CHOICES, help="only jobs in this status")
+    p.add_argument("--page-size", type=int, default=20)
+    p.add_argument("--page-token", default="")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(run=cmd_cancel)
+
+    p = sub.add_parser("leads", help="the leads of a job")
+    p.add_argument("job_id")
+    p.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
+    p.set_defaults(run=cmd_leads)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    command: Command = args.run
+    async with job_service(args.addr, token=args.token) as stub:
+        return await command(stub, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 2
+    except WatchError as err:
+        print(f"error: UNAVAILABLE: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Plain-text rendering for the prospect CLI: progress bars, job summaries, tables, money.
+
+Pure functions from protobuf messages to strings, plus :class:`LiveLine`, the one piece
+that writes to a terminal. Nothing here talks to the network.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from prospect.v1 import jobs_pb2
+from services.cli.client import is_terminal
+
+BAR_WIDTH = 20
+
+
+def format_money(amount: float) -> str:
+    """USD with cents (``$1,234.50``); sub-cent amounts keep a third decimal (``$0.008``)."""
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    if 0 < amount < 0.01:
+        return f"{sign}${amount:.3f}"
+    return f"{sign}${amount:,.2f}"
+
+
+def progress_bar(percent: float, width: int = BAR_WIDTH) -> str:
+    """``[#########-----------]``: ``width`` cells filled in proportion to ``percent``."""
+    percent = min(100.0, max(0.0, percent))
+    filled = int(width * percent / 100)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def status_name(status: int) -> str:
+    """``COMPLETED`` for ``JOB_STATUS_COMPLETED``."""
+    return jobs_pb2.JobStatus.Name(status).removeprefix("JOB_STATUS_")
+
+
+def stage_name(stage: int) -> str:
+    """``ENRICHING`` for ``STAGE_ENRICHING``."""
+    return jobs_pb2.Stage.Name(stage).removeprefix("STAGE_")
+
+
+def metrics_text(m: jobs_pb2.JobMetrics) -> str:
+    return (
+        f"found {m.businesses_found} qualified {m.qualified_leads} "
+        f"enriched {m.leads_enriched} {format_money(m.total_cost)}"
+    )
+
+
+def progress_line(update: jobs_pb2.JobUpdate, width: int = BAR_WIDTH) -> str:
+    """One line for one update: bar, percent, stage (or final status), metrics, message."""
+    job = update.job
+    phase = status_name(job.status) if is_terminal(job.status) else stage_name(job.stage)
+    line = (
+        f"{progress_bar(job.progress, width)} {job.progress:3d}%  {phase:<10} "
+        f"{metrics_text(job.metrics)}"
+    )
+    if update.message:
+        line += f"  {update.message}"
+    if job.error:
+        line += f"  error: {job.error}"
+    return line
+
+
+def job_summary(job: jobs_pb2.Job) -> str:
+    """A multi-line, aligned description of one job."""
+    c, m = job.config, job.metrics
+    rows: list[tuple[str, str]] = [
+        ("job", job.id),
+        ("campaign", job.campaign_id),
+        ("status", status_name(job.status)),
+        ("stage", f"{stage_name(job.stage)} ({job.progress}%)"),
+        ("query", f"{c.business_type} in {c.location}"),
+        (
+            "limits",
+            f"max {c.max_results} leads, min score {c.min_confidence_score}, "
+            f"budget {format_money(c.budget_limit) if c.budget_limit else 'none'}, "
+            f"verify emails {'yes' if c.verify_emails else 'no'}",
+        ),
+        ("found", str(m.businesses_found)),
+        ("qualified", str(m.qualified_leads)),
+        ("enriched", f"{m.leads_enriched} (emails found {m.emails_found})"),
+        ("verified", str(m.emails_verified)),
+        ("total cost", format_money(m.total_cost)),
+        ("avg score", f"{m.avg_confidence:.1f}"),
+    ]
+    if m.leads_skipped_budget:
+        rows.append(("over budget", f"{m.leads_skipped_budget} leads skipped"))
+    if m.providers:
+        rows.append(("providers", ", ".join(f"{k}={v}" for k, v in sorted(m.providers.items()))))
+    if m.sandbox:
+        rows.append(("note", "sandbox providers: simulated data and costs, nothing was billed"))
+    if job.error:
+        rows.append(("error", job.error))
+    rows.append(("attempts", f"{job.attempts}/{job.max_attempts}" if job.max_attempts else "-"))
+    for label, ts in (("created", job.created_at), ("started", job.started_at)):
+        if ts.seconds:
+            rows.append((label, ts.ToDatetime().isoformat(timespec="seconds") + "Z"))
+    if job.completed_at.seconds:
+        rows.append(("finished", job.completed_at.ToDatetime().isoformat(timespec="seconds") + "Z"))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:
+    """Columns padded to their widest cell; the column indexes in ``right`` align right."""
+    body = [list(map(str, row)) for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    right_set = set(right)
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(w) if i in right_set else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = ["-" * w for w in widths]
+    return "\n".join([line(headers), line(rule), *(line(row) for row in body)])
+
+
+def leads_table(leads: Iterable[jobs_pb2.Lead]) -> str:
+    headers = ("NAME", "SCORE", "EMAIL", "EMAIL STATUS", "PHONE", "WEBSITE", "COST")
+    rows = [
+        (
+            lead.business_name,
+            str(lead.confidence_score),
+            lead.email or "-",
+            lead.email_status or "-",
+            lead.phone or "-",
+            lead.website or "-",
+            format_money(lead.cost),
+        )
+        for lead in leads
+    ]
+    return table(headers, rows, right=(1, 6))
+
+
+def jobs_table(jobs: Iterable[jobs_pb2.Job]) -> str:
+    headers = ("JOB", "STATUS", "STAGE", "PROGRESS", "QUERY", "LEADS", "COST", "CREATED")
+    rows = [
+        (
+            job.id,
+            status_name(job.status),
+            stage_name(job.stage),
+            f"{job.progress}%",
+            f"{job.config.business_type} in {job.config.location}",
+            str(job.metrics.qualified_leads),
+            format_money(job.metrics.total_cost),
+            job.created_at.ToDatetime().isoformat(timespec="seconds") + "Z"
+            if job.created_at.seconds
+            else "-",
+        )
+        for job in jobs
+    ]
+    return table(headers, rows, right=(3, 5, 6))
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready data, proto field names, defaults included."""
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def to_json(data: Message | Mapping[str, Any] | list[Any]) -> str:
+    return json.dumps(to_dict(data) if isinstance(data, Message) else data, sort_keys=True)
+
+
+def stack_banner(jobs_addr: str, nats_url: str, monitor_url: str, database_url: str) -> str:
+    """What ``make up`` prints once everything is ready: addresses and commands to try."""
+    body = (
+        '{"config": {"business_type": "coffee shop", "location": "Seattle, WA", '
+        '"max_results": 10, "min_confidence_score": 50, "verify_emails": true}}'
+    )
+    return (
+        f"\nprospect is up\n"
+        f"  jobs gRPC API  {jobs_addr}\n"
+        f"  NATS           {nats_url} (monitor {monitor_url})\n"
+        f"  database       {database_url}\n\n"
+        f"try:\n"
+        f"  .venv/bin/prospect --addr {jobs_addr} submit 'coffee shop' 'Seattle, WA' --watch\n"
+        f"  .venv/bin/prospect --addr {jobs_addr} list\n"
+        f"  .venv/bin/prospect --addr {jobs_addr} leads JOB_ID\n"
+        f"  grpcurl -plaintext {jobs_addr} list\n"
+        f"  grpcurl -plaintext -d '{body}' {jobs_addr} prospect.v1.JobService/SubmitCampaign\n\n"
+        f"Ctrl-C stops everything.\n"
+    )
+
+
+class LiveLine:
+    """Shows successive lines: redrawn in place on a TTY, one per call otherwise."""
+
+    def __init__(self, out: IO[str] | None = None, *, tty: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self._open = False  # a redrawn line is on screen without its newline
+
+    def show(self, text: str) -> None:
+        if not self.tty:
+            self.out.write(text + "\n")
+        else:
+            # Never wider than the terminal: a wrapped line cannot be redrawn with \r.
+            columns = shutil.get_terminal_size((100, 24)).columns
+            if len(text) >= columns:
+                text = text[: max(1, columns - 2)] + "…"
+            self.out.write("\r" + text + "\x1b[K")
+            self._open = True
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        """A line that stays (reconnect notices and such), kept apart from the live line."""
+        self.finish()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        """End the live line so later output starts on a fresh one."""
+        if self._open:
+            self.out.write("\n")
+            self.out.flush()
+            self._open = False

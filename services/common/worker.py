@@ -1,0 +1,151 @@
+"""What both workers share: the pull loop over a durable consumer, heartbeats, reporting,
+and the process start-up around them.
+
+Each message's fate is explicit (nats.py style): the handler acks after its report is
+published, naks with a delay to retry, or terms a message that can never succeed. While a
+handler runs, ``in_progress()`` heartbeats keep JetStream from redelivering a live task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from prospect.v1 import work_pb2
+from services.common import bus
+from services.common.logs import setup_logging
+from services.common.providers import Charge
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+def retry_delay(delivery: int, base: float = 1.0, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter for the ``delivery``-th attempt (1-based)."""
+    return random.uniform(base / 2, min(cap, base * 2 ** (delivery - 1)))
+
+
+def charges_proto(charges: list[Charge]) -> list[work_pb2.Charge]:
+    return [
+        work_pb2.Charge(provider=c.provider, operation=c.operation, cost_usd=c.cost_usd)
+        for c in charges
+    ]
+
+
+async def publish_report(js: JetStreamContext, report: work_pb2.WorkerReport) -> None:
+    """Stamp and publish a report; its report_id is the Nats-Msg-Id."""
+    stamp = Timestamp()
+    stamp.FromNanoseconds(time.time_ns())
+    report.published_at.CopyFrom(stamp)
+    await bus.publish_proto(js, bus.events_subject(report.job_id), report, report.report_id)
+
+
+class TaskRunner:
+    """Runs ``handler`` on messages of one durable pull consumer, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        consumer: str,
+        handler: Handler,
+        concurrency: int,
+        heartbeat_s: float,
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._consumer = consumer
+        self._handler = handler
+        self._concurrency = concurrency
+        self._heartbeat_s = heartbeat_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event, grace: float) -> None:
+        psub = await self._js.pull_subscribe_bind(self._consumer, self._stream)
+        while not stop.is_set():
+            free = self._concurrency - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await psub.fetch(free, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue  # idle, not an error
+            except Exception as exc:  # disconnected: the client reconnects by itself
+                log.warning("fetch from %s failed: %s", self._consumer, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._run_one(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        # Shutdown: no new fetches; give in-flight tasks the grace period.
+        if self._tasks:
+            log.info("waiting for %d in-flight task(s)", len(self._tasks))
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+
+    async def _run_one(self, msg: Msg) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            await self._handler(msg)
+        except asyncio.CancelledError:
+            # Out of grace: hand the task back so another replica takes it at once.
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=0.5)
+            raise
+        except Exception:
+            log.exception("task on %s failed unexpectedly; will retry", msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+
+WorkerFactory = Callable[
+    [Settings, JetStreamContext, bus.CancelRegistry], tuple[Handler, str, str, int]
+]
+
+
+def worker_main(name: str, factory: WorkerFactory) -> None:
+    """Entry point of a worker process: settings, logging, NATS, the loop, SIGTERM."""
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, name)
+    asyncio.run(_serve(name, settings, factory))
+
+
+async def _serve(name: str, settings: Settings, factory: WorkerFactory) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    nc = await bus.connect(settings, f"prospect-{name}")
+    js = nc.jetstream()
+    await bus.ensure_topology(js, settings)
+    cancels = await bus.CancelRegistry.open(nc, js)
+    handler, stream, consumer, concurrency = factory(settings, js, cancels)
+    runner = TaskRunner(js, stream, consumer, handler, concurrency, settings.ack_wait_s / 3)
+    log.info("%s worker ready (consumer %s, %d at a time)", name, consumer, concurrency)
+    await runner.run(stop, settings.shutdown_grace_s)
+    with contextlib.suppress(Exception):
+        await nc.drain()
+    log.info("%s worker stopped", name)

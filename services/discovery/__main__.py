@@ -1,0 +1,3 @@
+from services.discovery.worker import main
+
+main()

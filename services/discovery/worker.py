@@ -1,0 +1,225 @@
+"""Discovery worker: text search, details per place, scoring and qualification.
+
+One task per job. Reports go to the jobs service as they happen (search done: 10; details
+done: 30; the qualified places), each carrying the charges of the calls made since the
+last report, so every billable call is accounted for whatever happens next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from prospect.v1 import jobs_pb2, work_pb2
+from services.common import bus
+from services.common.bus import CancelRegistry
+from services.common.errors import ProviderError
+from services.common.providers import Charge, PlaceDetails, Providers, select_providers
+from services.common.settings import Settings
+from services.common.worker import (
+    Handler,
+    charges_proto,
+    publish_report,
+    retry_delay,
+    worker_main,
+)
+from services.discovery.scoring import qualify, score_place
+
+log = logging.getLogger(__name__)
+
+# Text Search pages hold 20 places and stop at 60: ask for twice what the user keeps, so
+# scoring has something to choose from.
+SEARCH_MIN, SEARCH_MAX = 20, 60
+
+
+class Cancelled(Exception):
+    """The job was cancelled: stop making paid calls."""
+
+
+def to_place(details: PlaceDetails, score: int) -> work_pb2.Place:
+    return work_pb2.Place(
+        place_id=details.place_id,
+        name=details.name,
+        address=details.address,
+        phone=details.phone,
+        website=details.website,
+        rating=details.rating,
+        review_count=details.review_count,
+        business_status=details.business_status,
+        types=list(details.types),
+        confidence_score=score,
+        address_complete=details.address_complete,
+    )
+
+
+@dataclass
+class _Run:
+    """One delivery of one discovery task, and the charges not yet reported."""
+
+    task: work_pb2.DiscoveryTask
+    delivery: int
+    unreported: list[Charge] = field(default_factory=list)
+    spent: float = 0.0
+    reports: int = 0
+
+    def charge(self, charges: list[Charge]) -> None:
+        self.unreported += charges
+        self.spent += sum(c.cost_usd for c in charges)
+
+    def next_report_id(self, what: str) -> str:
+        self.reports += 1
+        t = self.task
+        return f"discovery.{t.job_id}.{t.attempt}.{self.delivery}.{self.reports}.{what}"
+
+
+class DiscoveryWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        cancels: CancelRegistry,
+        providers: Providers,
+    ) -> None:
+        self._settings = settings
+        self._js = js
+        self._cancels = cancels
+        self._providers = providers
+
+    async def _report(self, run: _Run, what: str, **body: object) -> None:
+        report = work_pb2.WorkerReport(
+            report_id=run.next_report_id(what),
+            job_id=run.task.job_id,
+            charges=charges_proto(run.unreported),
+            providers={"places": self._providers.places.name},
+            **body,  # type: ignore[arg-type]
+        )
+        await publish_report(self._js, report)
+        run.unreported = []
+
+    def _check_cancelled(self, run: _Run) -> None:
+        if self._cancels.is_cancelled(run.task.job_id):
+            raise Cancelled
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            task = work_pb2.DiscoveryTask.FromString(msg.data)
+        except DecodeError:
+            log.error("undecodable discovery task dropped")
+            await msg.term()
+            return
+        if await self._cancels.refresh(task.job_id):
+            await msg.ack()  # queued task of a cancelled job: drop it
+            return
+        run = _Run(task, msg.metadata.num_delivered)
+        try:
+            await self._discover(run)
+        except Cancelled:
+            if run.unreported:
+                await self._charges_only(run, "Calls made before the cancel reached discovery")
+            await msg.ack()
+            return
+        except ProviderError as exc:
+            final = not exc.retryable or run.delivery >= self._settings.max_deliver
+            if final:
+                await self._report(
+                    run,
+                    "failure",
+                    task_failure=work_pb2.TaskFailure(
+                        stage=jobs_pb2.STAGE_DISCOVERING,
+                        provider=exc.provider,
+                        error=str(exc),
+                        permanent=not exc.retryable,
+                    ),
+                )
+                await msg.ack()
+            else:
+                if run.unreported:
+                    await self._charges_only(run, f"Discovery interrupted ({exc}); retrying")
+                await msg.nak(delay=exc.retry_after or retry_delay(run.delivery))
+            return
+        await msg.ack()
+
+    async def _charges_only(self, run: _Run, note: str) -> None:
+        await self._report(run, "charges", charges_only=work_pb2.ChargesOnly(note=note))
+
+    async def _progress(self, run: _Run, progress: int, found: int, message: str) -> None:
+        await self._report(
+            run,
+            "progress",
+            discovery_progress=work_pb2.DiscoveryProgress(
+                stage=jobs_pb2.STAGE_DISCOVERING,
+                progress=progress,
+                businesses_found=found,
+                message=message,
+            ),
+        )
+
+    async def _discover(self, run: _Run) -> None:
+        config = run.task.config
+        places = self._providers.places
+        await self._progress(
+            run, 0, 0, f"Searching for {config.business_type} in {config.location}"
+        )
+        limit = min(SEARCH_MAX, max(SEARCH_MIN, 2 * config.max_results))
+        page = await places.search(config.business_type, config.location, limit)
+        run.charge(page.charges)
+        found = len(page.places)
+        await self._progress(run, 10, found, f"Found {found} businesses")
+
+        details = await self._details(run, [p.place_id for p in page.places])
+        await self._progress(run, 30, found, f"Fetched details for {len(details)} businesses")
+
+        scored = [(d, score_place(d, config.business_type)) for d in details]
+        kept = qualify(scored, config.min_confidence_score, config.max_results)
+        await self._report(
+            run,
+            "result",
+            discovery_result=work_pb2.DiscoveryResult(
+                businesses_found=found, qualified=[to_place(d, s) for d, s in kept]
+            ),
+        )
+
+    async def _details(self, run: _Run, place_ids: list[str]) -> list[PlaceDetails]:
+        """Details for each place, a bounded number at a time, within the budget."""
+        budget = run.task.config.budget_limit
+        gate = asyncio.Semaphore(self._settings.details_concurrency)
+        call_cost = 0.0  # learnt from the first call; paces the rest under a budget
+        results: dict[str, PlaceDetails] = {}
+
+        async def one(place_id: str) -> None:
+            nonlocal call_cost
+            async with gate:
+                self._check_cancelled(run)
+                if budget and call_cost and run.spent + call_cost > budget:
+                    return  # over budget: this place goes unscored
+                result = await self._providers.places.details(place_id)
+                run.charge(result.charges)
+                call_cost = max(call_cost, sum(c.cost_usd for c in result.charges))
+                results[place_id] = result.details
+
+        outcomes = await asyncio.gather(*(one(p) for p in place_ids), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [results[p] for p in place_ids if p in results]
+
+
+def build(
+    settings: Settings, js: JetStreamContext, cancels: CancelRegistry
+) -> tuple[Handler, str, str, int]:
+    worker = DiscoveryWorker(settings, js, cancels, select_providers(settings))
+    return (
+        worker.handle,
+        bus.WORK_STREAM,
+        bus.DISCOVERY_CONSUMER,
+        settings.discovery_concurrency,
+    )
+
+
+def main() -> None:
+    worker_main("discovery", build)

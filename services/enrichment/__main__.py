@@ -1,0 +1,3 @@
+from services.enrichment.worker import main
+
+main()

@@ -1,0 +1,3 @@
+from services.jobs.server import main
+
+main()

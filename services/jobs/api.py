@@ -1,0 +1,192 @@
+"""RPC handlers of prospect.v1.JobService: validate, scope to the caller, call, map errors.
+
+Domain errors become status codes here and only here; anything unexpected is logged and
+answered INTERNAL without detail, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from prospect.v1 import jobs_pb2, jobs_pb2_grpc
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ProspectError,
+    ResourceExhausted,
+)
+from services.jobs import store, validation
+from services.jobs.auth import current_user
+from services.jobs.convert import job_proto, lead_proto, status_from_proto
+from services.jobs.fanout import Fanout
+from services.jobs.machine import Status
+from services.jobs.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+
+# A watcher re-reads the job when no update arrived for this long, so a snapshot lost on
+# core NATS (e.g. during a server restart) is caught up, terminal one included.
+WATCH_RESYNC_S = 2.0
+
+_CODES: dict[type[ProspectError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+R = TypeVar("R")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    for kind, code in _CODES.items():
+        if isinstance(exc, kind):
+            await context.abort(code, str(exc))
+    log.exception("unexpected error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def unary(
+    handler: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await handler(self, request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def streaming(
+    handler: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]]:
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+def _terminal(job: jobs_pb2.Job) -> bool:
+    return job.status in (
+        jobs_pb2.JOB_STATUS_COMPLETED,
+        jobs_pb2.JOB_STATUS_FAILED,
+        jobs_pb2.JOB_STATUS_CANCELLED,
+    )
+
+
+class JobService(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        orchestrator: Orchestrator,
+        fanout: Fanout,
+        tokens: validation.PageTokens,
+    ) -> None:
+        self._sessions = sessions
+        self._orchestrator = orchestrator
+        self._fanout = fanout
+        self._tokens = tokens
+
+    @unary
+    async def SubmitCampaign(
+        self, request: jobs_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitCampaignResponse:
+        config, key = validation.validate_submit(request)
+        job = await self._orchestrator.submit(current_user(), config, key)
+        return jobs_pb2.SubmitCampaignResponse(
+            job_id=job.id,
+            campaign_id=job.campaign_id,
+            status=jobs_pb2.JobStatus.Value(f"JOB_STATUS_{job.status}"),
+        )
+
+    @unary
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        job_id = validation.validate_job_id(request.job_id)
+        async with self._sessions() as session:
+            return job_proto(await store.job_for_user(session, current_user(), job_id))
+
+    @unary
+    async def ListJobs(
+        self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobsResponse:
+        page_size = validation.validate_page_size(request.page_size)
+        status: Status | None = status_from_proto(validation.validate_status(request.status))
+        async with self._sessions() as session:
+            rows, token = await store.list_jobs(
+                session, self._tokens, current_user(), page_size, request.page_token, status
+            )
+        return jobs_pb2.ListJobsResponse(jobs=[job_proto(r) for r in rows], next_page_token=token)
+
+    @unary
+    async def CancelJob(
+        self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Job:
+        job_id = validation.validate_job_id(request.job_id)
+        return job_proto(await self._orchestrator.cancel(current_user(), job_id))
+
+    @unary
+    async def ListLeads(
+        self, request: jobs_pb2.ListLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListLeadsResponse:
+        job_id = validation.validate_job_id(request.job_id)
+        page_size = validation.validate_page_size(request.page_size)
+        async with self._sessions() as session:
+            job = await store.job_for_user(session, current_user(), job_id)
+            rows, token = await store.list_leads(
+                session, self._tokens, job, page_size, request.page_token
+            )
+        return jobs_pb2.ListLeadsResponse(
+            leads=[lead_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def _snapshot(self, user: str, job_id: str) -> jobs_pb2.JobUpdate:
+        async with self._sessions() as session:
+            row = await store.job_for_user(session, user, job_id)
+            return jobs_pb2.JobUpdate(job=job_proto(row), message=row.message)
+
+    @streaming
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.JobUpdate]:
+        job_id = validation.validate_job_id(request.job_id)
+        if request.after_version < 0:
+            raise InvalidArgument("after_version", "must not be negative")
+        user = current_user()
+        # Listen before reading the snapshot, so no change falls between the two.
+        async with self._fanout.watch(job_id) as queue:
+            update = await self._snapshot(user, job_id)
+            last = request.after_version
+            while True:
+                if update.job.version > last:
+                    last = update.job.version
+                    yield update
+                    if _terminal(update.job):
+                        return
+                elif _terminal(update.job):
+                    return  # the caller already has the terminal snapshot
+                try:
+                    update = await asyncio.wait_for(queue.get(), WATCH_RESYNC_S)
+                except TimeoutError:
+                    update = await self._snapshot(user, job_id)

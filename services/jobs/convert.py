@@ -1,0 +1,137 @@
+"""Conversions between rows, machine state and protobuf messages (one place for all)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from prospect.v1 import jobs_pb2
+from services.jobs.machine import JobState, Metrics, Stage, Status
+from services.jobs.models import JobRow, LeadRow
+
+
+def micros_to_usd(micros: int) -> float:
+    return micros / 1_000_000
+
+
+def usd_to_micros(usd: float) -> int:
+    return round(usd * 1_000_000)
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def config_to_json(config: jobs_pb2.CampaignConfig) -> dict[str, Any]:
+    return {
+        "business_type": config.business_type,
+        "location": config.location,
+        "max_results": config.max_results,
+        "min_confidence_score": config.min_confidence_score,
+        "budget_limit": config.budget_limit,
+        "verify_emails": config.verify_emails,
+    }
+
+
+def config_from_json(data: dict[str, Any]) -> jobs_pb2.CampaignConfig:
+    return jobs_pb2.CampaignConfig(**data)
+
+
+def state_of(row: JobRow) -> JobState:
+    return JobState(
+        status=Status(row.status),
+        stage=Stage(row.stage),
+        progress=row.progress,
+        version=row.version,
+        metrics=Metrics.from_json(row.metrics),
+        error=row.error,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        budget_micros=usd_to_micros(float(row.config.get("budget_limit", 0.0))),
+    )
+
+
+def store_state(row: JobRow, state: JobState, message: str, now: datetime) -> None:
+    """Write ``state`` onto ``row``, stamping started/completed times on the way."""
+    if state.status != Status.PENDING and row.started_at is None:
+        row.started_at = now
+    if state.status.terminal and row.completed_at is None:
+        row.completed_at = now
+    row.status = state.status.value
+    row.stage = state.stage.value
+    row.progress = state.progress
+    row.version = state.version
+    row.metrics = state.metrics.to_json()
+    row.error = state.error
+    row.attempts = state.attempts
+    row.message = message
+    row.updated_at = now
+
+
+def metrics_proto(m: Metrics) -> jobs_pb2.JobMetrics:
+    return jobs_pb2.JobMetrics(
+        businesses_found=m.businesses_found,
+        qualified_leads=m.qualified_leads,
+        leads_enriched=m.leads_enriched,
+        total_cost=micros_to_usd(m.total_cost_micros),
+        avg_confidence=m.avg_confidence,
+        emails_verified=m.emails_verified,
+        providers=m.providers,
+        sandbox=m.sandbox,
+        emails_found=m.emails_found,
+        leads_skipped_budget=m.leads_skipped_budget,
+    )
+
+
+def job_proto(row: JobRow, state: JobState | None = None) -> jobs_pb2.Job:
+    """The API's view of a job: the row, or the row at an intermediate ``state``."""
+    s = state or state_of(row)
+    return jobs_pb2.Job(
+        id=row.id,
+        campaign_id=row.campaign_id,
+        user_id=row.user_id,
+        status=jobs_pb2.JobStatus.Value(f"JOB_STATUS_{s.status.value}"),
+        stage=jobs_pb2.Stage.Value(f"STAGE_{s.stage.value}"),
+        progress=s.progress,
+        version=s.version,
+        config=config_from_json(row.config),
+        metrics=metrics_proto(s.metrics),
+        error=s.error,
+        attempts=s.attempts,
+        max_attempts=s.max_attempts,
+        created_at=timestamp(row.created_at),
+        started_at=timestamp(row.started_at),
+        completed_at=timestamp(row.completed_at) if s.status.terminal else None,
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def status_from_proto(value: int) -> Status | None:
+    """The machine's status for a proto JobStatus; None for UNSPECIFIED."""
+    if value == jobs_pb2.JOB_STATUS_UNSPECIFIED:
+        return None
+    return Status(jobs_pb2.JobStatus.Name(value).removeprefix("JOB_STATUS_"))
+
+
+def lead_proto(row: LeadRow) -> jobs_pb2.Lead:
+    return jobs_pb2.Lead(
+        id=row.id,
+        campaign_id=row.campaign_id,
+        place_id=row.place_id,
+        business_name=row.business_name,
+        address=row.address,
+        phone=row.phone,
+        website=row.website,
+        email=row.email,
+        email_status=row.email_status,
+        confidence_score=row.confidence_score,
+        cost=micros_to_usd(row.cost_micros),
+        rating=row.rating,
+        review_count=row.review_count,
+    )

@@ -1,0 +1,158 @@
+"""Tables of the jobs service (SQLAlchemy 2.0 typed models).
+
+The jobs service is the only writer. Money is stored as integer micro-dollars so that sums
+are exact; the API converts to dollars at the edge.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncAttrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so Alembic migrations are the same on SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(AsyncAttrs, DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Tz(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite drops tzinfo; put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_jobs_user_idempotency"),
+        Index("ix_jobs_user_created", "user_id", "created_at"),
+        Index("ix_jobs_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(40))
+    user_id: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(32), default="campaign")
+    status: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(BigInteger, default=1)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    error: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")  # the latest human progress line
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+    # Optimistic concurrency: several jobs replicas apply reports; an UPDATE that finds the
+    # version changed under it raises StaleDataError and the report is applied again.
+    __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    business_type: Mapped[str] = mapped_column(String(200))
+    location: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    results_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    avg_confidence: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
+
+
+class LeadRow(Base):
+    __tablename__ = "leads"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "place_id", name="uq_leads_campaign_place"),
+        Index("ix_leads_job_rank", "job_id", "rank"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str] = mapped_column(String(40))
+    place_id: Mapped[str] = mapped_column(String(300))
+    rank: Mapped[int] = mapped_column(Integer)  # 0 = best score; dispatch and listing order
+    business_name: Mapped[str] = mapped_column(String(300))
+    address: Mapped[str] = mapped_column(String(500), default="")
+    phone: Mapped[str] = mapped_column(String(64), default="")
+    website: Mapped[str] = mapped_column(String(500), default="")
+    rating: Mapped[float] = mapped_column(Float, default=0.0)
+    review_count: Mapped[int] = mapped_column(Integer, default=0)
+    confidence_score: Mapped[int] = mapped_column(Integer)
+    email: Mapped[str] = mapped_column(String(320), default="")
+    email_status: Mapped[str] = mapped_column(String(32), default="pending")
+    # pending -> dispatched -> enriched | skipped (budget) | failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class OutboxRow(Base):
+    """A message to publish after its transaction commits; deleted once JetStream has it.
+
+    ``id`` doubles as the Nats-Msg-Id, so a re-publish after a crash is de-duplicated.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow, index=True)
+
+
+class AppliedReportRow(Base):
+    """Worker reports already applied: a redelivered report finds its id here and is dropped."""
+
+    __tablename__ = "applied_reports"
+
+    report_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    applied_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)

@@ -1,0 +1,412 @@
+"""Orchestration: submit, cancel, and applying worker reports to job state.
+
+Every write goes through here, in one transaction each: load the job, run the pure state
+machine (:mod:`services.jobs.machine`), carry out its effects on leads and the outbox, store
+the new state. After commit: publish the outbox rows and the snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import nats.errors
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from prospect.v1 import jobs_pb2, work_pb2
+from services.common import bus
+from services.common.errors import FailedPrecondition
+from services.common.settings import Settings
+from services.jobs import machine as m
+from services.jobs.convert import config_to_json, job_proto, state_of, store_state, usd_to_micros
+from services.jobs.fanout import Fanout
+from services.jobs.models import (
+    AppliedReportRow,
+    CampaignRow,
+    JobRow,
+    LeadRow,
+    OutboxRow,
+    utcnow,
+)
+from services.jobs.outbox import Outbox, outbox_row
+from services.jobs.store import job_for_user
+
+log = logging.getLogger(__name__)
+
+STALE_RETRIES = 8
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def discovery_task_row(job: JobRow, attempt: int) -> OutboxRow:
+    task = work_pb2.DiscoveryTask(
+        job_id=job.id,
+        campaign_id=job.campaign_id,
+        config=jobs_pb2.CampaignConfig(**job.config),
+        attempt=attempt,
+    )
+    return outbox_row(f"discovery.{job.id}.{attempt}", bus.DISCOVERY_SUBJECT, task)
+
+
+@dataclass
+class Applied:
+    """What a committed transaction leaves to do."""
+
+    outbox: list[OutboxRow] = field(default_factory=list)
+    updates: list[jobs_pb2.JobUpdate] = field(default_factory=list)
+    job_id: str = ""
+
+
+def _charges_micros(report: work_pb2.WorkerReport) -> int:
+    return sum(usd_to_micros(c.cost_usd) for c in report.charges)
+
+
+def _share(total: int, parts: int) -> list[int]:
+    """Split ``total`` micro-dollars into ``parts`` exact shares, the first ones larger."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        nc: NATS,
+        js: JetStreamContext,
+        fanout: Fanout,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._nc = nc
+        self._js = js
+        self._fanout = fanout
+        self.outbox = Outbox(sessions, js)
+
+    # Submit and cancel ------------------------------------------------------------------
+
+    async def submit(
+        self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str
+    ) -> JobRow:
+        """Record a PENDING job, its campaign and its discovery task; queue the task."""
+        if idempotency_key:
+            existing = await self._by_idempotency_key(user_id, idempotency_key)
+            if existing is not None:
+                return existing
+        now = utcnow()
+        job = JobRow(
+            id=new_id("job"),
+            campaign_id=new_id("cmp"),
+            user_id=user_id,
+            type="campaign",
+            status=m.Status.PENDING.value,
+            stage=m.Stage.QUEUED.value,
+            progress=0,
+            version=1,
+            config=config_to_json(config),
+            metrics=m.Metrics().to_json(),
+            error="",
+            message="Queued",
+            attempts=1,
+            max_attempts=self._settings.job_max_attempts,
+            idempotency_key=idempotency_key or None,
+            created_at=now,
+            updated_at=now,
+        )
+        campaign = CampaignRow(
+            id=job.campaign_id,
+            job_id=job.id,
+            user_id=user_id,
+            business_type=config.business_type,
+            location=config.location,
+            status=job.status,
+            created_at=now,
+        )
+        task = discovery_task_row(job, attempt=1)
+        try:
+            async with self._sessions() as session, session.begin():
+                session.add_all([job, campaign, task])
+        except IntegrityError:
+            # The same key raced in from a concurrent request: that one won.
+            existing = await self._by_idempotency_key(user_id, idempotency_key)
+            if existing is None:
+                raise
+            return existing
+        await self.outbox.publish([task])
+        return job
+
+    async def _by_idempotency_key(self, user_id: str, key: str) -> JobRow | None:
+        async with self._sessions() as session:
+            query = select(JobRow).where(JobRow.user_id == user_id, JobRow.idempotency_key == key)
+            return (await session.scalars(query)).first()
+
+    async def cancel(self, user_id: str, job_id: str) -> JobRow:
+        """Cancel a PENDING or PROCESSING job; a finished one is FailedPrecondition."""
+        for _ in range(STALE_RETRIES):
+            try:
+                async with self._sessions() as session, session.begin():
+                    row = await job_for_user(session, user_id, job_id)
+                    state = state_of(row)
+                    if state.status.terminal:
+                        raise FailedPrecondition(
+                            f"job {job_id} is already {state.status.value}; only pending or "
+                            "processing jobs can be cancelled"
+                        )
+                    result = m.transition(state, m.CancelRequested())
+                    applied = await self._store(session, row, result, None)
+                break
+            except StaleDataError:
+                continue
+        else:
+            raise RuntimeError(f"job {job_id} kept changing during cancel")
+        await bus.CancelRegistry.announce(self._nc, self._js, job_id)
+        await self._after_commit(applied)
+        return row
+
+    # Reports ----------------------------------------------------------------------------
+
+    async def apply_report(self, report: work_pb2.WorkerReport) -> None:
+        """Apply one worker report exactly once, then publish what it caused."""
+        for _ in range(STALE_RETRIES):
+            try:
+                async with self._sessions() as session, session.begin():
+                    applied = await self._apply(session, report)
+                break
+            except StaleDataError:
+                continue  # another replica changed the job first: read it again
+            except IntegrityError:
+                return  # the same report was applied concurrently by another replica
+        else:
+            raise RuntimeError(f"job {report.job_id} kept changing; report will be redelivered")
+        if applied is not None:
+            await self._after_commit(applied)
+
+    async def _apply(self, session: AsyncSession, report: work_pb2.WorkerReport) -> Applied | None:
+        if await session.get(AppliedReportRow, report.report_id) is not None:
+            return None
+        session.add(AppliedReportRow(report_id=report.report_id, job_id=report.job_id))
+        job = await session.get(JobRow, report.job_id)
+        if job is None:
+            log.warning("report %s for unknown job %s dropped", report.report_id, report.job_id)
+            return None
+        event = await self._event_of(session, job, report)
+        result = m.transition(state_of(job), event)
+        return await self._store(session, job, result, report)
+
+    async def _event_of(
+        self, session: AsyncSession, job: JobRow, report: work_pb2.WorkerReport
+    ) -> m.Event:
+        cost = _charges_micros(report)
+        providers = dict(report.providers)
+        body = report.WhichOneof("body")
+        if body == "discovery_progress":
+            p = report.discovery_progress
+            return m.DiscoveryProgressed(
+                p.progress, p.businesses_found, cost, p.message, providers
+            )
+        if body == "discovery_result":
+            r = report.discovery_result
+            scores = [place.confidence_score for place in r.qualified]
+            return m.DiscoveryFinished(r.businesses_found, scores, cost, providers)
+        if body == "charges_only" and not report.charges_only.lead_id:
+            return m.Charged(cost, report.charges_only.note, False, providers)
+        lead_id = {
+            "enrichment_result": report.enrichment_result.lead_id,
+            "task_failure": report.task_failure.lead_id,
+            "charges_only": report.charges_only.lead_id,
+        }.get(body or "", "")
+        lead = await session.get(LeadRow, lead_id) if lead_id else None
+        if lead is not None and lead.job_id != job.id:
+            lead = None
+        first = lead is not None and lead.state in ("pending", "dispatched")
+        if lead is not None:
+            # Every billable call counts, even on a redelivered task's second run.
+            lead.cost_micros += cost
+            lead.updated_at = utcnow()
+        if body == "enrichment_result":
+            r = report.enrichment_result
+            if lead is not None and first:
+                lead.email = r.email
+                lead.email_status = r.email_status
+                lead.state = "enriched"
+            return m.LeadEnriched(
+                cost, bool(r.email), r.email_status == "valid", first and lead is not None,
+                providers,
+            )
+        if body == "charges_only":
+            return m.Charged(cost, report.charges_only.note, True, providers)
+        f = report.task_failure
+        if lead_id and not first:
+            # A failure of a lead already settled, or unknown: only its cost matters.
+            return m.LeadEnriched(cost, False, False, first_report=False, providers=providers)
+        if lead is not None and not f.permanent:
+            lead.state = "failed"
+            lead.email_status = "error"
+        stage = m.Stage(jobs_pb2.Stage.Name(f.stage).removeprefix("STAGE_")) if f.stage else (
+            m.Stage.ENRICHING if lead_id else m.Stage.DISCOVERING
+        )
+        return m.TaskFailed(stage, f.provider, f.error, f.permanent, cost, lead=bool(lead_id))
+
+    async def _store(
+        self,
+        session: AsyncSession,
+        job: JobRow,
+        result: m.Transition,
+        report: work_pb2.WorkerReport | None,
+    ) -> Applied:
+        applied = Applied(job_id=job.id)
+        if result.state is None:
+            return applied
+        for effect in result.effects:
+            applied.outbox += await self._carry_out(session, job, result.state, effect, report)
+        store_state(job, result.state, result.snapshots[-1].message, utcnow())
+        if result.state.status.terminal:
+            campaign = await session.get(CampaignRow, job.campaign_id)
+            if campaign is not None:
+                campaign.status = job.status
+                campaign.completed_at = campaign.completed_at or job.completed_at
+        session.add_all(applied.outbox)
+        stamp = report.published_at if report is not None else None
+        for snap in result.snapshots:
+            update_msg = jobs_pb2.JobUpdate(job=job_proto(job, snap.state), message=snap.message)
+            if stamp is not None and stamp.seconds:
+                update_msg.report_published_at.CopyFrom(stamp)
+            applied.updates.append(update_msg)
+        return applied
+
+    async def _carry_out(
+        self,
+        session: AsyncSession,
+        job: JobRow,
+        state: m.JobState,
+        effect: m.Effect,
+        report: work_pb2.WorkerReport | None,
+    ) -> list[OutboxRow]:
+        match effect:
+            case m.StoreLeads():
+                assert report is not None
+                places = list(report.discovery_result.qualified)
+                shares = _share(state.metrics.discovery_cost_micros, max(1, len(places)))
+                now = utcnow()
+                session.add_all(
+                    LeadRow(
+                        id=new_id("lead"),
+                        campaign_id=job.campaign_id,
+                        job_id=job.id,
+                        place_id=p.place_id,
+                        rank=rank,
+                        business_name=p.name,
+                        address=p.address,
+                        phone=p.phone,
+                        website=p.website,
+                        rating=p.rating,
+                        review_count=p.review_count,
+                        confidence_score=p.confidence_score,
+                        cost_micros=shares[rank],
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    for rank, p in enumerate(places)
+                )
+                await session.flush()
+            case m.ShareCost(micros=micros):
+                leads = await self._leads(session, job.id)
+                for lead, share in zip(leads, _share(micros, max(1, len(leads))), strict=False):
+                    lead.cost_micros += share
+            case m.DispatchLeads(count=count):
+                query = (
+                    select(LeadRow)
+                    .where(LeadRow.job_id == job.id, LeadRow.state == "pending")
+                    .order_by(LeadRow.rank)
+                    .limit(count)
+                )
+                rows = []
+                for lead in (await session.scalars(query)).all():
+                    lead.state = "dispatched"
+                    rows.append(self._enrichment_task(job, lead))
+                return rows
+            case m.SkipPendingLeads():
+                await session.execute(
+                    update(LeadRow)
+                    .where(LeadRow.job_id == job.id, LeadRow.state == "pending")
+                    .values(state="skipped", email_status="skipped_budget")
+                )
+            case m.FinalizeCampaign():
+                campaign = await session.get(CampaignRow, job.campaign_id)
+                if campaign is not None:
+                    campaign.results_count = state.metrics.qualified_leads
+                    campaign.total_cost_micros = state.metrics.total_cost_micros
+                    campaign.avg_confidence = state.metrics.avg_confidence
+            case m.RetryDiscovery(attempt=attempt):
+                return [discovery_task_row(job, attempt)]
+            case m.AnnounceCancel():
+                pass  # done after commit by cancel(), which knows the NATS side
+        return []
+
+    @staticmethod
+    async def _leads(session: AsyncSession, job_id: str) -> list[LeadRow]:
+        query = select(LeadRow).where(LeadRow.job_id == job_id).order_by(LeadRow.rank)
+        return list((await session.scalars(query)).all())
+
+    @staticmethod
+    def _enrichment_task(job: JobRow, lead: LeadRow) -> OutboxRow:
+        task = work_pb2.EnrichmentTask(
+            job_id=job.id,
+            campaign_id=job.campaign_id,
+            lead_id=lead.id,
+            place=work_pb2.Place(
+                place_id=lead.place_id,
+                name=lead.business_name,
+                address=lead.address,
+                phone=lead.phone,
+                website=lead.website,
+                confidence_score=lead.confidence_score,
+            ),
+            verify_emails=bool(job.config.get("verify_emails", False)),
+            attempt=job.attempts,
+        )
+        return outbox_row(f"enrichment.{lead.id}", bus.ENRICHMENT_SUBJECT, task)
+
+    async def _after_commit(self, applied: Applied) -> None:
+        await self.outbox.publish(applied.outbox)
+        for update_msg in applied.updates:
+            await self._fanout.publish(applied.job_id, update_msg)
+
+    # The report consumer ----------------------------------------------------------------
+
+    async def run_report_consumer(self, stop: asyncio.Event) -> None:
+        """Take reports from the shared durable consumer and apply each once."""
+        psub = await self._js.pull_subscribe_bind(bus.JOBS_CONSUMER, bus.EVENTS_STREAM)
+        while not stop.is_set():
+            try:
+                msgs = await psub.fetch(64, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # disconnected: the client reconnects by itself
+                log.warning("report fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    report = work_pb2.WorkerReport.FromString(msg.data)
+                except DecodeError:
+                    log.error("undecodable report on %s dropped", msg.subject)
+                    await msg.term()
+                    continue
+                try:
+                    await self.apply_report(report)
+                except Exception:
+                    log.exception("applying report %s failed; will retry", report.report_id)
+                    await msg.nak(delay=1.0)
+                    continue
+                await msg.ack()

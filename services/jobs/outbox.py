@@ -1,0 +1,77 @@
+"""The transactional outbox (DESIGN.md flow step 1).
+
+Messages to JetStream are written as rows in the same transaction as the state change that
+causes them, published after commit and then deleted. If the process dies in between, the
+relay re-publishes the rows; the row id is the Nats-Msg-Id, so JetStream drops the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.jobs.models import OutboxRow, utcnow
+
+log = logging.getLogger(__name__)
+
+# Rows younger than this belong to a transaction whose own publish is still under way.
+RELAY_MIN_AGE = timedelta(seconds=2)
+RELAY_BATCH = 500
+
+
+def outbox_row(msg_id: str, subject: str, message: Message) -> OutboxRow:
+    return OutboxRow(id=msg_id, subject=subject, payload=message.SerializeToString())
+
+
+class Outbox:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> None:
+        self._sessions = sessions
+        self._js = js
+
+    async def publish(self, rows: list[OutboxRow]) -> None:
+        """Publish committed rows and delete them. On failure the relay tries again later."""
+        if not rows:
+            return
+        done: list[str] = []
+        try:
+            for row in rows:
+                await self._js.publish(row.subject, row.payload, headers={"Nats-Msg-Id": row.id})
+                done.append(row.id)
+        except Exception as exc:  # NATS down or slow: the relay will pick the rest up
+            log.warning("outbox publish deferred (%d of %d sent): %s", len(done), len(rows), exc)
+        if done:
+            async with self._sessions() as session, session.begin():
+                await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(done)))
+
+    async def relay_once(self) -> int:
+        """Publish rows left behind by a crash or an earlier failure. Returns how many."""
+        async with self._sessions() as session:
+            query: Any = (
+                select(OutboxRow)
+                .where(OutboxRow.created_at < utcnow() - RELAY_MIN_AGE)
+                .order_by(OutboxRow.created_at)
+                .limit(RELAY_BATCH)
+            )
+            rows = list((await session.scalars(query)).all())
+        if rows:
+            log.info("outbox relay: re-publishing %d message(s)", len(rows))
+            await self.publish(rows)
+        return len(rows)
+
+    async def run_relay(self, stop: asyncio.Event, interval: float) -> None:
+        while not stop.is_set():
+            try:
+                await self.relay_once()
+            except Exception:
+                log.exception("outbox relay failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass

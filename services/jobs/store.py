@@ -1,0 +1,72 @@
+"""Read queries of the API, always scoped to the caller (another user's job is NotFound)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.errors import NotFound
+from services.jobs.machine import Status
+from services.jobs.models import JobRow, LeadRow
+from services.jobs.validation import PageTokens
+
+
+async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobRow:
+    row = await session.get(JobRow, job_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound(f"job {job_id} not found")
+    return row
+
+
+async def list_jobs(
+    session: AsyncSession,
+    tokens: PageTokens,
+    user_id: str,
+    page_size: int,
+    page_token: str,
+    status: Status | None,
+) -> tuple[list[JobRow], str]:
+    """The caller's jobs, newest first; a page and the token of the next one ("" at end)."""
+    scope = f"jobs:{user_id}:{status.value if status else '*'}"
+    position = tokens.decode(page_token, scope)
+    query = select(JobRow).where(JobRow.user_id == user_id)
+    if status is not None:
+        query = query.where(JobRow.status == status.value)
+    if position is not None:
+        created = datetime.fromisoformat(str(position["c"]))
+        last_id = str(position["i"])
+        query = query.where(
+            or_(
+                JobRow.created_at < created,
+                and_(JobRow.created_at == created, JobRow.id < last_id),
+            )
+        )
+    query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(page_size + 1)
+    rows = list((await session.scalars(query)).all())
+    next_token = ""
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        last = rows[-1]
+        next_token = tokens.encode(scope, {"c": last.created_at.isoformat(), "i": last.id})
+    return rows, next_token
+
+
+async def list_leads(
+    session: AsyncSession, tokens: PageTokens, job: JobRow, page_size: int, page_token: str
+) -> tuple[list[LeadRow], str]:
+    """A job's leads, best score first (by rank)."""
+    scope = f"leads:{job.user_id}:{job.id}"
+    position: dict[str, Any] | None = tokens.decode(page_token, scope)
+    query = select(LeadRow).where(LeadRow.job_id == job.id)
+    if position is not None:
+        query = query.where(LeadRow.rank > int(position["r"]))
+    query = query.order_by(LeadRow.rank).limit(page_size + 1)
+    rows = list((await session.scalars(query)).all())
+    next_token = ""
+    if len(rows) > page_size:
+        rows = rows[:page_size]
+        next_token = tokens.encode(scope, {"r": rows[-1].rank})
+    return rows, next_token

@@ -1,0 +1,124 @@
+"""Request validation: every rule names its field. Raises InvalidArgument."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import re
+import unicodedata
+from typing import Any
+
+from prospect.v1 import jobs_pb2
+from services.common.errors import InvalidArgument
+
+JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+TEXT_MAX = 200
+MAX_RESULTS = 100
+BUDGET_MAX = 10_000.0
+PAGE_SIZE_MAX = 500
+PAGE_SIZE_DEFAULT = 50
+IDEMPOTENCY_KEY_MAX = 200
+
+
+def _text(field: str, value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > TEXT_MAX:
+        raise InvalidArgument(field, f"must be at most {TEXT_MAX} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+def validate_config(config: jobs_pb2.CampaignConfig) -> jobs_pb2.CampaignConfig:
+    """A cleaned copy of ``config`` (text trimmed), or InvalidArgument naming the field."""
+    business_type = _text("config.business_type", config.business_type)
+    location = _text("config.location", config.location)
+    if not 1 <= config.max_results <= MAX_RESULTS:
+        raise InvalidArgument("config.max_results", f"must be between 1 and {MAX_RESULTS}")
+    if not 0 <= config.min_confidence_score <= 100:
+        raise InvalidArgument("config.min_confidence_score", "must be between 0 and 100")
+    budget = config.budget_limit
+    if not math.isfinite(budget) or not 0 <= budget <= BUDGET_MAX:
+        raise InvalidArgument(
+            "config.budget_limit", f"must be a finite amount between 0 and {BUDGET_MAX:,.0f} USD"
+        )
+    return jobs_pb2.CampaignConfig(
+        business_type=business_type,
+        location=location,
+        max_results=config.max_results,
+        min_confidence_score=config.min_confidence_score,
+        budget_limit=budget,
+        verify_emails=config.verify_emails,
+    )
+
+
+def validate_submit(request: jobs_pb2.SubmitCampaignRequest) -> tuple[jobs_pb2.CampaignConfig, str]:
+    if not request.HasField("config"):
+        raise InvalidArgument("config", "is required")
+    key = request.idempotency_key
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise InvalidArgument("idempotency_key", f"must be at most {IDEMPOTENCY_KEY_MAX} characters")
+    if key and not key.isprintable():
+        raise InvalidArgument("idempotency_key", "must not contain control characters")
+    return validate_config(request.config), key
+
+
+def validate_job_id(job_id: str, field: str = "job_id") -> str:
+    if not job_id:
+        raise InvalidArgument(field, "is required")
+    if not JOB_ID.match(job_id):
+        raise InvalidArgument(field, "must look like job_ followed by 32 hex digits")
+    return job_id
+
+
+def validate_page_size(page_size: int, field: str = "page_size") -> int:
+    if page_size == 0:
+        return PAGE_SIZE_DEFAULT
+    if not 1 <= page_size <= PAGE_SIZE_MAX:
+        raise InvalidArgument(field, f"must be between 1 and {PAGE_SIZE_MAX} (0 for default)")
+    return page_size
+
+
+def validate_status(value: int, field: str = "status") -> int:
+    if value not in jobs_pb2.JobStatus.values():
+        raise InvalidArgument(field, f"unknown value {value}")
+    return value
+
+
+class PageTokens:
+    """Opaque, signed page tokens: a forged or altered token is InvalidArgument.
+
+    A token binds the position to the listing it came from (``scope``: the user and the
+    query), so it cannot be replayed against another listing.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _sign(self, body: bytes) -> str:
+        return hmac.new(self._secret, body, hashlib.sha256).hexdigest()[:32]
+
+    def encode(self, scope: str, position: dict[str, Any]) -> str:
+        body = json.dumps({"s": scope, "p": position}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + self._sign(body)
+
+    def decode(self, token: str, scope: str, field: str = "page_token") -> dict[str, Any] | None:
+        if not token:
+            return None
+        try:
+            encoded, signature = token.rsplit(".", 1)
+            body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            if not hmac.compare_digest(signature, self._sign(body)):
+                raise ValueError("signature")
+            data = json.loads(body)
+            if data["s"] != scope or not isinstance(data["p"], dict):
+                raise ValueError("scope")
+        except (ValueError, KeyError, TypeError):
+            raise InvalidArgument(field, "is not a token this listing returned") from None
+        position: dict[str, Any] = data["p"]
+        return position
