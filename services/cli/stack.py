@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +74,7 @@ class _Child:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0  # where this run's output starts in the log
 
-    def _spawn(self, argv: list[str], env: Mapping[str, str] | None, cwd: Path) -> None:
+    def _spawn(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         if self.is_running:
             raise StackError(f"{self.label} is already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,15 +82,9 @@ class _Child:
             self._log_offset = log.tell()
             # A new session keeps a terminal's Ctrl-C away from the children, so the launcher
             # stops them in order (services before NATS) instead of all at once.
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=None if env is None else dict(env),
-                cwd=cwd,
-                start_new_session=True,
-            )
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, env=None if env is None else dict(env), cwd=REPO_ROOT,
+                start_new_session=True)  # fmt: skip
         _live.add(self._proc)
 
     @property
@@ -139,10 +132,16 @@ class _Child:
 
     def log_text(self) -> str:
         """Everything this process (all its runs) has written so far."""
+        return self.read_log().decode(errors="replace")
+
+    def read_log(self, offset: int = 0) -> bytes:
+        """The log's bytes from ``offset`` on (empty if there is no log yet)."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                return log.read()
         except OSError:
-            return ""
+            return b""
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
@@ -179,19 +178,21 @@ class NatsServer(_Child):
         return f"http://127.0.0.1:{self.monitor_port}"
 
     def start(self, timeout: float = 15.0) -> Self:
-        """Start the server and return once its client port accepts connections."""
+        """Start the server; return once it logged that it is ready and its port accepts."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-m", str(self.monitor_port)]  # fmt: skip
-        self._spawn(argv, None, REPO_ROOT)
+        self._spawn(argv)
         deadline = time.monotonic() + timeout
         while True:
             if not self.is_running:
                 self.stop()
                 raise self._died("exited during start-up")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
+            # The log line tells this server from another process holding the port.
+            if b"Server is ready" in self.read_log(self._log_offset):
+                with contextlib.suppress(OSError):
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise self._died(f"did not accept connections on {self.port} in {timeout}s")
@@ -227,18 +228,12 @@ class ServiceProcess(_Child):
     def start(self) -> Self:
         """Spawn the process (again, after it stopped); does not wait for readiness."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self._spawn([sys.executable, "-m", f"services.{self.name}"], env, REPO_ROOT)
+        self._spawn([sys.executable, "-m", f"services.{self.name}"], env)
         return self
 
     def is_ready(self) -> bool:
         """Whether this run logged its ready line; raises :class:`StackError` if it exited."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_offset)
-                text = log.read()
-        except OSError:
-            text = b""
-        if any(_READY.search(line) for line in text.splitlines()):
+        if any(_READY.search(line) for line in self.read_log(self._log_offset).splitlines()):
             return True
         if not self.is_running:
             raise self._died("exited before it was ready")
@@ -383,24 +378,14 @@ class Stack:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 def _follow(children: Iterable[_Child], offsets: dict[str, int], out: IO[str]) -> None:
     """Copy new complete lines from each child's log to ``out``, prefixed by its label."""
     for child in children:
-        try:
-            with open(child.log_path, "rb") as log:
-                log.seek(offsets.get(child.label, 0))
-                chunk = log.read()
-        except OSError:
-            continue
+        chunk = child.read_log(offsets.get(child.label, 0))
         complete = chunk[: chunk.rfind(b"\n") + 1]
         offsets[child.label] = offsets.get(child.label, 0) + len(complete)
         for line in complete.decode(errors="replace").splitlines():

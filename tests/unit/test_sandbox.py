@@ -1,5 +1,10 @@
+import asyncio
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +21,7 @@ from services.common.providers import (
 )
 from services.common.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings(sandbox_latency_ms=0)
 OTHER_TYPES = ("store", "lodging", "finance", "travel_agency", "car_rental", "storage")
 ADDRESS = re.compile(r"^\d+ [\w ]+, Seattle, WA 98\d{3}$")
@@ -203,3 +209,22 @@ def test_select_providers_serves_everything_from_the_sandbox() -> None:
         "email_verifier": "sandbox",
     }
     assert providers.sandbox
+
+
+def test_another_process_returns_the_same_details_for_an_id() -> None:
+    """Seeds never come from hash(): a process with another hash seed agrees."""
+    summary = asyncio.run(SandboxPlaces(SETTINGS).search("dentist", "Boston, MA", 1)).places[0]
+    code = (
+        "import asyncio, sys\n"
+        "from services.common.providers import SandboxPlaces\n"
+        "from services.common.settings import Settings\n"
+        "places = SandboxPlaces(Settings(sandbox_latency_ms=0))\n"
+        "print(repr(asyncio.run(places.details(sys.argv[1])).details))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, summary.place_id],
+        capture_output=True, text=True, check=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    local = asyncio.run(SandboxPlaces(SETTINGS).details(summary.place_id)).details
+    assert out.stdout.strip() == repr(local)

@@ -1,0 +1,228 @@
+"""The jobs service's state layer on a real database (SQLite, and PostgreSQL when
+TEST_DATABASE_URL is set) and a real nats-server: migrations, submit and the outbox,
+idempotent report application, exact costs, scoped listing with signed page tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy import func, inspect, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from prospect.v1 import jobs_pb2, work_pb2
+from services.cli.stack import NatsServer
+from services.common import bus
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.settings import Settings
+from services.jobs import db, store
+from services.jobs.fanout import Fanout
+from services.jobs.models import JobRow, LeadRow, OutboxRow, utcnow
+from services.jobs.orchestrator import Orchestrator
+from services.jobs.validation import PageTokens
+
+
+@dataclass
+class Harness:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    nc: NATS
+    js: JetStreamContext
+    orchestrator: Orchestrator
+    tokens: PageTokens
+
+    async def job(self, job_id: str) -> JobRow:
+        async with self.sessions() as session:
+            row = await session.get(JobRow, job_id)
+            assert row is not None
+            return row
+
+    async def leads(self, job_id: str) -> list[LeadRow]:
+        async with self.sessions() as session:
+            query = select(LeadRow).where(LeadRow.job_id == job_id).order_by(LeadRow.rank)
+            return list((await session.scalars(query)).all())
+
+    async def take(self, consumer: str, n: int) -> list[bytes]:
+        psub = await self.js.pull_subscribe_bind(consumer, bus.WORK_STREAM)
+        msgs = await psub.fetch(n, timeout=5)
+        for msg in msgs:
+            await msg.ack()
+        await psub.unsubscribe()
+        return [msg.data for msg in msgs]
+
+
+@pytest.fixture
+async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[Harness]:
+    settings = Settings(nats_url=nats_server.url, database_url=database_url)
+    engine = db.create_engine(database_url)
+    await db.migrate(engine)
+    sessions = db.sessionmaker(engine)
+    nc = await bus.connect(settings, "test")
+    js = nc.jetstream()
+    await bus.ensure_topology(js, settings)
+    fanout = Fanout(nc)
+    await fanout.start()
+    try:
+        yield Harness(
+            engine, sessions, nc, js, Orchestrator(settings, sessions, nc, js, fanout),
+            PageTokens(b"test"),
+        )
+    finally:
+        await fanout.stop()
+        await nc.close()
+        await engine.dispose()
+
+
+def config(**overrides: object) -> jobs_pb2.CampaignConfig:
+    values: dict[str, object] = dict(
+        business_type="coffee shop", location="Seattle, WA", max_results=5,
+        min_confidence_score=50, verify_emails=True,
+    )
+    values.update(overrides)
+    return jobs_pb2.CampaignConfig(**values)  # type: ignore[arg-type]
+
+
+def report(job_id: str, report_id: str, cost: float = 0.0, **body: object) -> work_pb2.WorkerReport:
+    charges = [work_pb2.Charge(provider="sandbox", operation="call", cost_usd=cost)] if cost else []
+    return work_pb2.WorkerReport(
+        report_id=report_id, job_id=job_id, charges=charges, providers={"places": "sandbox"},
+        **body,  # type: ignore[arg-type]
+    )
+
+
+def places(n: int) -> list[work_pb2.Place]:
+    return [
+        work_pb2.Place(place_id=f"p{i}", name=f"Cafe {i}", website=f"https://cafe{i}.example",
+                       confidence_score=90 - i)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+async def test_migrations_create_the_schema_and_are_idempotent(harness: Harness) -> None:
+    await db.migrate(harness.engine)  # a second replica starting: nothing to do, no error
+    async with harness.engine.connect() as conn:
+        tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+    assert {"jobs", "campaigns", "leads", "outbox", "applied_reports"} <= tables
+
+
+async def test_submit_records_the_job_and_queues_discovery(harness: Harness) -> None:
+    job = await harness.orchestrator.submit("alice", config(), "")
+    row = await harness.job(job.id)
+    assert (row.status, row.stage, row.progress, row.version) == ("PENDING", "QUEUED", 0, 1)
+    [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
+    task = work_pb2.DiscoveryTask.FromString(data)
+    assert task.job_id == job.id and task.config.business_type == "coffee shop"
+    async with harness.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(OutboxRow)) == 0
+
+
+async def test_idempotency_key_is_per_user(harness: Harness) -> None:
+    first = await harness.orchestrator.submit("alice", config(), "key-1")
+    again = await harness.orchestrator.submit("alice", config(location="Elsewhere"), "key-1")
+    other = await harness.orchestrator.submit("bob", config(), "key-1")
+    assert again.id == first.id
+    assert other.id != first.id
+
+
+async def test_reports_apply_once_and_costs_add_up(harness: Harness) -> None:
+    job = await harness.orchestrator.submit("alice", config(max_results=3), "")
+    apply = harness.orchestrator.apply_report
+    progress = report(job.id, "r1", 0.032, discovery_progress=work_pb2.DiscoveryProgress(
+        progress=10, businesses_found=4, message="Found 4"))  # fmt: skip
+    await apply(progress)
+    version = (await harness.job(job.id)).version
+    await apply(progress)  # redelivered: changes nothing
+    assert (await harness.job(job.id)).version == version
+
+    result = report(job.id, "r2", 0.068, discovery_result=work_pb2.DiscoveryResult(
+        businesses_found=4, qualified=places(3)))  # fmt: skip
+    await apply(result)
+    await apply(result)
+    leads = await harness.leads(job.id)
+    assert [lead.place_id for lead in leads] == ["p0", "p1", "p2"]
+    assert sum(lead.cost_micros for lead in leads) == 100_000  # discovery shared exactly
+
+    tasks = [work_pb2.EnrichmentTask.FromString(d)
+             for d in await harness.take(bus.ENRICHMENT_CONSUMER, 3)]  # fmt: skip
+    assert sorted(t.lead_id for t in tasks) == sorted(lead.id for lead in leads)
+    for i, task in enumerate(tasks):
+        enriched = report(job.id, f"e{i}", 0.042, enrichment_result=work_pb2.EnrichmentResult(
+            lead_id=task.lead_id, email=f"info@cafe{i}.example", email_status="valid",
+            verified=True))  # fmt: skip
+        await apply(enriched)
+        await apply(enriched)
+
+    row = await harness.job(job.id)
+    assert row.status == "COMPLETED" and row.progress == 100 and row.stage == "DONE"
+    assert row.metrics["leads_enriched"] == 3
+    assert row.metrics["total_cost_micros"] == 100_000 + 3 * 42_000
+    leads = await harness.leads(job.id)
+    assert sum(lead.cost_micros for lead in leads) == row.metrics["total_cost_micros"]
+    assert all(lead.email_status == "valid" for lead in leads)
+
+
+async def test_a_task_run_twice_bills_twice_but_counts_once(harness: Harness) -> None:
+    job = await harness.orchestrator.submit("alice", config(max_results=1), "")
+    await harness.orchestrator.apply_report(report(job.id, "d", 0.1, discovery_result=(
+        work_pb2.DiscoveryResult(businesses_found=1, qualified=places(1)))))  # fmt: skip
+    [lead] = await harness.leads(job.id)
+    for delivery in (1, 2):  # the worker died after its calls; JetStream redelivered
+        await harness.orchestrator.apply_report(report(
+            job.id, f"enrichment.{lead.id}.1.{delivery}", 0.042,
+            enrichment_result=work_pb2.EnrichmentResult(lead_id=lead.id, email_status="not_found"),
+        ))  # fmt: skip
+    row = await harness.job(job.id)
+    assert row.metrics["leads_enriched"] == 1
+    assert row.metrics["total_cost_micros"] == 100_000 + 2 * 42_000
+    [lead] = await harness.leads(job.id)
+    assert lead.cost_micros == row.metrics["total_cost_micros"]
+
+
+async def test_listing_is_scoped_paged_and_tokens_are_checked(harness: Harness) -> None:
+    ids = [(await harness.orchestrator.submit("alice", config(), "")).id for _ in range(5)]
+    await harness.orchestrator.submit("bob", config(), "")
+    seen: list[str] = []
+    token = ""
+    async with harness.sessions() as session:
+        while True:
+            rows, token = await store.list_jobs(session, harness.tokens, "alice", 2, token, None)
+            seen += [r.id for r in rows]
+            if not token:
+                break
+        assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+        _, token = await store.list_jobs(session, harness.tokens, "alice", 2, "", None)
+        with pytest.raises(InvalidArgument, match="page_token"):
+            altered = token[:-1] + ("1" if token[-1] != "1" else "2")
+            await store.list_jobs(session, harness.tokens, "alice", 2, altered, None)
+        with pytest.raises(InvalidArgument, match="page_token"):  # another user's listing
+            await store.list_jobs(session, harness.tokens, "bob", 2, token, None)
+        with pytest.raises(NotFound):
+            await store.job_for_user(session, "bob", ids[0])
+
+
+async def test_cancel_then_cancel_again(harness: Harness) -> None:
+    job = await harness.orchestrator.submit("alice", config(), "")
+    with pytest.raises(NotFound):
+        await harness.orchestrator.cancel("bob", job.id)
+    cancelled = await harness.orchestrator.cancel("alice", job.id)
+    assert cancelled.status == "CANCELLED"
+    kv = await harness.js.key_value(bus.CANCEL_BUCKET)
+    assert (await kv.get(job.id)).value == b"1"
+    with pytest.raises(FailedPrecondition):
+        await harness.orchestrator.cancel("alice", job.id)
+
+
+async def test_outbox_relay_publishes_what_a_crash_left_behind(harness: Harness) -> None:
+    task = work_pb2.DiscoveryTask(job_id="job_" + "0" * 32)
+    async with harness.sessions() as session, session.begin():
+        session.add(OutboxRow(id="discovery.left-behind.1", subject=bus.DISCOVERY_SUBJECT,
+                              payload=task.SerializeToString(),
+                              created_at=utcnow() - timedelta(minutes=1)))  # fmt: skip
+    assert await harness.orchestrator.outbox.relay_once() == 1
+    [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
+    assert work_pb2.DiscoveryTask.FromString(data).job_id == task.job_id
+    assert await harness.orchestrator.outbox.relay_once() == 0
