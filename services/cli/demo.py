@@ -24,7 +24,7 @@ from services.cli.main import watch_job
 from services.cli.stack import Stack, StackError
 
 DEMO_DIR = Path("data") / "demo"
-DEMO_LATENCY_MS = "60"  # slow enough to watch the bar move, fast enough to finish in seconds
+DEMO_LATENCY_MS = "250"  # slow enough to watch the bar move, fast enough to finish in seconds
 
 
 async def run_demo_campaign(addr: str) -> tuple[jobs_pb2.Job, list[jobs_pb2.Lead]]:
@@ -49,7 +49,8 @@ def _print_results(job: jobs_pb2.Job, leads: list[jobs_pb2.Lead], seconds: float
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # all stop and clean up
+        signal.signal(sig, signal.default_int_handler)
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     env = {"SANDBOX_LATENCY_MS": os.environ.get("SANDBOX_LATENCY_MS") or DEMO_LATENCY_MS}
     stack = Stack(DEMO_DIR, env=env)
@@ -81,7 +82,7 @@ def main() -> int:
         stack.stop()
     if failed:
         print(f"\nservice logs (full logs in {stack.logs_dir}):", file=sys.stderr)
-        print(stack.log_tails(), file=sys.stderr)
+        print(stack.log_tails(lines=25), file=sys.stderr)
         return 1
     return 0
 

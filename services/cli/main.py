@@ -138,7 +138,9 @@ async def cmd_leads(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prospect", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="prospect", description="Command-line client of the prospect jobs gRPC API."
+    )
     parser.add_argument(
         "--addr",
         default=os.environ.get("JOBS_GRPC_ADDR") or DEFAULT_ADDR,
@@ -208,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `prospect leads ... | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -397,7 +397,8 @@ def main() -> int:
     """``make up``: the stack in the foreground on ./data until Ctrl-C or SIGTERM."""
     from services.cli.render import stack_banner  # the library part needs no gRPC imports
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # all stop and clean up
+        signal.signal(sig, signal.default_int_handler)
     data_dir = Path("data")
     stack = Stack(
         data_dir,
@@ -408,17 +409,12 @@ def main() -> int:
     code = 0
     try:
         print(f"starting nats-server and {', '.join(SERVICE_NAMES)} (logs in {stack.logs_dir})")
-        for child in stack.children():  # show only what this run writes
-            with contextlib.suppress(OSError):
-                offsets[child.label] = child.log_path.stat().st_size
+        offsets = {c.label: len(c.read_log()) for c in stack.children()}  # this run only
         stack.start()
         _follow(stack.children(), offsets, sys.stdout)
-        print(
-            stack_banner(
-                stack.jobs_addr, stack.nats.url, stack.nats.monitor_url, stack.database_url
-            ),
-            flush=True,
-        )
+        nats = stack.nats
+        banner = stack_banner(stack.jobs_addr, nats.url, nats.monitor_url, stack.database_url)
+        print(banner, flush=True)
         while True:
             _follow(stack.children(), offsets, sys.stdout)
             for child in stack.children():

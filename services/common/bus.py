@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import nats
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -162,7 +163,7 @@ class CancelRegistry:
         await nc.subscribe(CANCEL_SUBJECT, cb=registry._on_notice)
         return registry
 
-    async def _on_notice(self, msg: nats.aio.msg.Msg) -> None:
+    async def _on_notice(self, msg: Msg) -> None:
         self._cancelled.add(msg.data.decode())
 
     async def refresh(self, job_id: str) -> bool:
@@ -187,4 +188,4 @@ class CancelRegistry:
         await nc.publish(CANCEL_SUBJECT, job_id.encode())
 
 
-MessageHandler = Callable[[nats.aio.msg.Msg], Awaitable[None]]
+MessageHandler = Callable[[Msg], Awaitable[None]]

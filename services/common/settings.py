@@ -8,6 +8,7 @@ an explicit mapping instead of mutating the process environment.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -87,8 +88,14 @@ class Settings:
     def validate(self) -> None:
         if self.stream_replicas not in (1, 3, 5):
             raise ConfigError("STREAM_REPLICAS must be 1, 3 or 5")
-        for name in ("discovery_concurrency", "details_concurrency", "enrichment_concurrency",
-                     "job_max_attempts", "max_deliver", "sandbox_max_places"):
+        for name in (
+            "discovery_concurrency",
+            "details_concurrency",
+            "enrichment_concurrency",
+            "job_max_attempts",
+            "max_deliver",
+            "sandbox_max_places",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be at least 1")
         for name in ("ack_wait_s", "outbox_poll_s", "shutdown_grace_s"):
@@ -99,6 +106,16 @@ class Settings:
         host, sep, port = self.jobs_grpc_addr.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"JOBS_GRPC_ADDR={self.jobs_grpc_addr!r} must be host:port")
+
+    @classmethod
+    def load_or_exit(cls) -> Settings:
+        """Settings for a service's ``main()``: a bad setting ends the process with a one-line
+        message naming it (exit code 2), not a traceback."""
+        try:
+            return cls.from_env()
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     @property
     def effective_database_url(self) -> str:

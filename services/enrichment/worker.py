@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 
 
 class EnrichmentWorker:
-    def __init__(self, settings: Settings, js: JetStreamContext, cancels: CancelRegistry,
-                 providers: Providers) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        cancels: CancelRegistry,
+        providers: Providers,
+    ) -> None:
         self._settings = settings
         self._js = js
         self._cancels = cancels

@@ -116,7 +116,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.SubmitCampaignResponse(
             job_id=job.id,
             campaign_id=job.campaign_id,
-            status=jobs_pb2.JobStatus.Value(f"JOB_STATUS_{job.status}"),
+            status=f"JOB_STATUS_{job.status}",
         )
 
     @unary

@@ -211,9 +211,7 @@ class Orchestrator:
         body = report.WhichOneof("body")
         if body == "discovery_progress":
             p = report.discovery_progress
-            return m.DiscoveryProgressed(
-                p.progress, p.businesses_found, cost, p.message, providers
-            )
+            return m.DiscoveryProgressed(p.progress, p.businesses_found, cost, p.message, providers)
         if body == "discovery_result":
             r = report.discovery_result
             scores = [place.confidence_score for place in r.qualified]
@@ -234,13 +232,16 @@ class Orchestrator:
             lead.cost_micros += cost
             lead.updated_at = utcnow()
         if body == "enrichment_result":
-            r = report.enrichment_result
+            enriched = report.enrichment_result
             if lead is not None and first:
-                lead.email = r.email
-                lead.email_status = r.email_status
+                lead.email = enriched.email
+                lead.email_status = enriched.email_status
                 lead.state = "enriched"
             return m.LeadEnriched(
-                cost, bool(r.email), r.email_status == "valid", first and lead is not None,
+                cost,
+                bool(enriched.email),
+                enriched.email_status == "valid",
+                first and lead is not None,
                 providers,
             )
         if body == "charges_only":
@@ -252,8 +253,10 @@ class Orchestrator:
         if lead is not None and not f.permanent:
             lead.state = "failed"
             lead.email_status = "error"
-        stage = m.Stage(jobs_pb2.Stage.Name(f.stage).removeprefix("STAGE_")) if f.stage else (
-            m.Stage.ENRICHING if lead_id else m.Stage.DISCOVERING
+        stage = (
+            m.Stage(jobs_pb2.Stage.Name(f.stage).removeprefix("STAGE_"))
+            if f.stage
+            else (m.Stage.ENRICHING if lead_id else m.Stage.DISCOVERING)
         )
         return m.TaskFailed(stage, f.provider, f.error, f.permanent, cost, lead=bool(lead_id))
 

@@ -62,7 +62,9 @@ def validate_submit(request: jobs_pb2.SubmitCampaignRequest) -> tuple[jobs_pb2.C
         raise InvalidArgument("config", "is required")
     key = request.idempotency_key
     if len(key) > IDEMPOTENCY_KEY_MAX:
-        raise InvalidArgument("idempotency_key", f"must be at most {IDEMPOTENCY_KEY_MAX} characters")
+        raise InvalidArgument(
+            "idempotency_key", f"must be at most {IDEMPOTENCY_KEY_MAX} characters"
+        )
     if key and not key.isprintable():
         raise InvalidArgument("idempotency_key", "must not contain control characters")
     return validate_config(request.config), key

@@ -16,13 +16,20 @@ from services.cli.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
-TERMINAL = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
+TERMINAL = {
+    jobs_pb2.JOB_STATUS_COMPLETED,
+    jobs_pb2.JOB_STATUS_FAILED,
+    jobs_pb2.JOB_STATUS_CANCELLED,
+}
 
 
 def campaign(**overrides: object) -> jobs_pb2.CampaignConfig:
     values: dict[str, object] = dict(
-        business_type="coffee shop", location="Seattle, WA", max_results=8,
-        min_confidence_score=40, verify_emails=True,
+        business_type="coffee shop",
+        location="Seattle, WA",
+        max_results=8,
+        min_confidence_score=40,
+        verify_emails=True,
     )
     values.update(overrides)
     return jobs_pb2.CampaignConfig(**values)  # type: ignore[arg-type]
@@ -100,8 +107,12 @@ async def test_campaign_runs_to_completion(stack: Stack) -> None:
         # A watcher arriving after the end gets the terminal snapshot and the stream ends.
         late = await watch_all(stub, submitted.job_id)
         assert [u.job.version for u in late] == [final.version]
-        resumed = [u async for u in stub.WatchJob(
-            jobs_pb2.WatchJobRequest(job_id=submitted.job_id, after_version=final.version))]
+        resumed = [
+            u
+            async for u in stub.WatchJob(
+                jobs_pb2.WatchJobRequest(job_id=submitted.job_id, after_version=final.version)
+            )
+        ]
         assert resumed == []
 
         listed = await stub.ListJobs(jobs_pb2.ListJobsRequest(status=jobs_pb2.JOB_STATUS_COMPLETED))

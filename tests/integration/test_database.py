@@ -68,7 +68,11 @@ async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[H
     await fanout.start()
     try:
         yield Harness(
-            engine, sessions, nc, js, Orchestrator(settings, sessions, nc, js, fanout),
+            engine,
+            sessions,
+            nc,
+            js,
+            Orchestrator(settings, sessions, nc, js, fanout),
             PageTokens(b"test"),
         )
     finally:
@@ -79,8 +83,11 @@ async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[H
 
 def config(**overrides: object) -> jobs_pb2.CampaignConfig:
     values: dict[str, object] = dict(
-        business_type="coffee shop", location="Seattle, WA", max_results=5,
-        min_confidence_score=50, verify_emails=True,
+        business_type="coffee shop",
+        location="Seattle, WA",
+        max_results=5,
+        min_confidence_score=50,
+        verify_emails=True,
     )
     values.update(overrides)
     return jobs_pb2.CampaignConfig(**values)  # type: ignore[arg-type]
@@ -89,7 +96,10 @@ def config(**overrides: object) -> jobs_pb2.CampaignConfig:
 def report(job_id: str, report_id: str, cost: float = 0.0, **body: object) -> work_pb2.WorkerReport:
     charges = [work_pb2.Charge(provider="sandbox", operation="call", cost_usd=cost)] if cost else []
     return work_pb2.WorkerReport(
-        report_id=report_id, job_id=job_id, charges=charges, providers={"places": "sandbox"},
+        report_id=report_id,
+        job_id=job_id,
+        charges=charges,
+        providers={"places": "sandbox"},
         **body,  # type: ignore[arg-type]
     )
 

@@ -1,4 +1,7 @@
-"""The stack launcher's NatsServer: a real nats-server with JetStream, kept across restarts."""
+"""The stack launcher's NatsServer: a real nats-server with JetStream, kept across restarts.
+
+The ``nats_server`` fixture (tests/conftest.py) starts one per test and always stops it.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,6 @@ import nats
 import pytest
 
 from services.cli.stack import NatsServer, StackError, free_port, nats_server_binary
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = NatsServer(tmp_path / "nats", log_path=tmp_path / "nats.log")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 async def _publish_and_fetch(url: str, subject: str, payload: bytes, *, create: bool) -> list:

@@ -68,7 +68,7 @@ def test_versions_strictly_increase_and_progress_never_goes_back() -> None:
 
 
 def test_no_qualified_leads_completes_at_once() -> None:
-    state, snaps, effects = run(m.JobState(), *discovered([]))
+    state, _snaps, effects = run(m.JobState(), *discovered([]))
     assert state.status == m.Status.COMPLETED
     assert not any(isinstance(e, m.DispatchLeads) for e in effects)
 
@@ -80,7 +80,7 @@ def test_budget_paces_dispatch_and_skips_what_it_cannot_afford() -> None:
     state, _, effects = run(state, enriched(cost=40_000))
     # 140k spent, 60k left, 40k a lead: one more lead fits.
     assert m.DispatchLeads(1) in effects
-    state, snaps, effects = run(state, enriched(cost=40_000))
+    state, _snaps, effects = run(state, enriched(cost=40_000))
     assert m.SkipPendingLeads() in effects
     assert state.status == m.Status.COMPLETED
     assert state.metrics.leads_skipped_budget == 2
@@ -90,7 +90,7 @@ def test_budget_paces_dispatch_and_skips_what_it_cannot_afford() -> None:
 def test_redelivered_lead_bills_again_but_counts_once() -> None:
     state, _, _ = run(m.JobState(), *discovered([90, 80]))
     state, _, _ = run(state, enriched(cost=42_000))
-    state, snaps, _ = run(state, m.LeadEnriched(42_000, True, True, first_report=False))
+    state, _snaps, _ = run(state, m.LeadEnriched(42_000, True, True, first_report=False))
     assert state.metrics.leads_enriched == 1
     assert state.metrics.total_cost_micros == 100_000 + 84_000
     assert state.status == m.Status.PROCESSING
@@ -118,7 +118,7 @@ def test_transient_discovery_failure_retries_until_attempts_run_out() -> None:
     failure = m.TaskFailed(m.Stage.DISCOVERING, "google_places", "429", permanent=False)
     state, _, effects = run(m.JobState(max_attempts=2), failure)
     assert effects == [m.RetryDiscovery(2)] and state.attempts == 2
-    state, snaps, _ = run(state, failure)
+    state, _snaps, _ = run(state, failure)
     assert state.status == m.Status.FAILED
     assert "DISCOVERING" in state.error and "google_places" in state.error
     assert "2 attempt" in state.error
