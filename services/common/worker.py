@@ -15,8 +15,10 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import nats.errors
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -24,12 +26,13 @@ from nats.js import JetStreamContext
 from prospect.v1 import work_pb2
 from services.common import bus
 from services.common.logs import setup_logging
-from services.common.providers import Charge
+from services.common.providers import Charge, Providers, select_providers
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
+T = TypeVar("T", bound=Message)
 
 
 def retry_delay(delivery: int, base: float = 1.0, cap: float = 30.0) -> float:
@@ -121,33 +124,74 @@ class TaskRunner:
                 await msg.in_progress()
 
 
-WorkerFactory = Callable[
-    [Settings, JetStreamContext, bus.CancelRegistry], tuple[Handler, str, str, int]
-]
+class TaskWorker(Generic[T]):
+    """Base of the two workers: what a worker needs, where its tasks come from, and what
+    happens to every task before the work: undecodable ones are termed, those of a
+    cancelled job acked and dropped."""
+
+    name: str  # "discovery" or "enrichment"
+    consumer: str  # the durable consumer on the work stream
+    task_type: type[T]
+
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        cancels: bus.CancelRegistry,
+        providers: Providers,
+    ) -> None:
+        self._settings = settings
+        self._js = js
+        self._cancels = cancels
+        self._providers = providers
+
+    @classmethod
+    def concurrency(cls, settings: Settings) -> int:
+        """Tasks this worker runs at once."""
+        raise NotImplementedError
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            task = self.task_type.FromString(msg.data)
+        except DecodeError:
+            log.error("undecodable %s task dropped", self.name)
+            await msg.term()
+            return
+        if await self._cancels.refresh(task.job_id):  # type: ignore[attr-defined]
+            await msg.ack()  # queued task of a cancelled job: drop it
+            return
+        await self.run(task, msg)
+
+    async def run(self, task: T, msg: Msg) -> None:
+        """Do one task; ack, nak with a delay, or term its message."""
+        raise NotImplementedError
 
 
-def worker_main(name: str, factory: WorkerFactory) -> None:
+def worker_main(kind: type[TaskWorker]) -> None:
     """Entry point of a worker process: settings, logging, NATS, the loop, SIGTERM."""
     settings = Settings.load_or_exit()
-    setup_logging(settings.log_level, name)
-    asyncio.run(_serve(name, settings, factory))
+    setup_logging(settings.log_level, kind.name)
+    asyncio.run(_serve(kind, settings))
 
 
-async def _serve(name: str, settings: Settings, factory: WorkerFactory) -> None:
+async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    nc = await bus.connect(settings, f"prospect-{name}")
+    nc = await bus.connect(settings, f"prospect-{kind.name}")
     js = nc.jetstream()
     await bus.ensure_topology(js, settings)
     cancels = await bus.CancelRegistry.open(nc, js)
-    handler, stream, consumer, concurrency = factory(settings, js, cancels)
-    runner = TaskRunner(js, stream, consumer, handler, concurrency, settings.ack_wait_s / 3)
-    log.info("%s worker ready (consumer %s, %d at a time)", name, consumer, concurrency)
+    worker = kind(settings, js, cancels, select_providers(settings))
+    concurrency = kind.concurrency(settings)
+    runner = TaskRunner(
+        js, bus.WORK_STREAM, kind.consumer, worker.handle, concurrency, settings.ack_wait_s / 3
+    )
+    log.info("%s worker ready (consumer %s, %d at a time)", kind.name, kind.consumer, concurrency)
     await runner.run(stop, settings.shutdown_grace_s)
     # Every publish was already acknowledged and no fetch is outstanding, so a plain close
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 5)
-    log.info("%s worker stopped", name)
+    log.info("%s worker stopped", kind.name)

@@ -11,18 +11,15 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
-from services.common.bus import CancelRegistry
 from services.common.errors import ProviderError
-from services.common.providers import Charge, PlaceDetails, Providers, select_providers
+from services.common.providers import Charge, PlaceDetails
 from services.common.settings import Settings
 from services.common.worker import (
-    Handler,
+    TaskWorker,
     charges_proto,
     publish_report,
     retry_delay,
@@ -77,18 +74,14 @@ class _Run:
         return f"discovery.{t.job_id}.{t.attempt}.{self.delivery}.{self.reports}.{what}"
 
 
-class DiscoveryWorker:
-    def __init__(
-        self,
-        settings: Settings,
-        js: JetStreamContext,
-        cancels: CancelRegistry,
-        providers: Providers,
-    ) -> None:
-        self._settings = settings
-        self._js = js
-        self._cancels = cancels
-        self._providers = providers
+class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
+    name = "discovery"
+    task_type = work_pb2.DiscoveryTask
+    consumer = bus.DISCOVERY_CONSUMER
+
+    @classmethod
+    def concurrency(cls, settings: Settings) -> int:
+        return settings.discovery_concurrency
 
     async def _report(self, run: _Run, what: str, **body: object) -> None:
         report = work_pb2.WorkerReport(
@@ -105,16 +98,7 @@ class DiscoveryWorker:
         if self._cancels.is_cancelled(run.task.job_id):
             raise Cancelled
 
-    async def handle(self, msg: Msg) -> None:
-        try:
-            task = work_pb2.DiscoveryTask.FromString(msg.data)
-        except DecodeError:
-            log.error("undecodable discovery task dropped")
-            await msg.term()
-            return
-        if await self._cancels.refresh(task.job_id):
-            await msg.ack()  # queued task of a cancelled job: drop it
-            return
+    async def run(self, task: work_pb2.DiscoveryTask, msg: Msg) -> None:
         run = _Run(task, msg.metadata.num_delivered)
         try:
             await self._discover(run)
@@ -209,17 +193,5 @@ class DiscoveryWorker:
         return [results[p] for p in place_ids if p in results]
 
 
-def build(
-    settings: Settings, js: JetStreamContext, cancels: CancelRegistry
-) -> tuple[Handler, str, str, int]:
-    worker = DiscoveryWorker(settings, js, cancels, select_providers(settings))
-    return (
-        worker.handle,
-        bus.WORK_STREAM,
-        bus.DISCOVERY_CONSUMER,
-        settings.discovery_concurrency,
-    )
-
-
 def main() -> None:
-    worker_main("discovery", build)
+    worker_main(DiscoveryWorker)

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import logging
 
-from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
-from services.common.bus import CancelRegistry
 from services.common.domains import domain_of
 from services.common.errors import ProviderError
-from services.common.providers import Charge, Providers, select_providers
+from services.common.providers import Charge
 from services.common.settings import Settings
 from services.common.worker import (
-    Handler,
+    TaskWorker,
     charges_proto,
     publish_report,
     retry_delay,
@@ -27,29 +24,16 @@ from services.common.worker import (
 log = logging.getLogger(__name__)
 
 
-class EnrichmentWorker:
-    def __init__(
-        self,
-        settings: Settings,
-        js: JetStreamContext,
-        cancels: CancelRegistry,
-        providers: Providers,
-    ) -> None:
-        self._settings = settings
-        self._js = js
-        self._cancels = cancels
-        self._providers = providers
+class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
+    name = "enrichment"
+    task_type = work_pb2.EnrichmentTask
+    consumer = bus.ENRICHMENT_CONSUMER
 
-    async def handle(self, msg: Msg) -> None:
-        try:
-            task = work_pb2.EnrichmentTask.FromString(msg.data)
-        except DecodeError:
-            log.error("undecodable enrichment task dropped")
-            await msg.term()
-            return
-        if await self._cancels.refresh(task.job_id):
-            await msg.ack()  # queued task of a cancelled job: drop it
-            return
+    @classmethod
+    def concurrency(cls, settings: Settings) -> int:
+        return settings.enrichment_concurrency
+
+    async def run(self, task: work_pb2.EnrichmentTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
         report = work_pb2.WorkerReport(
             report_id=f"enrichment.{task.lead_id}.{task.attempt}.{delivery}",
@@ -115,17 +99,5 @@ class EnrichmentWorker:
         return result
 
 
-def build(
-    settings: Settings, js: JetStreamContext, cancels: CancelRegistry
-) -> tuple[Handler, str, str, int]:
-    worker = EnrichmentWorker(settings, js, cancels, select_providers(settings))
-    return (
-        worker.handle,
-        bus.WORK_STREAM,
-        bus.ENRICHMENT_CONSUMER,
-        settings.enrichment_concurrency,
-    )
-
-
 def main() -> None:
-    worker_main("enrichment", build)
+    worker_main(EnrichmentWorker)
