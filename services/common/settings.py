@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from services.common.errors import ConfigError
@@ -42,7 +42,7 @@ class Settings:
     max_deliver: int = 5
     # Jobs service
     job_max_attempts: int = 3
-    page_token_secret: str = "prospect-page-tokens"  # signs page tokens; set per deployment
+    page_token_secret: str = field(default="prospect-page-tokens", repr=False)  # signs page tokens; set per deployment
     local_user: str = "local"  # the one user of AUTH_MODE=none
     outbox_poll_s: float = 1.0
     # Workers
@@ -56,6 +56,32 @@ class Settings:
     sandbox_cost_place_details: float = 0.017
     sandbox_cost_email_search: float = 0.034
     sandbox_cost_verify: float = 0.008
+    # Real providers: a capability whose key is set is served by the real API.
+    # repr=False: settings may be logged, keys never are.
+    google_places_api_key: str = field(default="", repr=False)
+    hunter_api_key: str = field(default="", repr=False)
+    neverbounce_api_key: str = field(default="", repr=False)
+    google_places_base_url: str = "https://places.googleapis.com"
+    hunter_base_url: str = "https://api.hunter.io"
+    neverbounce_base_url: str = "https://api.neverbounce.com"
+    provider_timeout_s: float = 15.0
+    provider_max_attempts: int = 4  # tries of one call on transient answers, then the task retries
+    # Shared rate limits (all worker processes together): requests per second and burst.
+    # Google: 600 requests/min per method per project by default. Hunter: 15/s and 500/min,
+    # so 8/s sustained with a burst of 15 keeps both. NeverBounce publishes none.
+    rate_limit_google_places_rps: float = 10.0
+    rate_limit_google_places_burst: int = 10
+    rate_limit_hunter_rps: float = 8.0
+    rate_limit_hunter_burst: int = 15
+    rate_limit_neverbounce_rps: float = 10.0
+    rate_limit_neverbounce_burst: int = 10
+    # Prices in USD per billable call (list prices read 2026-11-23; see README, Providers).
+    price_google_text_search: float = 0.035  # Text Search Enterprise, per request (page)
+    price_google_place_details: float = 0.020  # Place Details Enterprise, per request
+    price_hunter_domain_search: float = 0.0245  # one credit at $49 / 2,000 credits
+    price_neverbounce_check: float = 0.008  # one credit, 1k-5k tier
+    # Enrichment cache: a domain or email looked up within this many days is not paid again.
+    enrichment_cache_days: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -101,6 +127,27 @@ class Settings:
         for name in ("ack_wait_s", "outbox_poll_s", "shutdown_grace_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
+        for name in (
+            "rate_limit_google_places_rps",
+            "rate_limit_hunter_rps",
+            "rate_limit_neverbounce_rps",
+            "provider_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive")
+        for name in (
+            "rate_limit_google_places_burst",
+            "rate_limit_hunter_burst",
+            "rate_limit_neverbounce_burst",
+            "provider_max_attempts",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1")
+        for f in fields(self):
+            if f.name.startswith(("price_", "sandbox_cost_")) and getattr(self, f.name) < 0:
+                raise ConfigError(f"{f.name.upper()} must not be negative")
+        if self.enrichment_cache_days < 0:
+            raise ConfigError("ENRICHMENT_CACHE_DAYS must not be negative")
         if self.sandbox_latency_ms < 0:
             raise ConfigError("SANDBOX_LATENCY_MS must not be negative")
         host, sep, port = self.jobs_grpc_addr.rpartition(":")

@@ -76,10 +76,26 @@ class Verification:
     charges: list[Charge] = field(default_factory=list)
 
 
+class RateLimiter(Protocol):
+    """A request-rate limit for one provider, shared by every worker process."""
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent."""
+        ...
+
+    async def penalize(self, seconds: float) -> None:
+        """The provider said "too many requests": nobody sends for ``seconds``."""
+        ...
+
+
 class PlaceSearch(Protocol):
     """Text search and details (Google Places API (New), or the sandbox)."""
 
     name: str
+
+    def price(self, operation: str) -> float:
+        """The most one call of ``operation`` ("text_search", "place_details") can cost."""
+        ...
 
     async def search(self, business_type: str, location: str, limit: int) -> SearchPage:
         """Up to ``limit`` places matching ``business_type`` in ``location``."""
@@ -95,6 +111,10 @@ class EmailFinder(Protocol):
 
     name: str
 
+    def price(self, operation: str) -> float:
+        """The most one call of ``operation`` ("email_search") can cost."""
+        ...
+
     async def find_email(self, domain: str, company: str) -> EmailCandidate: ...
 
 
@@ -102,5 +122,9 @@ class EmailVerifier(Protocol):
     """Deliverability check for one address (NeverBounce, or the sandbox)."""
 
     name: str
+
+    def price(self, operation: str) -> float:
+        """The most one call of ``operation`` ("verify") can cost."""
+        ...
 
     async def verify(self, email: str) -> Verification: ...

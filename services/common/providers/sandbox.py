@@ -219,6 +219,16 @@ class _SandboxProvider:
     def _charge(operation: str, cost_usd: float) -> list[Charge]:
         return [Charge(provider=PROVIDER, operation=operation, cost_usd=cost_usd)]
 
+    def price(self, operation: str) -> float:
+        """The configured sandbox cost of one ``operation`` call (0.0 for unknown ones)."""
+        s = self._settings
+        return {
+            "text_search": s.sandbox_cost_text_search,
+            "place_details": s.sandbox_cost_place_details,
+            "email_search": s.sandbox_cost_email_search,
+            "verify": s.sandbox_cost_verify,
+        }.get(operation, 0.0)
+
 
 class SandboxPlaces(_SandboxProvider):
     """:class:`~services.common.providers.base.PlaceSearch` over generated businesses."""
