@@ -42,7 +42,9 @@ class Settings:
     max_deliver: int = 5
     # Jobs service
     job_max_attempts: int = 3
-    page_token_secret: str = field(default="prospect-page-tokens", repr=False)  # signs page tokens; set per deployment
+    page_token_secret: str = field(
+        default="prospect-page-tokens", repr=False
+    )  # signs page tokens; set per deployment
     local_user: str = "local"  # the one user of AUTH_MODE=none
     outbox_poll_s: float = 1.0
     # Workers

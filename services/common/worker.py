@@ -150,6 +150,9 @@ class TaskWorker(Generic[T]):
         """Tasks this worker runs at once."""
         raise NotImplementedError
 
+    async def start(self) -> None:
+        """Open what the worker needs beyond the constructor's (before the first task)."""
+
     async def handle(self, msg: Msg) -> None:
         try:
             task = self.task_type.FromString(msg.data)
@@ -184,6 +187,7 @@ async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     await bus.ensure_topology(js, settings)
     cancels = await bus.CancelRegistry.open(nc, js)
     worker = kind(settings, js, cancels, select_providers(settings))
+    await worker.start()
     concurrency = kind.concurrency(settings)
     runner = TaskRunner(
         js, bus.WORK_STREAM, kind.consumer, worker.handle, concurrency, settings.ack_wait_s / 3

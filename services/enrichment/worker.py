@@ -9,8 +9,10 @@ from nats.aio.msg import Msg
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
+from services.common.cache import CachedEmail, CachedVerification, EnrichmentCache
 from services.common.domains import domain_of
 from services.common.errors import ProviderError
+from services.common.money import usd_to_micros
 from services.common.providers import Charge
 from services.common.settings import Settings
 from services.common.worker import (
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
+    _cache: EnrichmentCache
     name = "enrichment"
     task_type = work_pb2.EnrichmentTask
     consumer = bus.ENRICHMENT_CONSUMER
@@ -32,6 +35,11 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
     @classmethod
     def concurrency(cls, settings: Settings) -> int:
         return settings.enrichment_concurrency
+
+    async def start(self) -> None:
+        self._cache = await EnrichmentCache.open(
+            self._js, self._settings.enrichment_cache_days, self._settings.stream_replicas
+        )
 
     async def run(self, task: work_pb2.EnrichmentTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
@@ -74,27 +82,60 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
         await publish_report(self._js, report)
         await msg.ack()
 
+    def _affordable(
+        self, task: work_pb2.EnrichmentTask, charges: list[Charge], price: float
+    ) -> bool:
+        """Whether a call of ``price`` fits in what this task may still spend."""
+        if task.budget_micros == 0:
+            return True
+        spent = sum(usd_to_micros(c.cost_usd) for c in charges)
+        return spent + usd_to_micros(price) <= task.budget_micros
+
     async def _enrich(
         self, task: work_pb2.EnrichmentTask, charges: list[Charge]
     ) -> work_pb2.EnrichmentResult:
-        """Find and verify; ``charges`` collects each billable call as it is made."""
-        result = work_pb2.EnrichmentResult(lead_id=task.lead_id)
+        """Find and verify; ``charges`` collects each billable call as it is made. The cache
+        answers first; a paid call is made only if the task's allowance covers its price."""
+        finder, verifier = self._providers.email_finder, self._providers.email_verifier
+        search_price = finder.price("email_search")
+        verify_price = verifier.price("verify") if task.verify_emails else 0.0
+        result = work_pb2.EnrichmentResult(
+            lead_id=task.lead_id, lead_price_micros=usd_to_micros(search_price + verify_price)
+        )
         domain = domain_of(task.place.website)
         if not domain:
             result.email_status = "no_website"
             return result
-        found = await self._providers.email_finder.find_email(domain, task.place.name)
-        charges.extend(found.charges)
-        if not found.email:
+        cached = await self._cache.email(finder.name, domain)
+        if cached is not None:
+            result.from_cache = True
+        elif not self._affordable(task, charges, search_price):
+            result.email_status = "skipped_budget"
+            return result
+        else:
+            found = await finder.find_email(domain, task.place.name)
+            charges.extend(found.charges)
+            cached = CachedEmail(found.email, found.confidence)
+            await self._cache.store_email(finder.name, domain, cached)
+        if not cached.email:
             result.email_status = "not_found"
             return result
-        result.email = found.email
+        result.email = cached.email
         if not task.verify_emails or self._cancels.is_cancelled(task.job_id):
             result.email_status = "unverified"
             return result
-        verification = await self._providers.email_verifier.verify(found.email)
-        charges.extend(verification.charges)
-        result.email_status = verification.status
+        verified = await self._cache.verification(verifier.name, cached.email)
+        if verified is not None:
+            result.from_cache = True
+        elif not self._affordable(task, charges, verify_price):
+            result.email_status = "unverified"  # found, but the budget stops at verifying
+            return result
+        else:
+            verification = await verifier.verify(cached.email)
+            charges.extend(verification.charges)
+            verified = CachedVerification(verification.status)
+            await self._cache.store_verification(verifier.name, cached.email, verified)
+        result.email_status = verified.status
         result.verified = True
         return result
 

@@ -8,16 +8,9 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from prospect.v1 import jobs_pb2
+from services.common.money import micros_to_usd, usd_to_micros
 from services.jobs.machine import JobState, Metrics, Stage, Status
 from services.jobs.models import JobRow, LeadRow
-
-
-def micros_to_usd(micros: int) -> float:
-    return micros / 1_000_000
-
-
-def usd_to_micros(usd: float) -> int:
-    return round(usd * 1_000_000)
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:
@@ -86,6 +79,8 @@ def metrics_proto(m: Metrics) -> jobs_pb2.JobMetrics:
         sandbox=m.sandbox,
         emails_found=m.emails_found,
         leads_skipped_budget=m.leads_skipped_budget,
+        cost_by_provider={p: micros_to_usd(v) for p, v in m.cost_by_provider.items()},
+        leads_from_cache=m.leads_from_cache,
     )
 
 
@@ -134,4 +129,6 @@ def lead_proto(row: LeadRow) -> jobs_pb2.Lead:
         cost=micros_to_usd(row.cost_micros),
         rating=row.rating,
         review_count=row.review_count,
+        from_cache=row.from_cache,
+        cost_by_provider={p: micros_to_usd(v) for p, v in (row.cost_by_provider or {}).items()},
     )

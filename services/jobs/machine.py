@@ -58,11 +58,14 @@ class Metrics:
     avg_confidence: float = 0.0
     leads_dispatched: int = 0
     leads_failed: int = 0
-    leads_skipped_budget: int = 0
-    # Largest cost of one lead's enrichment so far: the estimate that paces dispatch
-    # under a budget.
-    max_lead_cost_micros: int = 0
+    leads_skipped_budget: int = 0  # never queued, or queued but unaffordable
+    leads_never_queued: int = 0  # of those, the ones left pending at the end
+    leads_from_cache: int = 0
+    # The most one lead can cost, as the enrichment workers report it: under a budget,
+    # each queued lead reserves this much.
+    lead_price_micros: int = 0
     providers: dict[str, str] = field(default_factory=dict)
+    cost_by_provider: dict[str, int] = field(default_factory=dict)
 
     @property
     def leads_settled(self) -> int:
@@ -75,6 +78,7 @@ class Metrics:
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["providers"] = dict(self.providers)
+        out["cost_by_provider"] = dict(self.cost_by_provider)
         return out
 
     @classmethod
@@ -106,6 +110,7 @@ class DiscoveryProgressed:
     cost_micros: int
     message: str
     providers: dict[str, str] = field(default_factory=dict)
+    by_provider: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,7 @@ class DiscoveryFinished:
     scores: list[int]  # qualified places' scores, best first
     cost_micros: int
     providers: dict[str, str] = field(default_factory=dict)
+    by_provider: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,10 @@ class LeadEnriched:
     # its calls are billed again, but the lead is not counted twice.
     first_report: bool = True
     providers: dict[str, str] = field(default_factory=dict)
+    by_provider: dict[str, int] = field(default_factory=dict)
+    from_cache: bool = False
+    skipped_budget: bool = False  # the lead's allowance could not pay for its first call
+    lead_price_micros: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +145,7 @@ class TaskFailed:
     permanent: bool
     cost_micros: int = 0
     lead: bool = False  # an enrichment task for one lead, not the whole job
+    by_provider: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,7 @@ class Charged:
     note: str
     lead: bool = False
     providers: dict[str, str] = field(default_factory=dict)
+    by_provider: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +179,11 @@ class StoreLeads:
 
 @dataclass(frozen=True, slots=True)
 class DispatchLeads:
-    """Queue enrichment for the next ``count`` pending leads, best score first."""
+    """Queue enrichment for the next ``count`` pending leads, best score first, each
+    allowed to spend ``allowance_micros`` (0 = no limit)."""
 
     count: int
+    allowance_micros: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +265,18 @@ class _Builder:
         return Transition(self.snapshots, self.effects, self.state)
 
 
-def _add_cost(m: Metrics, micros: int, providers: dict[str, str]) -> Metrics:
+def _add_cost(m: Metrics, event: Event) -> Metrics:
+    """Account for the money an event reports, in total and per provider."""
+    micros: int = getattr(event, "cost_micros", 0)
+    providers: dict[str, str] = getattr(event, "providers", {})
+    by_provider: dict[str, int] = getattr(event, "by_provider", {})
     merged = {**m.providers, **providers} if providers else m.providers
-    return replace(m, total_cost_micros=m.total_cost_micros + micros, providers=merged)
+    costs = dict(m.cost_by_provider)
+    for provider, amount in by_provider.items():
+        costs[provider] = costs.get(provider, 0) + amount
+    return replace(
+        m, total_cost_micros=m.total_cost_micros + micros, providers=merged, cost_by_provider=costs
+    )
 
 
 def _enrich_progress(m: Metrics) -> int:
@@ -262,39 +285,52 @@ def _enrich_progress(m: Metrics) -> int:
     return ENRICH_START + (ENRICH_END - ENRICH_START) * m.leads_settled // m.qualified_leads
 
 
-def _dispatchable(state: JobState) -> int:
-    """How many more leads may be queued now without risking the budget."""
+def _in_flight(m: Metrics) -> int:
+    return m.leads_dispatched + m.leads_never_queued - m.leads_settled
+
+
+def _unqueued(m: Metrics) -> int:
+    return m.qualified_leads - m.leads_dispatched - m.leads_never_queued
+
+
+def _dispatchable(state: JobState) -> tuple[int, int]:
+    """How many more leads may be queued now, and each one's allowance, so that spent plus
+    what queued leads may still spend never exceeds the budget."""
     m = state.metrics
-    remaining = m.qualified_leads - m.leads_dispatched - m.leads_skipped_budget
+    remaining = _unqueued(m)
     if remaining <= 0:
-        return 0
+        return 0, 0
     if state.budget_micros == 0:
-        return remaining
-    in_flight = m.leads_dispatched - m.leads_enriched - m.leads_failed
+        return remaining, 0
     left = state.budget_micros - m.total_cost_micros
-    if m.max_lead_cost_micros == 0:
-        # No lead has reported yet: find out what one costs before queueing more.
-        return 1 if in_flight == 0 and left > 0 else 0
-    allowed = (left - in_flight * m.max_lead_cost_micros) // m.max_lead_cost_micros
-    return max(0, min(remaining, allowed))
+    price = m.lead_price_micros
+    if price == 0:
+        # No lead has reported its price yet: one at a time, allowed all that is left.
+        return (1, left) if _in_flight(m) == 0 and left > 0 else (0, 0)
+    allowed = (left - _in_flight(m) * price) // price
+    return max(0, min(remaining, allowed)), price
 
 
 def _advance_enrichment(b: _Builder) -> None:
     """Queue what the budget allows; finish the job when every lead is settled."""
-    count = _dispatchable(b.state)
+    count, allowance = _dispatchable(b.state)
     m = b.state.metrics
     if count:
-        b.effects.append(DispatchLeads(count))
+        b.effects.append(DispatchLeads(count, allowance))
         b.state = replace(b.state, metrics=replace(m, leads_dispatched=m.leads_dispatched + count))
         return
-    in_flight = m.leads_dispatched - m.leads_enriched - m.leads_failed
-    if in_flight > 0:
+    if _in_flight(m) > 0:
         return
-    pending = m.qualified_leads - m.leads_dispatched - m.leads_skipped_budget
+    pending = _unqueued(m)
     if pending > 0:
         b.effects.append(SkipPendingLeads())
         b.state = replace(
-            b.state, metrics=replace(m, leads_skipped_budget=m.leads_skipped_budget + pending)
+            b.state,
+            metrics=replace(
+                m,
+                leads_skipped_budget=m.leads_skipped_budget + pending,
+                leads_never_queued=m.leads_never_queued + pending,
+            ),
         )
     _finish(b)
 
@@ -320,10 +356,7 @@ def _late_charge(state: JobState, event: Event) -> Transition:
     if not cost:
         return Transition()
     b = _Builder(state)
-    b.step(
-        f"Late charge of {dollars(cost)}",
-        metrics=_add_cost(state.metrics, cost, getattr(event, "providers", {})),
-    )
+    b.step(f"Late charge of {dollars(cost)}", metrics=_add_cost(state.metrics, event))
     per_lead = isinstance(event, LeadEnriched) or (
         isinstance(event, TaskFailed | Charged) and event.lead
     )
@@ -345,8 +378,7 @@ def transition(state: JobState, event: Event) -> Transition:
                 return _late_charge(state, event)  # from an earlier, redelivered attempt
             metrics = _add_cost(
                 replace(m, businesses_found=max(m.businesses_found, event.businesses_found)),
-                event.cost_micros,
-                event.providers,
+                event,
             )
             metrics = replace(
                 metrics, discovery_cost_micros=m.discovery_cost_micros + event.cost_micros
@@ -363,7 +395,7 @@ def transition(state: JobState, event: Event) -> Transition:
                 return _late_charge(state, event)
             scores = event.scores
             avg = round(sum(scores) / len(scores), 2) if scores else 0.0
-            metrics = _add_cost(m, event.cost_micros, event.providers)
+            metrics = _add_cost(m, event)
             metrics = replace(
                 metrics,
                 businesses_found=event.businesses_found,
@@ -387,14 +419,20 @@ def transition(state: JobState, event: Event) -> Transition:
             )
             _advance_enrichment(b)
         case LeadEnriched():
-            metrics = _add_cost(m, event.cost_micros, event.providers)
-            if event.first_report:
+            metrics = _add_cost(m, event)
+            if event.first_report and event.skipped_budget:
+                metrics = replace(metrics, leads_skipped_budget=m.leads_skipped_budget + 1)
+            elif event.first_report:
                 metrics = replace(
                     metrics,
                     leads_enriched=m.leads_enriched + 1,
                     emails_found=m.emails_found + int(event.email_found),
                     emails_verified=m.emails_verified + int(event.verified_valid),
-                    max_lead_cost_micros=max(m.max_lead_cost_micros, event.cost_micros),
+                    leads_from_cache=m.leads_from_cache + int(event.from_cache),
+                )
+            if event.lead_price_micros:
+                metrics = replace(
+                    metrics, lead_price_micros=max(m.lead_price_micros, event.lead_price_micros)
                 )
             b.step(
                 f"Enriching {metrics.leads_settled}/{metrics.qualified_leads} contacts, "
@@ -404,7 +442,7 @@ def transition(state: JobState, event: Event) -> Transition:
             )
             _advance_enrichment(b)
         case TaskFailed():
-            metrics = _add_cost(m, event.cost_micros, {})
+            metrics = _add_cost(m, event)
             where = f"{event.stage.value.lower()} via {event.provider}"
             if event.lead and not event.permanent:
                 # One lead could not be enriched after its retries: keep the job going.
@@ -430,7 +468,7 @@ def transition(state: JobState, event: Event) -> Transition:
                     error += f" after {state.attempts} attempt(s)"
                 b.step(error, status=Status.FAILED, error=error, metrics=metrics)
         case Charged():
-            metrics = _add_cost(m, event.cost_micros, event.providers)
+            metrics = _add_cost(m, event)
             if not event.lead and state.stage in (Stage.QUEUED, Stage.DISCOVERING):
                 # Shared among the leads when they are stored.
                 metrics = replace(

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -130,6 +131,9 @@ class LeadRow(Base):
     # pending -> dispatched -> enriched | skipped (budget) | failed
     state: Mapped[str] = mapped_column(String(16), default="pending")
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The same cost per provider: {"google_places": 1750, "hunter": 24500, ...}
+    cost_by_provider: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    from_cache: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
 

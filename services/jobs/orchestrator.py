@@ -24,9 +24,10 @@ from sqlalchemy.orm.exc import StaleDataError
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
 from services.common.errors import FailedPrecondition
+from services.common.money import usd_to_micros
 from services.common.settings import Settings
 from services.jobs import machine as m
-from services.jobs.convert import config_to_json, job_proto, state_of, store_state, usd_to_micros
+from services.jobs.convert import config_to_json, job_proto, state_of, store_state
 from services.jobs.fanout import Fanout
 from services.jobs.models import (
     AppliedReportRow,
@@ -67,8 +68,19 @@ class Applied:
     job_id: str = ""
 
 
-def _charges_micros(report: work_pb2.WorkerReport) -> int:
-    return sum(usd_to_micros(c.cost_usd) for c in report.charges)
+def _charges_by_provider(report: work_pb2.WorkerReport) -> dict[str, int]:
+    costs: dict[str, int] = {}
+    for charge in report.charges:
+        costs[charge.provider] = costs.get(charge.provider, 0) + usd_to_micros(charge.cost_usd)
+    return costs
+
+
+def _add_costs(lead: LeadRow, by_provider: dict[str, int]) -> None:
+    merged = dict(lead.cost_by_provider or {})
+    for provider, micros in by_provider.items():
+        merged[provider] = merged.get(provider, 0) + micros
+    lead.cost_by_provider = merged
+    lead.cost_micros += sum(by_provider.values())
 
 
 def _share(total: int, parts: int) -> list[int]:
@@ -206,18 +218,30 @@ class Orchestrator:
     async def _event_of(
         self, session: AsyncSession, job: JobRow, report: work_pb2.WorkerReport
     ) -> m.Event:
-        cost = _charges_micros(report)
+        by_provider = _charges_by_provider(report)
+        cost = sum(by_provider.values())
         providers = dict(report.providers)
         body = report.WhichOneof("body")
         if body == "discovery_progress":
             p = report.discovery_progress
-            return m.DiscoveryProgressed(p.progress, p.businesses_found, cost, p.message, providers)
+            return m.DiscoveryProgressed(
+                p.progress,
+                p.businesses_found,
+                cost,
+                p.message,
+                providers=providers,
+                by_provider=by_provider,
+            )
         if body == "discovery_result":
             r = report.discovery_result
             scores = [place.confidence_score for place in r.qualified]
-            return m.DiscoveryFinished(r.businesses_found, scores, cost, providers)
+            return m.DiscoveryFinished(
+                r.businesses_found, scores, cost, providers=providers, by_provider=by_provider
+            )
         if body == "charges_only" and not report.charges_only.lead_id:
-            return m.Charged(cost, report.charges_only.note, False, providers)
+            return m.Charged(
+                cost, report.charges_only.note, False, providers=providers, by_provider=by_provider
+            )
         lead_id = {
             "enrichment_result": report.enrichment_result.lead_id,
             "task_failure": report.task_failure.lead_id,
@@ -229,27 +253,36 @@ class Orchestrator:
         first = lead is not None and lead.state in ("pending", "dispatched")
         if lead is not None:
             # Every billable call counts, even on a redelivered task's second run.
-            lead.cost_micros += cost
+            _add_costs(lead, by_provider)
             lead.updated_at = utcnow()
         if body == "enrichment_result":
             enriched = report.enrichment_result
             if lead is not None and first:
                 lead.email = enriched.email
                 lead.email_status = enriched.email_status
-                lead.state = "enriched"
+                lead.from_cache = enriched.from_cache
+                lead.state = "skipped" if enriched.email_status == "skipped_budget" else "enriched"
             return m.LeadEnriched(
                 cost,
                 bool(enriched.email),
                 enriched.email_status == "valid",
-                first and lead is not None,
-                providers,
+                first_report=first,
+                from_cache=enriched.from_cache,
+                skipped_budget=enriched.email_status == "skipped_budget",
+                lead_price_micros=enriched.lead_price_micros,
+                providers=providers,
+                by_provider=by_provider,
             )
         if body == "charges_only":
-            return m.Charged(cost, report.charges_only.note, True, providers)
+            return m.Charged(
+                cost, report.charges_only.note, True, providers=providers, by_provider=by_provider
+            )
         f = report.task_failure
         if lead_id and not first:
             # A failure of a lead already settled, or unknown: only its cost matters.
-            return m.LeadEnriched(cost, False, False, first_report=False, providers=providers)
+            return m.LeadEnriched(
+                cost, False, False, first_report=False, providers=providers, by_provider=by_provider
+            )
         if lead is not None and not f.permanent:
             lead.state = "failed"
             lead.email_status = "error"
@@ -258,7 +291,15 @@ class Orchestrator:
             if f.stage
             else (m.Stage.ENRICHING if lead_id else m.Stage.DISCOVERING)
         )
-        return m.TaskFailed(stage, f.provider, f.error, f.permanent, cost, lead=bool(lead_id))
+        return m.TaskFailed(
+            stage,
+            f.provider,
+            f.error,
+            f.permanent,
+            cost,
+            lead=bool(lead_id),
+            by_provider=by_provider,
+        )
 
     async def _store(
         self,
@@ -300,6 +341,7 @@ class Orchestrator:
                 assert report is not None
                 places = list(report.discovery_result.qualified)
                 shares = _share(state.metrics.discovery_cost_micros, max(1, len(places)))
+                places_provider = state.metrics.providers.get("places", "places")
                 now = utcnow()
                 session.add_all(
                     LeadRow(
@@ -316,6 +358,7 @@ class Orchestrator:
                         review_count=p.review_count,
                         confidence_score=p.confidence_score,
                         cost_micros=shares[rank],
+                        cost_by_provider={places_provider: shares[rank]} if shares[rank] else {},
                         created_at=now,
                         updated_at=now,
                     )
@@ -324,9 +367,10 @@ class Orchestrator:
                 await session.flush()
             case m.ShareCost(micros=micros):
                 leads = await self._leads(session, job.id)
+                places_provider = state.metrics.providers.get("places", "places")
                 for lead, share in zip(leads, _share(micros, max(1, len(leads))), strict=False):
-                    lead.cost_micros += share
-            case m.DispatchLeads(count=count):
+                    _add_costs(lead, {places_provider: share})
+            case m.DispatchLeads(count=count, allowance_micros=allowance):
                 query = (
                     select(LeadRow)
                     .where(LeadRow.job_id == job.id, LeadRow.state == "pending")
@@ -336,7 +380,7 @@ class Orchestrator:
                 rows = []
                 for lead in (await session.scalars(query)).all():
                     lead.state = "dispatched"
-                    rows.append(self._enrichment_task(job, lead))
+                    rows.append(self._enrichment_task(job, lead, allowance))
                 return rows
             case m.SkipPendingLeads():
                 await session.execute(
@@ -362,7 +406,7 @@ class Orchestrator:
         return list((await session.scalars(query)).all())
 
     @staticmethod
-    def _enrichment_task(job: JobRow, lead: LeadRow) -> OutboxRow:
+    def _enrichment_task(job: JobRow, lead: LeadRow, allowance_micros: int) -> OutboxRow:
         task = work_pb2.EnrichmentTask(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -377,6 +421,7 @@ class Orchestrator:
             ),
             verify_emails=bool(job.config.get("verify_emails", False)),
             attempt=job.attempts,
+            budget_micros=allowance_micros,
         )
         return outbox_row(f"enrichment.{lead.id}", bus.ENRICHMENT_SUBJECT, task)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -222,17 +223,18 @@ async def test_cancel_a_finished_job_is_failed_precondition(stack: Stack) -> Non
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_cancel_a_running_job(stack: Stack) -> None:
-    async with grpc.aio.insecure_channel(stack.jobs_addr) as channel:
-        stub = jobs_pb2_grpc.JobServiceStub(channel)
-        # Many leads: far more work than the round trip to cancel takes.
-        submitted = await stub.SubmitCampaign(
-            jobs_pb2.SubmitCampaignRequest(config=campaign(max_results=60, min_confidence_score=0))
-        )
-        cancelled = await stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=submitted.job_id))
-        assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLED
-        updates = await watch_all(stub, submitted.job_id)
-        assert updates[-1].job.status == jobs_pb2.JOB_STATUS_CANCELLED
+async def test_cancel_a_running_job(tmp_path: Path) -> None:
+    # Its own stack with slow providers: the job is surely still running when cancelled.
+    with Stack(tmp_path, env={"SANDBOX_LATENCY_MS": "300"}) as slow:
+        async with grpc.aio.insecure_channel(slow.jobs_addr) as channel:
+            stub = jobs_pb2_grpc.JobServiceStub(channel)
+            submitted = await stub.SubmitCampaign(jobs_pb2.SubmitCampaignRequest(config=campaign()))
+            cancelled = await stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=submitted.job_id))
+            assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLED
+            updates = await watch_all(stub, submitted.job_id)
+            assert updates[-1].job.status == jobs_pb2.JOB_STATUS_CANCELLED
+            got = await stub.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id))
+            assert got.status == jobs_pb2.JOB_STATUS_CANCELLED
 
 
 async def test_health_and_reflection(stack: Stack) -> None:

@@ -75,16 +75,48 @@ def test_no_qualified_leads_completes_at_once() -> None:
 
 def test_budget_paces_dispatch_and_skips_what_it_cannot_afford() -> None:
     start = m.JobState(budget_micros=200_000)
-    state, _, effects = run(start, *discovered([90, 80, 70, 60], cost=100_000))
-    assert effects.count(m.DispatchLeads(1)) == 1  # one lead first, to learn its cost
-    state, _, effects = run(state, enriched(cost=40_000))
-    # 140k spent, 60k left, 40k a lead: one more lead fits.
-    assert m.DispatchLeads(1) in effects
-    state, _snaps, effects = run(state, enriched(cost=40_000))
+    state, _, effects = run(start, *discovered([90, 80, 70, 60, 50], cost=100_000))
+    # The price of a lead is not known yet: one lead, allowed all that is left.
+    assert m.DispatchLeads(1, 100_000) in effects
+    state, _, effects = run(state, m.LeadEnriched(20_000, True, True, lead_price_micros=40_000))
+    # 120k spent, 80k left, 40k reserved per queued lead: two more leads fit.
+    assert m.DispatchLeads(2, 40_000) in effects
+    state, _, effects = run(state, m.LeadEnriched(40_000, True, True, lead_price_micros=40_000))
+    assert not any(isinstance(e, m.DispatchLeads) for e in effects)  # 40k left, 40k reserved
+    state, snaps, effects = run(
+        state, m.LeadEnriched(0, False, False, skipped_budget=True, lead_price_micros=40_000)
+    )
+    assert m.DispatchLeads(1, 40_000) in effects  # the skipped lead's reservation is free
+    state, snaps, effects = run(
+        state, m.LeadEnriched(40_000, True, False, lead_price_micros=40_000)
+    )
     assert m.SkipPendingLeads() in effects
     assert state.status == m.Status.COMPLETED
-    assert state.metrics.leads_skipped_budget == 2
-    assert state.metrics.total_cost_micros <= 200_000 + 40_000
+    assert state.metrics.total_cost_micros == 200_000  # never above the budget
+    assert state.metrics.leads_skipped_budget == 2  # one unaffordable, one never queued
+    assert state.metrics.leads_enriched == 3
+    assert "2 skipped for budget" in snaps[-1].message
+
+
+def test_costs_are_kept_per_provider() -> None:
+    state, _, _ = run(
+        m.JobState(),
+        m.DiscoveryProgressed(10, 3, 35_000, "Found", by_provider={"google_places": 35_000}),
+        m.DiscoveryFinished(3, [90], 0),
+        m.LeadEnriched(32_500, True, True, by_provider={"hunter": 24_500, "neverbounce": 8_000}),
+    )
+    assert state.metrics.cost_by_provider == {
+        "google_places": 35_000,
+        "hunter": 24_500,
+        "neverbounce": 8_000,
+    }
+    assert sum(state.metrics.cost_by_provider.values()) == state.metrics.total_cost_micros
+
+
+def test_cached_leads_are_counted() -> None:
+    state, _, _ = run(m.JobState(), *discovered([90, 80]))
+    state, _, _ = run(state, m.LeadEnriched(0, True, True, from_cache=True), enriched())
+    assert state.metrics.leads_from_cache == 1 and state.status == m.Status.COMPLETED
 
 
 def test_redelivered_lead_bills_again_but_counts_once() -> None:

@@ -1,0 +1,103 @@
+"""The enrichment cache: never pay twice for the same lookup.
+
+A domain's email search and an address's verification are kept in a NATS KV bucket shared
+by every enrichment worker, for ENRICHMENT_CACHE_DAYS. A lead whose domain was looked up
+recently reuses the result at zero cost and says it came from the cache. Entries carry
+the time they were written, so shortening the freshness takes effect at once; the bucket's
+own max age (the freshness when it was created) only bounds its size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+CACHE_BUCKET = "PROSPECT_ENRICHMENT_CACHE"
+DAY_S = 86400.0
+
+
+def _key(provider: str, kind: str, value: str) -> str:
+    # Per provider: a sandbox answer must never stand in for a real one. Hashed, because
+    # KV keys allow a narrow alphabet and addresses may hold anything else.
+    digest = hashlib.sha256(value.strip().lower().encode()).hexdigest()
+    return f"{provider}.{kind}.{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedEmail:
+    email: str  # "" when the search found nothing
+    confidence: int
+
+
+@dataclass(frozen=True, slots=True)
+class CachedVerification:
+    status: str
+
+
+class EnrichmentCache:
+    def __init__(self, kv: KeyValue | None, freshness_days: float) -> None:
+        self._kv = kv
+        self._freshness_s = freshness_days * DAY_S
+
+    @classmethod
+    async def open(
+        cls, js: JetStreamContext, freshness_days: float, replicas: int
+    ) -> EnrichmentCache:
+        """The shared cache; a freshness of 0 turns it off."""
+        if freshness_days <= 0:
+            return cls(None, 0)
+        kv = await js.create_key_value(
+            KeyValueConfig(
+                bucket=CACHE_BUCKET,
+                history=1,
+                ttl=freshness_days * DAY_S,
+                replicas=replicas,
+                storage=StorageType.FILE,
+            )
+        )
+        return cls(kv, freshness_days)
+
+    async def _get(self, key: str) -> dict[str, object] | None:
+        if self._kv is None:
+            return None
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        try:
+            data = json.loads(entry.value or b"")
+        except ValueError:
+            return None  # unreadable entry: look it up again
+        if not isinstance(data, dict) or time.time() - float(data.get("at", 0)) > self._freshness_s:
+            return None
+        return data
+
+    async def _put(self, key: str, data: dict[str, object]) -> None:
+        if self._kv is not None:
+            await self._kv.put(key, json.dumps({**data, "at": time.time()}).encode())
+
+    async def email(self, provider: str, domain: str) -> CachedEmail | None:
+        data = await self._get(_key(provider, "domain", domain))
+        if data is None:
+            return None
+        return CachedEmail(str(data.get("email", "")), int(str(data.get("confidence", 0))))
+
+    async def store_email(self, provider: str, domain: str, found: CachedEmail) -> None:
+        data = {"email": found.email, "confidence": found.confidence}
+        await self._put(_key(provider, "domain", domain), data)
+
+    async def verification(self, provider: str, email: str) -> CachedVerification | None:
+        data = await self._get(_key(provider, "email", email))
+        return None if data is None else CachedVerification(str(data.get("status", "")))
+
+    async def store_verification(
+        self, provider: str, email: str, result: CachedVerification
+    ) -> None:
+        await self._put(_key(provider, "email", email), {"status": result.status})

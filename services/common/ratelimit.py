@@ -1,0 +1,101 @@
+"""Request-rate limits shared by every worker process, kept in a NATS KV bucket.
+
+The limit is GCRA (the generic cell rate algorithm, a token bucket in one number): a key per
+provider holds its *theoretical arrival time* (TAT). To send, a worker reads the TAT,
+reserves the next slot with a compare-and-set on the entry's revision, and sleeps until the
+slot opens. One round trip pair per request, no polling, and the limit holds across all
+processes together because every reservation goes through the same key. On a rate-limit
+answer, :meth:`SharedRateLimiter.penalize` pushes the TAT past the back-off, so every
+worker waits at once.
+
+Processes compare wall clocks (``time.time``), so the hosts' clocks must agree (NTP), as
+they do on one machine and across a Kubernetes cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+RATE_LIMIT_BUCKET = "PROSPECT_RATELIMITS"
+# An idle key is forgotten after this long; its next request starts a fresh bucket.
+_IDLE_TTL_S = 3600.0
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+async def open_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+    """The KV bucket of every provider's limiter (created if missing)."""
+    return await js.create_key_value(
+        KeyValueConfig(
+            bucket=RATE_LIMIT_BUCKET,
+            history=1,
+            ttl=_IDLE_TTL_S,
+            replicas=replicas,
+            storage=StorageType.MEMORY,  # losing it on a restart only resets the buckets
+        )
+    )
+
+
+class SharedRateLimiter:
+    """At most ``rate`` requests per second with bursts of ``burst``, over all processes."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        key: str,
+        rate: float,
+        burst: int,
+        *,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self._kv = kv
+        self._key = key
+        self._interval = 1.0 / rate
+        self._tolerance = (burst - 1) * self._interval
+        self._clock = clock
+        self._sleep = sleep
+
+    async def _swap(self, next_tat: Callable[[float, float], float]) -> tuple[float, float]:
+        """Compare-and-set the TAT to ``next_tat(tat, now)``; return (old tat, now)."""
+        while True:
+            now = self._clock()
+            try:
+                entry = await self._kv.get(self._key)
+                revision: int | None = entry.revision
+                tat = float(entry.value or b"0")
+            except KeyNotFoundError:
+                revision, tat = None, 0.0
+            tat = max(tat, now)
+            value = repr(next_tat(tat, now)).encode()
+            try:
+                if revision is None:
+                    await self._kv.create(self._key, value)
+                else:
+                    await self._kv.update(self._key, value, last=revision)
+                return tat, now
+            except KeyWrongLastSequenceError:
+                # Another process reserved first: read again (a little jitter spreads retries).
+                await asyncio.sleep(random.uniform(0, 0.002))
+
+    async def acquire(self) -> None:
+        """Reserve the next slot and wait for it."""
+        tat, now = await self._swap(lambda tat, _now: tat + self._interval)
+        wait = tat - self._tolerance - now
+        if wait > 0:
+            await self._sleep(wait)
+
+    async def penalize(self, seconds: float) -> None:
+        """Nobody sends for ``seconds`` from now (slots already handed out keep their time)."""
+        await self._swap(lambda tat, now: max(tat, now + seconds + self._tolerance))
