@@ -1,0 +1,106 @@
+"""The shared rate limiter and the enrichment cache, on a real nats-server's KV buckets.
+
+Two limiter objects on one key stand for two worker processes: the limit holds for both
+together. A controlled clock makes the schedule exact (no timing assertions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.js import JetStreamContext
+
+from services.cli.stack import NatsServer
+from services.common import bus
+from services.common.cache import CachedEmail, CachedVerification, EnrichmentCache
+from services.common.ratelimit import SharedRateLimiter, open_bucket
+from services.common.settings import Settings
+
+
+class Clock:
+    """A clock that moves only when someone sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+
+
+@pytest.fixture
+async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
+    nc = await bus.connect(Settings(nats_url=nats_server.url), "test")
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
+async def test_two_processes_share_one_rate(js: JetStreamContext) -> None:
+    kv = await open_bucket(js, replicas=1)
+    clock = Clock()
+    one = SharedRateLimiter(kv, "hunter", rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    two = SharedRateLimiter(kv, "hunter", rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    for limiter in (one, two, one, two, one):
+        await limiter.acquire()
+    # Five requests at the same instant from two processes: 100 ms apart, as one queue.
+    assert clock.sleeps == [0.1, 0.2, 0.3, 0.4]
+
+
+async def test_burst_then_rate(js: JetStreamContext) -> None:
+    kv = await open_bucket(js, replicas=1)
+    clock = Clock()
+    limiter = SharedRateLimiter(kv, "google", rate=10, burst=3, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        await limiter.acquire()
+    assert clock.sleeps == [0.1, 0.2]  # three at once, then one per 100 ms
+    clock.now += 10  # idle: the burst is back
+    clock.sleeps.clear()
+    for _ in range(3):
+        await limiter.acquire()
+    assert clock.sleeps == []
+
+
+async def test_a_rate_limit_answer_makes_every_process_wait(js: JetStreamContext) -> None:
+    kv = await open_bucket(js, replicas=1)
+    clock = Clock()
+    one = SharedRateLimiter(kv, "nb", rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    two = SharedRateLimiter(kv, "nb", rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    await one.acquire()
+    await one.penalize(5.0)  # the provider said "slow down" to process one
+    await two.acquire()
+    assert clock.sleeps == [5.0]  # process two waits too
+
+
+async def test_limits_are_per_key(js: JetStreamContext) -> None:
+    kv = await open_bucket(js, replicas=1)
+    clock = Clock()
+    a = SharedRateLimiter(kv, "a", rate=1, burst=1, clock=clock, sleep=clock.sleep)
+    b = SharedRateLimiter(kv, "b", rate=1, burst=1, clock=clock, sleep=clock.sleep)
+    await a.acquire()
+    await b.acquire()
+    assert clock.sleeps == []
+
+
+async def test_cache_answers_per_provider_until_stale(js: JetStreamContext) -> None:
+    cache = await EnrichmentCache.open(js, freshness_days=30, replicas=1)
+    assert await cache.email("hunter", "example.com") is None
+    await cache.store_email("hunter", "Example.com", CachedEmail("info@example.com", 91))
+    assert await cache.email("hunter", "example.com") == CachedEmail("info@example.com", 91)
+    assert await cache.email("sandbox", "example.com") is None  # never across providers
+    await cache.store_verification("neverbounce", "a+b@x.io", CachedVerification("catchall"))
+    assert await cache.verification("neverbounce", "A+B@x.io") == CachedVerification("catchall")
+
+    stale = EnrichmentCache(await js.key_value("PROSPECT_ENRICHMENT_CACHE"), freshness_days=0)
+    assert await stale.email("hunter", "example.com") is None
+
+
+async def test_cache_off_when_freshness_is_zero(js: JetStreamContext) -> None:
+    cache = await EnrichmentCache.open(js, freshness_days=0, replicas=1)
+    await cache.store_email("hunter", "example.com", CachedEmail("info@example.com", 91))
+    assert await cache.email("hunter", "example.com") is None
