@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from prospect.v1 import work_pb2
 from services.common import bus
 from services.common.logs import setup_logging
-from services.common.providers import Charge, Providers, select_providers
+from services.common.providers import Charge, Providers, open_providers
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,10 @@ async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     js = nc.jetstream()
     await bus.ensure_topology(js, settings)
     cancels = await bus.CancelRegistry.open(nc, js)
-    worker = kind(settings, js, cancels, select_providers(settings))
+    providers = await open_providers(settings, js)
+    worker = kind(settings, js, cancels, providers)
     await worker.start()
+    log.info("providers: %s", ", ".join(f"{k}={v}" for k, v in providers.names().items()))
     concurrency = kind.concurrency(settings)
     runner = TaskRunner(
         js, bus.WORK_STREAM, kind.consumer, worker.handle, concurrency, settings.ack_wait_s / 3
@@ -196,6 +198,7 @@ async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     await runner.run(stop, settings.shutdown_grace_s)
     # Every publish was already acknowledged and no fetch is outstanding, so a plain close
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).
+    await providers.aclose()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 5)
     log.info("%s worker stopped", kind.name)

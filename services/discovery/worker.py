@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
-from services.common.errors import ProviderError
+from services.common.errors import PermanentProviderError, ProviderError
 from services.common.providers import Charge, PlaceDetails
 from services.common.settings import Settings
 from services.common.worker import (
@@ -150,6 +150,18 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             run, 0, 0, f"Searching for {config.business_type} in {config.location}"
         )
         limit = min(SEARCH_MAX, max(SEARCH_MIN, 2 * config.max_results))
+        budget = config.budget_limit
+        if budget:
+            # Each billed search call returns up to page_size places: ask for no more pages
+            # than the budget pays for.
+            price = places.price("text_search")
+            if price > budget:
+                raise PermanentProviderError(
+                    places.name,
+                    f"budget_limit ${budget:.2f} is below the price of one search (${price:.3f})",
+                )
+            if price > 0:
+                limit = min(limit, int(budget // price) * places.page_size)
         page = await places.search(config.business_type, config.location, limit)
         run.charge(page.charges)
         found = len(page.places)
@@ -171,19 +183,24 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
     async def _details(self, run: _Run, place_ids: list[str]) -> list[PlaceDetails]:
         """Details for each place, a bounded number at a time, within the budget."""
         budget = run.task.config.budget_limit
+        places = self._providers.places
         gate = asyncio.Semaphore(self._settings.details_concurrency)
-        call_cost = 0.0  # learnt from the first call; paces the rest under a budget
         results: dict[str, PlaceDetails] = {}
+        reserved = 0.0  # prices of calls under way, so parallel calls cannot overspend
 
         async def one(place_id: str) -> None:
-            nonlocal call_cost
+            nonlocal reserved
             async with gate:
                 self._check_cancelled(run)
-                if budget and call_cost and run.spent + call_cost > budget:
+                price = places.details_price(place_id)
+                if budget and run.spent + reserved + price > budget:
                     return  # over budget: this place goes unscored
-                result = await self._providers.places.details(place_id)
+                reserved += price
+                try:
+                    result = await places.details(place_id)
+                finally:
+                    reserved -= price
                 run.charge(result.charges)
-                call_cost = max(call_cost, sum(c.cost_usd for c in result.charges))
                 results[place_id] = result.details
 
         outcomes = await asyncio.gather(*(one(p) for p in place_ids), return_exceptions=True)

@@ -1,12 +1,15 @@
 """Provider interfaces, their implementations, and the one place that picks between them.
 
-Workers call :func:`select_providers` once at start-up and pass the :class:`Providers` down;
+Workers call :func:`open_providers` once at start-up and pass the :class:`Providers` down;
 nothing else decides which implementation serves a capability.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import httpx
+from nats.js import JetStreamContext
 
 from services.common.providers.base import (
     Charge,
@@ -20,6 +23,10 @@ from services.common.providers.base import (
     SearchPage,
     Verification,
 )
+from services.common.providers.google_places import GooglePlaces
+from services.common.providers.http import make_client
+from services.common.providers.hunter import Hunter
+from services.common.providers.neverbounce import NeverBounce
 from services.common.providers.sandbox import (
     PROVIDER as SANDBOX,
 )
@@ -28,6 +35,7 @@ from services.common.providers.sandbox import (
     SandboxEmailVerifier,
     SandboxPlaces,
 )
+from services.common.ratelimit import SharedRateLimiter, open_bucket
 from services.common.settings import Settings
 
 __all__ = [
@@ -46,17 +54,19 @@ __all__ = [
     "SandboxPlaces",
     "SearchPage",
     "Verification",
+    "open_providers",
     "select_providers",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Providers:
-    """The implementation serving each capability."""
+    """The implementation serving each capability, and the HTTP client they share."""
 
     places: PlaceSearch
     email_finder: EmailFinder
     email_verifier: EmailVerifier
+    client: httpx.AsyncClient | None = None
 
     def names(self) -> dict[str, str]:
         """Capability -> provider name, e.g. ``{"places": "sandbox", ...}`` (for job metrics)."""
@@ -71,16 +81,44 @@ class Providers:
         """True when any capability is served by the sandbox (its results are not real)."""
         return SANDBOX in self.names().values()
 
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
 
 def select_providers(settings: Settings) -> Providers:
-    """The providers for ``settings``: per capability, the real adapter when its API key is
-    set, otherwise the sandbox.
-
-    The selection by API key lives here; until the HTTP adapters exist every capability is
-    served by the sandbox.
-    """
+    """Sandbox providers for every capability (no network, no NATS): the offline default."""
     return Providers(
         places=SandboxPlaces(settings),
         email_finder=SandboxEmailFinder(settings),
         email_verifier=SandboxEmailVerifier(settings),
     )
+
+
+async def open_providers(settings: Settings, js: JetStreamContext) -> Providers:
+    """The providers for ``settings``: per capability, the real adapter when its API key is
+    set, otherwise the sandbox. Real adapters share one pooled HTTP client per process and
+    one rate limit per provider across every process (kept in NATS KV)."""
+    sandbox = select_providers(settings)
+    if not (
+        settings.google_places_api_key or settings.hunter_api_key or settings.neverbounce_api_key
+    ):
+        return sandbox
+    client = make_client(settings)
+    kv = await open_bucket(js, settings.stream_replicas)
+
+    def limiter(provider: str) -> SharedRateLimiter:
+        rps = getattr(settings, f"rate_limit_{provider}_rps")
+        burst = getattr(settings, f"rate_limit_{provider}_burst")
+        return SharedRateLimiter(kv, provider, rps, burst)
+
+    places: PlaceSearch = sandbox.places
+    finder: EmailFinder = sandbox.email_finder
+    verifier: EmailVerifier = sandbox.email_verifier
+    if settings.google_places_api_key:
+        places = GooglePlaces(client, settings, limiter("google_places"))
+    if settings.hunter_api_key:
+        finder = Hunter(client, settings, limiter("hunter"))
+    if settings.neverbounce_api_key:
+        verifier = NeverBounce(client, settings, limiter("neverbounce"))
+    return Providers(places, finder, verifier, client)

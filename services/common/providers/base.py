@@ -92,9 +92,14 @@ class PlaceSearch(Protocol):
     """Text search and details (Google Places API (New), or the sandbox)."""
 
     name: str
+    page_size: int  # most places one billed search call returns
 
     def price(self, operation: str) -> float:
         """The most one call of ``operation`` ("text_search", "place_details") can cost."""
+        ...
+
+    def details_price(self, place_id: str) -> float:
+        """What :meth:`details` of this place will cost (0 when already known)."""
         ...
 
     async def search(self, business_type: str, location: str, limit: int) -> SearchPage:

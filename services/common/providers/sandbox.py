@@ -233,6 +233,11 @@ class _SandboxProvider:
 class SandboxPlaces(_SandboxProvider):
     """:class:`~services.common.providers.base.PlaceSearch` over generated businesses."""
 
+    page_size = 60  # one search call returns every place asked for
+
+    def details_price(self, place_id: str) -> float:
+        return self._settings.sandbox_cost_place_details
+
     async def search(self, business_type: str, location: str, limit: int) -> SearchPage:
         """The first ``limit`` places of the market; one ``text_search`` charge."""
         await self._simulate_latency()

@@ -1,0 +1,219 @@
+"""What the HTTP provider adapters share: one pooled client, one retry loop, secret scrubbing.
+
+Every call of an adapter goes through :func:`send`, which
+
+- waits on the provider's shared :class:`~services.common.providers.base.RateLimiter` before
+  every attempt;
+- lets a provider-specific ``classify(response)`` decide what the answer means: an
+  :class:`Outcome` that is ``ok`` (with the parsed value), ``retry`` (transient),
+  ``rate_limited`` (the provider said "too many requests") or ``permanent``;
+- treats timeouts, connection errors and bodies ``classify`` cannot parse (it raises
+  ``ValueError``, ``KeyError`` or ``TypeError``) as transient;
+- retries transient answers with exponential backoff and full jitter
+  (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/), at most
+  :attr:`RetryPolicy.max_attempts` times in all;
+- on a rate-limit answer penalizes the shared limiter, so every worker backs off at once,
+  for the provider's ``Retry-After`` when it sends one and the un-jittered backoff otherwise;
+- raises :class:`~services.common.errors.PermanentProviderError` at once for a permanent
+  answer, and :class:`~services.common.errors.TransientProviderError` (with ``retry_after``
+  when the provider gave one) when the attempts run out or the provider asks for a wait
+  longer than :attr:`RetryPolicy.max_wait_s`: the task is then retried later by JetStream.
+
+Secrets: adapters send keys in headers or POST bodies, never in URLs, and pass them to
+:func:`send`, which scrubs them (raw and URL-encoded) from every message it logs or raises.
+Messages name the httpx exception's class only: its text may carry a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+from urllib.parse import quote, quote_plus
+
+import httpx
+
+from services.common.errors import PermanentProviderError, TransientProviderError
+from services.common.providers.base import RateLimiter
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+USER_AGENT = "prospect/0.1"
+_REDACTED = "[redacted]"
+_MAX_MESSAGE = 300  # provider messages are quoted, not dumped
+
+
+def make_client(settings: Settings) -> httpx.AsyncClient:
+    """The one pooled client of a process, shared by every adapter; close it at shutdown.
+
+    Each request may take ``provider_timeout_s`` per phase (connect, write, pool wait and
+    each read). Redirects are not followed: the APIs do not redirect, and a redirect would
+    carry the key headers to another host.
+    """
+    timeout = settings.provider_timeout_s
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32, keepalive_expiry=30),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How :func:`send` retries one call before leaving it to JetStream."""
+
+    max_attempts: int = 4  # attempts in all, the first included
+    base_delay_s: float = 0.5  # backoff before the second attempt; doubles each time
+    max_delay_s: float = 8.0  # cap of one backoff
+    max_wait_s: float = 30.0  # a longer wait asked by the provider is left to redelivery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(max_attempts=settings.provider_max_attempts)
+
+    def backoff(self, attempt: int) -> float:
+        """The backoff ceiling after the ``attempt``-th attempt (1-based)."""
+        return min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """What one HTTP answer means, as a provider's ``classify`` reads it."""
+
+    verdict: Verdict
+    value: T | None = None  # the parsed answer, for OK
+    message: str = ""  # the cause, for the others (may quote the provider; send scrubs it)
+    retry_after: float | None = None  # seconds the provider asked us to wait, if it did
+
+
+def ok(value: T) -> Outcome[T]:
+    return Outcome(Verdict.OK, value)
+
+
+def retry(message: str, retry_after: float | None = None) -> Outcome[Any]:
+    return Outcome(Verdict.RETRY, message=message, retry_after=retry_after)
+
+
+def rate_limited(message: str, retry_after: float | None = None) -> Outcome[Any]:
+    return Outcome(Verdict.RATE_LIMITED, message=message, retry_after=retry_after)
+
+
+def permanent(message: str) -> Outcome[Any]:
+    return Outcome(Verdict.PERMANENT, message=message)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The body as a JSON object; ``ValueError`` (a malformed body) otherwise."""
+    body = response.json()
+    if not isinstance(body, dict):
+        raise ValueError("response body is not a JSON object")
+    return body
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if any."""
+    raw = response.headers.get("Retry-After", "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` without any of ``secrets`` (raw or URL-encoded), shortened for a message."""
+    for secret in secrets:
+        if secret:
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(form, _REDACTED)
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _transport_failure(exc: httpx.TransportError) -> Outcome[Any]:
+    # Only the class name: an httpx message may quote the request URL.
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return permanent(f"bad base URL ({type(exc).__name__})")
+    if isinstance(exc, httpx.TimeoutException):
+        return retry(f"timed out ({type(exc).__name__})")
+    return retry(f"connection failed ({type(exc).__name__})")
+
+
+async def send(
+    client: httpx.AsyncClient,
+    limiter: RateLimiter,
+    provider: str,
+    build_request: Callable[[], httpx.Request],
+    classify: Callable[[httpx.Response], Outcome[T]],
+    policy: RetryPolicy,
+    *,
+    secrets: Iterable[str] = (),
+) -> T:
+    """Send the request ``build_request()`` makes until ``classify`` calls the answer OK.
+
+    Returns the OK outcome's value. Raises :class:`PermanentProviderError` on a permanent
+    answer and :class:`TransientProviderError` when the attempts run out; both name
+    ``provider`` and the cause, never a secret.
+    """
+    secrets = tuple(s for s in secrets if s)
+    outcome: Outcome[T] = retry("no attempt made")
+    for attempt in range(1, max(1, policy.max_attempts) + 1):
+        await limiter.acquire()
+        try:
+            response = await client.send(build_request())
+        except httpx.TransportError as exc:
+            outcome = _transport_failure(exc)
+        else:
+            try:
+                outcome = classify(response)
+            except (ValueError, KeyError, TypeError):
+                outcome = retry(f"malformed response body (HTTP {response.status_code})")
+        if outcome.verdict is Verdict.OK:
+            return cast(T, outcome.value)
+        message = scrub(outcome.message, secrets)
+        if outcome.verdict is Verdict.PERMANENT:
+            raise PermanentProviderError(provider, message)
+        if outcome.verdict is Verdict.RATE_LIMITED:
+            # Everyone waits: the provider's word when it gave one, else the full backoff.
+            delay = outcome.retry_after
+            if delay is None:
+                delay = policy.backoff(attempt)
+            await limiter.penalize(delay)
+        else:
+            delay = max(random.uniform(0, policy.backoff(attempt)), outcome.retry_after or 0.0)
+        if attempt >= policy.max_attempts or delay > policy.max_wait_s:
+            break
+        log.warning(
+            "%s: attempt %d/%d failed: %s; retrying in %.2fs",
+            provider, attempt, policy.max_attempts, message, delay,
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+    tries = f"{attempt} attempt" + ("s" if attempt > 1 else "")
+    raise TransientProviderError(
+        provider,
+        f"{scrub(outcome.message, secrets)} (gave up after {tries})",
+        retry_after=outcome.retry_after,
+    )
