@@ -41,6 +41,7 @@ class ProviderError(ProspectError):
     def __init__(self, provider: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
+        self.detail = message
         self.retry_after = retry_after
 
 

@@ -116,7 +116,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                     task_failure=work_pb2.TaskFailure(
                         stage=jobs_pb2.STAGE_DISCOVERING,
                         provider=exc.provider,
-                        error=str(exc),
+                        error=exc.detail,
                         permanent=not exc.retryable,
                     ),
                 )

@@ -68,7 +68,7 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
                 work_pb2.TaskFailure(
                     stage=jobs_pb2.STAGE_ENRICHING,
                     provider=exc.provider,
-                    error=str(exc),
+                    error=exc.detail,
                     permanent=not exc.retryable,
                     lead_id=task.lead_id,
                 )

@@ -211,8 +211,8 @@ class ShareCost:
 
 
 @dataclass(frozen=True, slots=True)
-class AnnounceCancel:
-    """Tell the workers to stop paid calls for this job."""
+class StopWork:
+    """Tell the workers to stop paid calls for this job (cancelled or failed)."""
 
 
 Effect = (
@@ -222,7 +222,7 @@ Effect = (
     | FinalizeCampaign
     | RetryDiscovery
     | ShareCost
-    | AnnounceCancel
+    | StopWork
 )
 
 
@@ -463,9 +463,10 @@ def transition(state: JobState, event: Event) -> Transition:
                     metrics=metrics,
                 )
             else:
-                error = f"{event.stage.value} failed ({event.provider}): {event.error}"
+                error = f"{event.stage.value} failed: {event.provider}: {event.error}"
                 if not event.permanent:
                     error += f" after {state.attempts} attempt(s)"
+                b.effects.append(StopWork())
                 b.step(error, status=Status.FAILED, error=error, metrics=metrics)
         case Charged():
             metrics = _add_cost(m, event)
@@ -481,6 +482,6 @@ def transition(state: JobState, event: Event) -> Transition:
                 metrics=metrics,
             )
         case CancelRequested():
-            b.effects.append(AnnounceCancel())
+            b.effects.append(StopWork())
             b.step("Cancelled", status=Status.CANCELLED)
     return b.result()

@@ -66,6 +66,7 @@ class Applied:
     outbox: list[OutboxRow] = field(default_factory=list)
     updates: list[jobs_pb2.JobUpdate] = field(default_factory=list)
     job_id: str = ""
+    stop_work: bool = False
 
 
 def _charges_by_provider(report: work_pb2.WorkerReport) -> dict[str, int]:
@@ -181,7 +182,6 @@ class Orchestrator:
                 continue
         else:
             raise RuntimeError(f"job {job_id} kept changing during cancel")
-        await bus.CancelRegistry.announce(self._nc, self._js, job_id)
         await self._after_commit(applied)
         return row
 
@@ -308,7 +308,7 @@ class Orchestrator:
         result: m.Transition,
         report: work_pb2.WorkerReport | None,
     ) -> Applied:
-        applied = Applied(job_id=job.id)
+        applied = Applied(job_id=job.id, stop_work=m.StopWork() in result.effects)
         if result.state is None:
             return applied
         for effect in result.effects:
@@ -396,8 +396,8 @@ class Orchestrator:
                     campaign.avg_confidence = state.metrics.avg_confidence
             case m.RetryDiscovery(attempt=attempt):
                 return [discovery_task_row(job, attempt)]
-            case m.AnnounceCancel():
-                pass  # done after commit by cancel(), which knows the NATS side
+            case m.StopWork():
+                pass  # after commit: see _after_commit
         return []
 
     @staticmethod
@@ -426,6 +426,8 @@ class Orchestrator:
         return outbox_row(f"enrichment.{lead.id}", bus.ENRICHMENT_SUBJECT, task)
 
     async def _after_commit(self, applied: Applied) -> None:
+        if applied.stop_work:
+            await bus.CancelRegistry.announce(self._nc, self._js, applied.job_id)
         await self.outbox.publish(applied.outbox)
         for update_msg in applied.updates:
             await self._fanout.publish(applied.job_id, update_msg)

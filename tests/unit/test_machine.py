@@ -143,7 +143,7 @@ def test_terminal_job_ignores_events_but_keeps_late_charges() -> None:
 def test_cancel_announces_to_workers() -> None:
     result = m.transition(m.JobState(), m.CancelRequested())
     assert result.state is not None and result.state.status == m.Status.CANCELLED
-    assert result.effects == [m.AnnounceCancel()]
+    assert result.effects == [m.StopWork()]
 
 
 def test_transient_discovery_failure_retries_until_attempts_run_out() -> None:
