@@ -54,6 +54,7 @@ from services.common.providers.base import (
     SearchPage,
 )
 from services.common.providers.http import (
+    HttpProvider,
     Outcome,
     RetryPolicy,
     json_object,
@@ -62,7 +63,6 @@ from services.common.providers.http import (
     rate_limited,
     retry,
     retry_after_s,
-    send,
 )
 from services.common.settings import Settings
 
@@ -174,10 +174,11 @@ def _classify_details(response: httpx.Response) -> Outcome[PlaceDetails]:
     return ok(_place_details(json_object(response)))
 
 
-class GooglePlaces:
+class GooglePlaces(HttpProvider):
     """:class:`~services.common.providers.base.PlaceSearch` over Google Places API (New)."""
 
-    name: str = PROVIDER
+    name = PROVIDER
+    key_setting = "google_places_api_key"
     page_size: int = MAX_PAGE_SIZE  # most places one billed search page returns
 
     def __init__(
@@ -189,12 +190,8 @@ class GooglePlaces:
         retry_policy: RetryPolicy | None = None,
         cache_size: int = CACHE_SIZE,
     ) -> None:
-        self._client = client
-        self._settings = settings
-        self._limiter = limiter
-        self._policy = retry_policy or RetryPolicy.from_settings(settings)
+        super().__init__(client, settings, limiter, retry_policy=retry_policy)
         self._base = settings.google_places_base_url.rstrip("/")
-        self._key = settings.google_places_api_key
         self._seen: OrderedDict[str, PlaceDetails] = OrderedDict()
         self._cache_size = max(0, cache_size)
 
@@ -245,10 +242,7 @@ class GooglePlaces:
                 return self._client.build_request("POST", url, json=body, headers=headers)
 
             try:
-                found, token = await send(
-                    self._client, self._limiter, PROVIDER, build, _classify_search,
-                    self._policy, secrets=(self._key,),
-                )  # fmt: skip
+                found, token = await self._send(build, _classify_search)
             except ProviderError as exc:
                 if not charges:
                     raise
@@ -278,10 +272,7 @@ class GooglePlaces:
         def build() -> httpx.Request:
             return self._client.build_request("GET", url, headers=headers)
 
-        details = await send(
-            self._client, self._limiter, PROVIDER, build, _classify_details,
-            self._policy, secrets=(self._key,),
-        )  # fmt: skip
+        details = await self._send(build, _classify_details)
         self._remember(details)
         charge = Charge(PROVIDER, "place_details", self._settings.price_google_place_details)
         return DetailsResult(details=details, charges=[charge])

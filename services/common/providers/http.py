@@ -217,3 +217,35 @@ async def send(
         f"{scrub(outcome.message, secrets)} (gave up after {tries})",
         retry_after=outcome.retry_after,
     )
+
+
+class HttpProvider:
+    """Base of the HTTP adapters: the process's pooled client, the provider's shared rate
+    limit, the retry policy and the API key, which :meth:`_send` keeps out of every error."""
+
+    name: str
+    key_setting: str  # the Settings field holding this provider's API key
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        limiter: RateLimiter,
+        *,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._limiter = limiter
+        self._policy = retry_policy or RetryPolicy.from_settings(settings)
+        self._key: str = getattr(settings, self.key_setting)
+
+    async def _send(
+        self,
+        build_request: Callable[[], httpx.Request],
+        classify: Callable[[httpx.Response], Outcome[T]],
+    ) -> T:
+        return await send(
+            self._client, self._limiter, self.name, build_request, classify, self._policy,
+            secrets=(self._key,),
+        )  # fmt: skip

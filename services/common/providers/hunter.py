@@ -34,19 +34,17 @@ from typing import Any
 
 import httpx
 
-from services.common.providers.base import Charge, EmailCandidate, RateLimiter
+from services.common.providers.base import Charge, EmailCandidate
 from services.common.providers.http import (
+    HttpProvider,
     Outcome,
-    RetryPolicy,
     json_object,
     ok,
     permanent,
     rate_limited,
     retry,
     retry_after_s,
-    send,
 )
-from services.common.settings import Settings
 
 PROVIDER = "hunter"
 EMAILS_PER_CREDIT = 10
@@ -117,25 +115,15 @@ def _classify(response: httpx.Response) -> Outcome[list[FoundEmail]]:
     return retry(f"unexpected answer (HTTP {code})")
 
 
-class Hunter:
+class Hunter(HttpProvider):
     """:class:`~services.common.providers.base.EmailFinder` over Hunter.io Domain Search."""
 
-    name: str = PROVIDER
+    name = PROVIDER
+    key_setting = "hunter_api_key"
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        settings: Settings,
-        limiter: RateLimiter,
-        *,
-        retry_policy: RetryPolicy | None = None,
-    ) -> None:
-        self._client = client
-        self._settings = settings
-        self._limiter = limiter
-        self._policy = retry_policy or RetryPolicy.from_settings(settings)
-        self._url = f"{settings.hunter_base_url.rstrip('/')}/v2/domain-search"
-        self._key = settings.hunter_api_key
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._url = f"{self._settings.hunter_base_url.rstrip('/')}/v2/domain-search"
 
     def price(self, operation: str) -> float:
         """The most one ``email_search`` can cost: one credit (0.0 for other operations)."""
@@ -154,10 +142,7 @@ class Hunter:
         def build() -> httpx.Request:
             return self._client.build_request("GET", self._url, params=params, headers=headers)
 
-        emails = await send(
-            self._client, self._limiter, PROVIDER, build, _classify, self._policy,
-            secrets=(self._key,),
-        )  # fmt: skip
+        emails = await self._send(build, _classify)
         credits = math.ceil(len(emails) / EMAILS_PER_CREDIT)
         charges = (
             [Charge(PROVIDER, "domain_search", credits * self._settings.price_hunter_domain_search)]

@@ -29,19 +29,17 @@ from typing import Any
 
 import httpx
 
-from services.common.providers.base import Charge, RateLimiter, Verification
+from services.common.providers.base import Charge, Verification
 from services.common.providers.http import (
+    HttpProvider,
     Outcome,
-    RetryPolicy,
     json_object,
     ok,
     permanent,
     rate_limited,
     retry,
     retry_after_s,
-    send,
 )
-from services.common.settings import Settings
 
 PROVIDER = "neverbounce"
 RESULTS = frozenset({"valid", "invalid", "disposable", "catchall", "unknown"})
@@ -82,25 +80,15 @@ def _classify(response: httpx.Response) -> Outcome[str]:
     return permanent(f"unexpected status {cause}")
 
 
-class NeverBounce:
+class NeverBounce(HttpProvider):
     """:class:`~services.common.providers.base.EmailVerifier` over NeverBounce v4."""
 
-    name: str = PROVIDER
+    name = PROVIDER
+    key_setting = "neverbounce_api_key"
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        settings: Settings,
-        limiter: RateLimiter,
-        *,
-        retry_policy: RetryPolicy | None = None,
-    ) -> None:
-        self._client = client
-        self._settings = settings
-        self._limiter = limiter
-        self._policy = retry_policy or RetryPolicy.from_settings(settings)
-        self._url = f"{settings.neverbounce_base_url.rstrip('/')}/v4/single/check"
-        self._key = settings.neverbounce_api_key
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._url = f"{self._settings.neverbounce_base_url.rstrip('/')}/v4/single/check"
 
     def price(self, operation: str) -> float:
         """One credit for ``verify`` (0.0 for other operations)."""
@@ -119,9 +107,6 @@ class NeverBounce:
         def build() -> httpx.Request:
             return self._client.build_request("POST", self._url, data=form)
 
-        result = await send(
-            self._client, self._limiter, PROVIDER, build, _classify, self._policy,
-            secrets=(self._key,),
-        )  # fmt: skip
+        result = await self._send(build, _classify)
         charge = Charge(PROVIDER, "verify", self._settings.price_neverbounce_check)
         return Verification(status=result, charges=[charge])
