@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import signal
@@ -27,6 +28,7 @@ from prospect.v1 import work_pb2
 from services.common import bus
 from services.common.logs import setup_logging
 from services.common.providers import Charge, Providers, open_providers
+from services.common.providers.metering import Meter, current_meter
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,26 @@ async def publish_report(js: JetStreamContext, report: work_pb2.WorkerReport) ->
     stamp.FromNanoseconds(time.time_ns())
     report.published_at.CopyFrom(stamp)
     await bus.publish_proto(js, bus.events_subject(report.job_id), report, report.report_id)
+
+
+def start_meter(js: JetStreamContext, job_id: str, report_prefix: str, lead_id: str = "") -> Meter:
+    """A meter for the running task: each paid call's intent is published as a report of
+    its own (``<report_prefix>.call<n>``) before the call is made."""
+    numbers = itertools.count(1)
+
+    async def publish_intent(charge: Charge) -> None:
+        note = f"{charge.provider} {charge.operation} under way"
+        report = work_pb2.WorkerReport(
+            report_id=f"{report_prefix}.call{next(numbers)}",
+            job_id=job_id,
+            charges=charges_proto([charge]),
+            charges_only=work_pb2.ChargesOnly(note=note, lead_id=lead_id),
+        )
+        await publish_report(js, report)
+
+    meter = Meter(publish_intent)
+    current_meter.set(meter)
+    return meter
 
 
 class TaskRunner:

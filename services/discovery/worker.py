@@ -17,12 +17,14 @@ from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
 from services.common.errors import PermanentProviderError, ProviderError
 from services.common.providers import Charge, PlaceDetails
+from services.common.providers.metering import Meter
 from services.common.settings import Settings
 from services.common.worker import (
     TaskWorker,
     charges_proto,
     publish_report,
     retry_delay,
+    start_meter,
     worker_main,
 )
 from services.discovery.scoring import qualify, score_place
@@ -60,6 +62,7 @@ class _Run:
 
     task: work_pb2.DiscoveryTask
     delivery: int
+    meter: Meter
     unreported: list[Charge] = field(default_factory=list)
     spent: float = 0.0
     reports: int = 0
@@ -87,7 +90,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         report = work_pb2.WorkerReport(
             report_id=run.next_report_id(what),
             job_id=run.task.job_id,
-            charges=charges_proto(run.unreported),
+            charges=charges_proto(run.meter.reportable(run.unreported)),
             providers={"places": self._providers.places.name},
             **body,  # type: ignore[arg-type]
         )
@@ -99,11 +102,13 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             raise Cancelled
 
     async def run(self, task: work_pb2.DiscoveryTask, msg: Msg) -> None:
-        run = _Run(task, msg.metadata.num_delivered)
+        delivery = msg.metadata.num_delivered
+        prefix = f"discovery.{task.job_id}.{task.attempt}.{delivery}"
+        run = _Run(task, delivery, start_meter(self._js, task.job_id, prefix))
         try:
             await self._discover(run)
         except Cancelled:
-            if run.unreported:
+            if run.unreported or run.meter.corrections:
                 await self._charges_only(run, "Calls made before the cancel reached discovery")
             await msg.ack()
             return
@@ -122,7 +127,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 )
                 await msg.ack()
             else:
-                if run.unreported:
+                if run.unreported or run.meter.corrections:
                     await self._charges_only(run, f"Discovery interrupted ({exc}); retrying")
                 await msg.nak(delay=exc.retry_after or retry_delay(run.delivery))
             return

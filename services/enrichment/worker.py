@@ -20,6 +20,7 @@ from services.common.worker import (
     charges_proto,
     publish_report,
     retry_delay,
+    start_meter,
     worker_main,
 )
 
@@ -43,8 +44,10 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
 
     async def run(self, task: work_pb2.EnrichmentTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
+        report_id = f"enrichment.{task.lead_id}.{task.attempt}.{delivery}"
+        meter = start_meter(self._js, task.job_id, report_id, task.lead_id)
         report = work_pb2.WorkerReport(
-            report_id=f"enrichment.{task.lead_id}.{task.attempt}.{delivery}",
+            report_id=report_id,
             job_id=task.job_id,
             providers={
                 "email_finder": self._providers.email_finder.name,
@@ -56,11 +59,11 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
             result = await self._enrich(task, charges)
         except ProviderError as exc:
             if exc.retryable and delivery < self._settings.max_deliver:
-                if charges:  # billed before the failure: account for it, then retry
+                if charges or meter.corrections:  # account for calls made, then retry
                     report.charges_only.CopyFrom(
                         work_pb2.ChargesOnly(note=f"Retrying a lead ({exc})", lead_id=task.lead_id)
                     )
-                    report.charges.extend(charges_proto(charges))
+                    report.charges.extend(charges_proto(meter.reportable(charges)))
                     await publish_report(self._js, report)
                 await msg.nak(delay=exc.retry_after or retry_delay(delivery))
                 return
@@ -73,12 +76,12 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
                     lead_id=task.lead_id,
                 )
             )
-            report.charges.extend(charges_proto(charges))
+            report.charges.extend(charges_proto(meter.reportable(charges)))
             await publish_report(self._js, report)
             await msg.ack()
             return
         report.enrichment_result.CopyFrom(result)
-        report.charges.extend(charges_proto(charges))
+        report.charges.extend(charges_proto(meter.reportable(charges)))
         await publish_report(self._js, report)
         await msg.ack()
 

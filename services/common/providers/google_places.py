@@ -242,13 +242,15 @@ class GooglePlaces(HttpProvider):
                 return self._client.build_request("POST", url, json=body, headers=headers)
 
             try:
-                found, token = await self._send(build, _classify_search)
+                (found, token), page_charges = await self._paid(
+                    "text_search", self._settings.price_google_text_search, build, _classify_search
+                )
             except ProviderError as exc:
                 if not charges:
                     raise
                 log.warning("search stopped after %d pages: %s", len(charges), exc)
                 break
-            charges.append(Charge(PROVIDER, "text_search", self._settings.price_google_text_search))
+            charges += page_charges
             for details in found:
                 self._remember(details)
                 places.setdefault(
@@ -272,7 +274,7 @@ class GooglePlaces(HttpProvider):
         def build() -> httpx.Request:
             return self._client.build_request("GET", url, headers=headers)
 
-        details = await self._send(build, _classify_details)
+        price = self._settings.price_google_place_details
+        details, charges = await self._paid("place_details", price, build, _classify_details)
         self._remember(details)
-        charge = Charge(PROVIDER, "place_details", self._settings.price_google_place_details)
-        return DetailsResult(details=details, charges=[charge])
+        return DetailsResult(details=details, charges=charges)

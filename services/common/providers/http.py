@@ -40,7 +40,8 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from services.common.errors import PermanentProviderError, TransientProviderError
-from services.common.providers.base import RateLimiter
+from services.common.providers.base import Charge, RateLimiter
+from services.common.providers.metering import metered
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,24 @@ class HttpProvider:
         self._limiter = limiter
         self._policy = retry_policy or RetryPolicy.from_settings(settings)
         self._key: str = getattr(settings, self.key_setting)
+
+    async def _paid(
+        self,
+        operation: str,
+        price: float,
+        build_request: Callable[[], httpx.Request],
+        classify: Callable[[httpx.Response], Outcome[T]],
+        billed: Callable[[T], float] | None = None,
+    ) -> tuple[T, list[Charge]]:
+        """One billable request, metered: its value and its charge (none when the provider
+        bills nothing for it). ``billed(value)`` is what the provider bills for an answer
+        (default: the list ``price``); a failed request is not billed."""
+        async with metered(self.name, operation, price) as call:
+            value = await self._send(build_request, classify)
+            call.actual_usd = price if billed is None else billed(value)
+        if not call.actual_usd:
+            return value, []
+        return value, [Charge(self.name, operation, call.actual_usd, metered=call.metered)]
 
     async def _send(
         self,

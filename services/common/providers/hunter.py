@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from services.common.providers.base import Charge, EmailCandidate
+from services.common.providers.base import EmailCandidate
 from services.common.providers.http import (
     HttpProvider,
     Outcome,
@@ -142,13 +142,12 @@ class Hunter(HttpProvider):
         def build() -> httpx.Request:
             return self._client.build_request("GET", self._url, params=params, headers=headers)
 
-        emails = await self._send(build, _classify)
-        credits = math.ceil(len(emails) / EMAILS_PER_CREDIT)
-        charges = (
-            [Charge(PROVIDER, "domain_search", credits * self._settings.price_hunter_domain_search)]
-            if credits
-            else []
-        )
+        price = self._settings.price_hunter_domain_search
+
+        def billed(emails: list[Any]) -> float:
+            return math.ceil(len(emails) / EMAILS_PER_CREDIT) * price
+
+        emails, charges = await self._paid("domain_search", price, build, _classify, billed)
         best = best_email(emails)
         if best is None:
             return EmailCandidate(email="", confidence=0, charges=charges)

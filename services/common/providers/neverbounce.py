@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from services.common.providers.base import Charge, Verification
+from services.common.providers.base import Verification
 from services.common.providers.http import (
     HttpProvider,
     Outcome,
@@ -107,6 +107,6 @@ class NeverBounce(HttpProvider):
         def build() -> httpx.Request:
             return self._client.build_request("POST", self._url, data=form)
 
-        result = await self._send(build, _classify)
-        charge = Charge(PROVIDER, "verify", self._settings.price_neverbounce_check)
-        return Verification(status=result, charges=[charge])
+        price = self._settings.price_neverbounce_check
+        result, charges = await self._paid("verify", price, build, _classify)
+        return Verification(status=result, charges=charges)
