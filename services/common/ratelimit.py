@@ -40,7 +40,7 @@ async def open_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
             history=1,
             ttl=_IDLE_TTL_S,
             replicas=replicas,
-            storage=StorageType.MEMORY,  # losing it on a restart only resets the buckets
+            storage=StorageType.FILE,  # survives a nats-server restart like everything else
         )
     )
 

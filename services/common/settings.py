@@ -47,6 +47,8 @@ class Settings:
     )  # signs page tokens; set per deployment
     local_user: str = "local"  # the one user of AUTH_MODE=none
     outbox_poll_s: float = 1.0
+    # An unfinished job with no change for this long is retried (or failed, out of attempts).
+    stall_timeout_s: float = 600.0
     # Workers
     discovery_concurrency: int = 4  # discovery tasks in flight per worker
     details_concurrency: int = 8  # place-details calls in flight per task
@@ -126,7 +128,7 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.upper()} must be at least 1")
-        for name in ("ack_wait_s", "outbox_poll_s", "shutdown_grace_s"):
+        for name in ("ack_wait_s", "outbox_poll_s", "shutdown_grace_s", "stall_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
         for name in (

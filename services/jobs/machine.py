@@ -164,8 +164,21 @@ class CancelRequested:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """No change to the job for ``idle_s`` seconds (its tasks were lost or keep dying)."""
+
+    idle_s: float
+
+
 Event = (
-    DiscoveryProgressed | DiscoveryFinished | LeadEnriched | TaskFailed | Charged | CancelRequested
+    DiscoveryProgressed
+    | DiscoveryFinished
+    | LeadEnriched
+    | TaskFailed
+    | Charged
+    | CancelRequested
+    | Stalled
 )
 
 
@@ -204,6 +217,13 @@ class RetryDiscovery:
 
 
 @dataclass(frozen=True, slots=True)
+class RedispatchLeads:
+    """Queue enrichment again, for attempt ``attempt``, for every lead queued but unsettled."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class ShareCost:
     """Spread a charge that belongs to no single lead over the job's leads."""
 
@@ -221,6 +241,7 @@ Effect = (
     | SkipPendingLeads
     | FinalizeCampaign
     | RetryDiscovery
+    | RedispatchLeads
     | ShareCost
     | StopWork
 )
@@ -481,6 +502,22 @@ def transition(state: JobState, event: Event) -> Transition:
                 f"{event.note}; {dollars(metrics.total_cost_micros)} spent so far",
                 metrics=metrics,
             )
+        case Stalled():
+            idle = f"No progress for {event.idle_s:.0f}s in {state.stage.value}"
+            if state.attempts >= state.max_attempts:
+                error = f"{idle}; gave up after {state.attempts} attempt(s)"
+                b.effects.append(StopWork())
+                b.step(error, status=Status.FAILED, error=error)
+            else:
+                attempt = state.attempts + 1
+                if state.stage in (Stage.QUEUED, Stage.DISCOVERING):
+                    b.effects.append(RetryDiscovery(attempt))
+                else:
+                    b.effects.append(RedispatchLeads(attempt))
+                b.step(
+                    f"{idle}; retrying (attempt {attempt}/{state.max_attempts})",
+                    attempts=attempt,
+                )
         case CancelRequested():
             b.effects.append(StopWork())
             b.step("Cancelled", status=Status.CANCELLED)

@@ -8,9 +8,13 @@ the new state. After commit: publish the outbox rows and the snapshots.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import nats.errors
 from google.protobuf.message import DecodeError
@@ -163,45 +167,88 @@ class Orchestrator:
             query = select(JobRow).where(JobRow.user_id == user_id, JobRow.idempotency_key == key)
             return (await session.scalars(query)).first()
 
-    async def cancel(self, user_id: str, job_id: str) -> JobRow:
-        """Cancel a PENDING or PROCESSING job; a finished one is FailedPrecondition."""
+    async def _transact(
+        self, job_id: str, change: Callable[[AsyncSession], Awaitable[Applied | None]]
+    ) -> Applied | None:
+        """Run ``change`` in a transaction, again if another replica changed the job first
+        (optimistic locking); then publish what it caused."""
         for _ in range(STALE_RETRIES):
             try:
                 async with self._sessions() as session, session.begin():
-                    row = await job_for_user(session, user_id, job_id)
-                    state = state_of(row)
-                    if state.status.terminal:
-                        raise FailedPrecondition(
-                            f"job {job_id} is already {state.status.value}; only pending or "
-                            "processing jobs can be cancelled"
-                        )
-                    result = m.transition(state, m.CancelRequested())
-                    applied = await self._store(session, row, result, None)
+                    applied = await change(session)
                 break
             except StaleDataError:
-                continue
+                continue  # read the job again
         else:
-            raise RuntimeError(f"job {job_id} kept changing during cancel")
-        await self._after_commit(applied)
-        return row
+            raise RuntimeError(f"job {job_id} kept changing; giving up for now")
+        if applied is not None:
+            await self._after_commit(applied)
+        return applied
+
+    async def cancel(self, user_id: str, job_id: str) -> JobRow:
+        """Cancel a PENDING or PROCESSING job; a finished one is FailedPrecondition."""
+        rows: list[JobRow] = []
+
+        async def change(session: AsyncSession) -> Applied:
+            row = await job_for_user(session, user_id, job_id)
+            state = state_of(row)
+            if state.status.terminal:
+                raise FailedPrecondition(
+                    f"job {job_id} is already {state.status.value}; only pending or "
+                    "processing jobs can be cancelled"
+                )
+            rows.append(row)
+            return await self._store(session, row, m.transition(state, m.CancelRequested()), None)
+
+        await self._transact(job_id, change)
+        return rows[-1]
+
+    async def check_stalled(self) -> int:
+        """Retry or fail every unfinished job that has not changed for STALL_TIMEOUT_S."""
+        timeout = self._settings.stall_timeout_s
+        cutoff = utcnow() - timedelta(seconds=timeout)
+        unfinished = (m.Status.PENDING.value, m.Status.PROCESSING.value)
+        async with self._sessions() as session:
+            query = (
+                select(JobRow.id)
+                .where(JobRow.status.in_(unfinished), JobRow.updated_at < cutoff)
+                .limit(100)
+            )
+            job_ids = list((await session.scalars(query)).all())
+
+        async def change(session: AsyncSession, job_id: str) -> Applied | None:
+            job = await session.get(JobRow, job_id)
+            if job is None or job.status not in unfinished or job.updated_at >= cutoff:
+                return None  # it moved meanwhile
+            idle = (utcnow() - job.updated_at).total_seconds()
+            log.warning("job %s stalled in %s for %.0fs", job_id, job.stage, idle)
+            return await self._store(
+                session, job, m.transition(state_of(job), m.Stalled(idle)), None
+            )
+
+        for job_id in job_ids:
+            await self._transact(job_id, functools.partial(change, job_id=job_id))
+        return len(job_ids)
+
+    async def run_watchdog(self, stop: asyncio.Event) -> None:
+        """Look for stalled jobs now and then, so no job stays unfinished forever."""
+        interval = min(30.0, self._settings.stall_timeout_s / 4)
+        while not stop.is_set():
+            try:
+                await self.check_stalled()
+            except Exception:
+                log.exception("stall check failed; trying again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     # Reports ----------------------------------------------------------------------------
 
     async def apply_report(self, report: work_pb2.WorkerReport) -> None:
         """Apply one worker report exactly once, then publish what it caused."""
-        for _ in range(STALE_RETRIES):
-            try:
-                async with self._sessions() as session, session.begin():
-                    applied = await self._apply(session, report)
-                break
-            except StaleDataError:
-                continue  # another replica changed the job first: read it again
-            except IntegrityError:
-                return  # the same report was applied concurrently by another replica
-        else:
-            raise RuntimeError(f"job {report.job_id} kept changing; report will be redelivered")
-        if applied is not None:
-            await self._after_commit(applied)
+        try:
+            await self._transact(report.job_id, lambda session: self._apply(session, report))
+        except IntegrityError:
+            pass  # the same report was applied concurrently by another replica
 
     async def _apply(self, session: AsyncSession, report: work_pb2.WorkerReport) -> Applied | None:
         if await session.get(AppliedReportRow, report.report_id) is not None:
@@ -380,7 +427,7 @@ class Orchestrator:
                 rows = []
                 for lead in (await session.scalars(query)).all():
                     lead.state = "dispatched"
-                    rows.append(self._enrichment_task(job, lead, allowance))
+                    rows.append(self._enrichment_task(job, lead, allowance, state.attempts))
                 return rows
             case m.SkipPendingLeads():
                 await session.execute(
@@ -396,6 +443,15 @@ class Orchestrator:
                     campaign.avg_confidence = state.metrics.avg_confidence
             case m.RetryDiscovery(attempt=attempt):
                 return [discovery_task_row(job, attempt)]
+            case m.RedispatchLeads():
+                query = select(LeadRow).where(
+                    LeadRow.job_id == job.id, LeadRow.state == "dispatched"
+                )
+                allowance = state.metrics.lead_price_micros if state.budget_micros else 0
+                return [
+                    self._enrichment_task(job, lead, allowance, state.attempts)
+                    for lead in (await session.scalars(query)).all()
+                ]
             case m.StopWork():
                 pass  # after commit: see _after_commit
         return []
@@ -406,7 +462,9 @@ class Orchestrator:
         return list((await session.scalars(query)).all())
 
     @staticmethod
-    def _enrichment_task(job: JobRow, lead: LeadRow, allowance_micros: int) -> OutboxRow:
+    def _enrichment_task(
+        job: JobRow, lead: LeadRow, allowance_micros: int, attempt: int
+    ) -> OutboxRow:
         task = work_pb2.EnrichmentTask(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -420,10 +478,10 @@ class Orchestrator:
                 confidence_score=lead.confidence_score,
             ),
             verify_emails=bool(job.config.get("verify_emails", False)),
-            attempt=job.attempts,
+            attempt=attempt,
             budget_micros=allowance_micros,
         )
-        return outbox_row(f"enrichment.{lead.id}", bus.ENRICHMENT_SUBJECT, task)
+        return outbox_row(f"enrichment.{lead.id}.{attempt}", bus.ENRICHMENT_SUBJECT, task)
 
     async def _after_commit(self, applied: Applied) -> None:
         if applied.stop_work:

@@ -74,6 +74,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(
             orchestrator.outbox.run_relay(stop, settings.outbox_poll_s), name="outbox"
         ),
+        asyncio.create_task(orchestrator.run_watchdog(stop), name="watchdog"),
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
     log.info("jobs ready on %s:%d", host, port)

@@ -236,3 +236,18 @@ async def test_outbox_relay_publishes_what_a_crash_left_behind(harness: Harness)
     [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
     assert work_pb2.DiscoveryTask.FromString(data).job_id == task.job_id
     assert await harness.orchestrator.outbox.relay_once() == 0
+
+
+async def test_stalled_jobs_are_retried_by_the_watchdog(harness: Harness) -> None:
+    job = await harness.orchestrator.submit("alice", config(), "")
+    [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)  # the first task, then lost
+    assert await harness.orchestrator.check_stalled() == 0  # not stale yet
+    async with harness.sessions() as session, session.begin():
+        row = await session.get(JobRow, job.id)
+        assert row is not None
+        row.updated_at = utcnow() - timedelta(hours=1)
+    assert await harness.orchestrator.check_stalled() == 1
+    [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
+    assert work_pb2.DiscoveryTask.FromString(data).attempt == 2
+    row = await harness.job(job.id)
+    assert row.attempts == 2 and row.status == "PENDING" and "No progress" in row.message

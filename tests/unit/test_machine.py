@@ -194,3 +194,21 @@ def test_metrics_round_trip_json() -> None:
     metrics = m.Metrics(businesses_found=3, total_cost_micros=5, providers={"places": "sandbox"})
     assert m.Metrics.from_json(metrics.to_json()) == metrics
     assert metrics.sandbox
+
+
+def test_a_stalled_job_is_retried_then_failed() -> None:
+    state, _, effects = run(m.JobState(max_attempts=2), m.DiscoveryProgressed(0, 0, 0, "Go"))
+    state, snaps, effects = run(state, m.Stalled(700))
+    assert effects == [m.RetryDiscovery(2)] and state.attempts == 2
+    assert state.status == m.Status.PROCESSING and "No progress for 700s" in snaps[-1].message
+    state, _, effects = run(state, m.Stalled(700))
+    assert state.status == m.Status.FAILED and "gave up after 2 attempt" in state.error
+    assert m.StopWork() in effects
+
+
+def test_a_job_stalled_in_enrichment_requeues_its_unsettled_leads() -> None:
+    state, _, _ = run(m.JobState(), *discovered([90, 80]), enriched())
+    state, _, effects = run(state, m.Stalled(700))
+    assert effects == [m.RedispatchLeads(2)]
+    state, _, _ = run(state, enriched())
+    assert state.status == m.Status.COMPLETED
