@@ -106,6 +106,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self._orchestrator = orchestrator
         self._fanout = fanout
         self._tokens = tokens
+        self._closing = asyncio.Event()
+
+    def begin_shutdown(self) -> None:
+        """Open watch streams send their latest snapshot and end; clients resume elsewhere
+        with ``after_version``."""
+        self._closing.set()
 
     @unary
     async def SubmitCampaign(
@@ -166,6 +172,24 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             row = await store.job_for_user(session, user, job_id)
             return jobs_pb2.JobUpdate(job=job_proto(row), message=row.message)
 
+    async def _next_update(
+        self, queue: asyncio.Queue[jobs_pb2.JobUpdate], user: str, job_id: str
+    ) -> jobs_pb2.JobUpdate:
+        """The next announced snapshot; a fresh read after a quiet spell or on shutdown."""
+        getter = asyncio.ensure_future(queue.get())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {getter, closing}, timeout=WATCH_RESYNC_S, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closing.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter in done:
+            return getter.result()
+        return await self._snapshot(user, job_id)
+
     @streaming
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
@@ -186,7 +210,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                         return
                 elif _terminal(update.job):
                     return  # the caller already has the terminal snapshot
-                try:
-                    update = await asyncio.wait_for(queue.get(), WATCH_RESYNC_S)
-                except TimeoutError:
+                if self._closing.is_set():
                     update = await self._snapshot(user, job_id)
+                    if update.job.version > last:
+                        yield update
+                    return
+                update = await self._next_update(queue, user, job_id)

@@ -82,6 +82,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     log.info("shutting down (grace %.0fs)", settings.shutdown_grace_s)
     await health_servicer.enter_graceful_shutdown()
+    servicer.begin_shutdown()
     await server.stop(settings.shutdown_grace_s)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), 5)
