@@ -57,9 +57,16 @@ async def publish_report(js: JetStreamContext, report: work_pb2.WorkerReport) ->
     await bus.publish_proto(js, bus.events_subject(report.job_id), report, report.report_id)
 
 
-def start_meter(js: JetStreamContext, job_id: str, report_prefix: str, lead_id: str = "") -> Meter:
+def start_meter(
+    js: JetStreamContext,
+    cancels: bus.CancelRegistry,
+    job_id: str,
+    report_prefix: str,
+    lead_id: str = "",
+) -> Meter:
     """A meter for the running task: each paid call's intent is published as a report of
-    its own (``<report_prefix>.call<n>``) before the call is made."""
+    its own (``<report_prefix>.call<n>``) before the call is made, and no call is made once
+    the job is cancelled or failed."""
     numbers = itertools.count(1)
 
     async def publish_intent(charge: Charge) -> None:
@@ -72,7 +79,7 @@ def start_meter(js: JetStreamContext, job_id: str, report_prefix: str, lead_id: 
         )
         await publish_report(js, report)
 
-    meter = Meter(publish_intent)
+    meter = Meter(publish_intent, stopped=lambda: cancels.is_cancelled(job_id))
     current_meter.set(meter)
     return meter
 

@@ -17,7 +17,7 @@ from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
 from services.common.errors import PermanentProviderError, ProviderError
 from services.common.providers import Charge, PlaceDetails
-from services.common.providers.metering import Meter
+from services.common.providers.metering import Meter, WorkStopped
 from services.common.settings import Settings
 from services.common.worker import (
     TaskWorker,
@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 # Text Search pages hold 20 places and stop at 60: ask for twice what the user keeps, so
 # scoring has something to choose from.
 SEARCH_MIN, SEARCH_MAX = 20, 60
-
-
-class Cancelled(Exception):
-    """The job was cancelled: stop making paid calls."""
 
 
 def to_place(details: PlaceDetails, score: int) -> work_pb2.Place:
@@ -99,15 +95,15 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
 
     def _check_cancelled(self, run: _Run) -> None:
         if self._cancels.is_cancelled(run.task.job_id):
-            raise Cancelled
+            raise WorkStopped("discovery stopped: the job is cancelled or failed")
 
     async def run(self, task: work_pb2.DiscoveryTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
         prefix = f"discovery.{task.job_id}.{task.attempt}.{delivery}"
-        run = _Run(task, delivery, start_meter(self._js, task.job_id, prefix))
+        run = _Run(task, delivery, start_meter(self._js, self._cancels, task.job_id, prefix))
         try:
             await self._discover(run)
-        except Cancelled:
+        except WorkStopped:
             if run.unreported or run.meter.corrections:
                 await self._charges_only(run, "Calls made before the cancel reached discovery")
             await msg.ack()

@@ -14,6 +14,7 @@ from services.common.domains import domain_of
 from services.common.errors import ProviderError
 from services.common.money import usd_to_micros
 from services.common.providers import Charge
+from services.common.providers.metering import WorkStopped
 from services.common.settings import Settings
 from services.common.worker import (
     TaskWorker,
@@ -45,7 +46,7 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
     async def run(self, task: work_pb2.EnrichmentTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
         report_id = f"enrichment.{task.lead_id}.{task.attempt}.{delivery}"
-        meter = start_meter(self._js, task.job_id, report_id, task.lead_id)
+        meter = start_meter(self._js, self._cancels, task.job_id, report_id, task.lead_id)
         report = work_pb2.WorkerReport(
             report_id=report_id,
             job_id=task.job_id,
@@ -57,6 +58,15 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
         charges: list[Charge] = []
         try:
             result = await self._enrich(task, charges)
+        except WorkStopped:
+            # Cancelled or failed meanwhile: account for what was spent, make no more calls.
+            if charges or meter.corrections:
+                note = "Calls made before the job stopped"
+                report.charges_only.CopyFrom(work_pb2.ChargesOnly(note=note, lead_id=task.lead_id))
+                report.charges.extend(charges_proto(meter.reportable(charges)))
+                await publish_report(self._js, report)
+            await msg.ack()
+            return
         except ProviderError as exc:
             if exc.retryable and delivery < self._settings.max_deliver:
                 if charges or meter.corrections:  # account for calls made, then retry

@@ -32,7 +32,7 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import quote, quote_plus
@@ -41,7 +41,7 @@ import httpx
 
 from services.common.errors import PermanentProviderError, TransientProviderError
 from services.common.providers.base import Charge, RateLimiter
-from services.common.providers.metering import metered
+from services.common.providers.metering import current_meter
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -172,17 +172,21 @@ async def send(
     policy: RetryPolicy,
     *,
     secrets: Iterable[str] = (),
+    before_first_request: Callable[[], Awaitable[None]] | None = None,
 ) -> T:
     """Send the request ``build_request()`` makes until ``classify`` calls the answer OK.
 
     Returns the OK outcome's value. Raises :class:`PermanentProviderError` on a permanent
     answer and :class:`TransientProviderError` when the attempts run out; both name
-    ``provider`` and the cause, never a secret.
+    ``provider`` and the cause, never a secret. ``before_first_request`` runs once the
+    first rate-limit slot is granted, right before the first request leaves.
     """
     secrets = tuple(s for s in secrets if s)
     outcome: Outcome[T] = retry("no attempt made")
     for attempt in range(1, max(1, policy.max_attempts) + 1):
         await limiter.acquire()
+        if attempt == 1 and before_first_request is not None:
+            await before_first_request()
         try:
             response = await client.send(build_request())
         except httpx.TransportError as exc:
@@ -251,20 +255,38 @@ class HttpProvider:
     ) -> tuple[T, list[Charge]]:
         """One billable request, metered: its value and its charge (none when the provider
         bills nothing for it). ``billed(value)`` is what the provider bills for an answer
-        (default: the list ``price``); a failed request is not billed."""
-        async with metered(self.name, operation, price) as call:
-            value = await self._send(build_request, classify)
-            call.actual_usd = price if billed is None else billed(value)
-        if not call.actual_usd:
-            return value, []
-        return value, [Charge(self.name, operation, call.actual_usd, metered=call.metered)]
+        (default: the list ``price``); a failed request is not billed.
+
+        With a meter running (workers always run one), the call's intent is published
+        once its rate-limit slot is granted, right before the request leaves; the meter
+        may refuse (the job was cancelled), and then no request is made.
+        """
+        meter = current_meter.get()
+        opened = False
+
+        async def open_call() -> None:
+            nonlocal opened
+            if meter is not None:
+                await meter.open(self.name, operation, price)
+                opened = True
+
+        actual = 0.0
+        try:
+            value = await self._send(build_request, classify, open_call)
+            actual = price if billed is None else billed(value)
+        finally:
+            if opened and meter is not None:
+                meter.settle(self.name, operation, price, actual)
+        charges = [Charge(self.name, operation, actual, metered=opened)] if actual else []
+        return value, charges
 
     async def _send(
         self,
         build_request: Callable[[], httpx.Request],
         classify: Callable[[httpx.Response], Outcome[T]],
+        before_first_request: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         return await send(
             self._client, self._limiter, self.name, build_request, classify, self._policy,
-            secrets=(self._key,),
+            secrets=(self._key,), before_first_request=before_first_request,
         )  # fmt: skip

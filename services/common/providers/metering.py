@@ -14,22 +14,18 @@ arguments; the sandbox, which bills nobody, is not metered.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from services.common.errors import ProspectError
 from services.common.providers.base import Charge
 
 PublishIntent = Callable[[Charge], Awaitable[None]]
 
 
-@dataclass
-class MeteredCall:
-    """What the adapter learns from the answer: what the provider actually billed."""
-
-    actual_usd: float = 0.0
-    metered: bool = True  # False when no meter was running (no intent was published)
+class WorkStopped(ProspectError):
+    """The job was cancelled or failed: no more paid calls for it."""
 
 
 @dataclass
@@ -37,19 +33,21 @@ class Meter:
     """The paid calls of one task delivery."""
 
     publish_intent: PublishIntent
+    stopped: Callable[[], bool] = lambda: False  # is the job cancelled or failed?
     corrections: list[Charge] = field(default_factory=list)
 
-    @asynccontextmanager
-    async def call(self, provider: str, operation: str, price: float) -> AsyncIterator[MeteredCall]:
-        """Around one paid request: publish the intent, then record the correction."""
+    async def open(self, provider: str, operation: str, price: float) -> None:
+        """Right before a paid request leaves: refuse if the job is stopped, else put the
+        call on the books at its list price."""
+        if self.stopped():
+            raise WorkStopped(f"{provider} {operation} not made: the job is stopped")
         await self.publish_intent(Charge(provider, operation, price, metered=True))
-        call = MeteredCall()
-        try:
-            yield call
-        finally:
-            delta = round(call.actual_usd - price, 6)
-            if delta:
-                self.corrections.append(Charge(provider, operation, delta, metered=True))
+
+    def settle(self, provider: str, operation: str, price: float, actual: float) -> None:
+        """The answer came: record what the provider billed against the intent."""
+        delta = round(actual - price, 6)
+        if delta:
+            self.corrections.append(Charge(provider, operation, delta, metered=True))
 
     def reportable(self, charges: list[Charge]) -> list[Charge]:
         """What a report must carry for ``charges``: unmetered ones as they are, and the
@@ -61,14 +59,3 @@ class Meter:
 
 
 current_meter: ContextVar[Meter | None] = ContextVar("prospect_meter", default=None)
-
-
-@asynccontextmanager
-async def metered(provider: str, operation: str, price: float) -> AsyncIterator[MeteredCall]:
-    """Meter one paid request when the running task has a meter (workers always do)."""
-    meter = current_meter.get()
-    if meter is None:
-        yield MeteredCall(metered=False)
-        return
-    async with meter.call(provider, operation, price) as call:
-        yield call
