@@ -23,6 +23,9 @@ TERMINAL_STATUSES = frozenset(
 _RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 _BROKEN_STREAM = ("rst_stream", "stream removed", "socket closed", "connection reset", "goaway")
 
+# How long a watch retries when it never got a single answer from the server.
+NEVER_CONNECTED_RETRY_S = 10.0
+
 UpdateHandler = Callable[[jobs_pb2.JobUpdate], None]
 RetryHandler = Callable[[str, float], None]  # (why the stream ended, seconds before retrying)
 
@@ -122,9 +125,11 @@ async def watch_until_done(
     failing_since: float | None = None
     loop = asyncio.get_running_loop()
 
+    connected = False
+
     def accept(update: jobs_pb2.JobUpdate) -> bool:
-        nonlocal last_version, backoff, failing_since
-        backoff, failing_since = first_backoff, None
+        nonlocal last_version, backoff, failing_since, connected
+        backoff, failing_since, connected = first_backoff, None, True
         if update.job.version <= last_version:
             return False  # already shown (a replay after a reconnect, or another replica)
         last_version = update.job.version
@@ -153,8 +158,10 @@ async def watch_until_done(
             call.cancel()
         now = loop.time()
         failing_since = failing_since if failing_since is not None else now
-        if now - failing_since > retry_for:
-            raise WatchError(f"gave up watching {job_id} after {retry_for:.0f}s: {reason}")
+        # Never reached the server at all: most likely a wrong address, so give up sooner.
+        limit = retry_for if connected else min(retry_for, NEVER_CONNECTED_RETRY_S)
+        if now - failing_since > limit:
+            raise WatchError(f"gave up watching {job_id} after {limit:.0f}s: {reason}")
         if on_retry is not None:
             on_retry(reason, backoff)
         await asyncio.sleep(backoff)
