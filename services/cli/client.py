@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -71,11 +72,18 @@ class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
 
 @contextlib.asynccontextmanager
 async def job_service(
-    addr: str, *, token: str | None = None
+    addr: str, *, token: str | None = None, tls_ca: str | None = None
 ) -> AsyncIterator[jobs_pb2_grpc.JobServiceStub]:
-    """A stub on a plaintext channel to ``addr``, closed on exit; ``token`` for JWT auth."""
+    """A stub on a channel to ``addr``, closed on exit; ``token`` for JWT auth, ``tls_ca``
+    (a PEM file) for TLS."""
     interceptors = [_BearerToken(token)] if token else None
-    async with grpc.aio.insecure_channel(addr, interceptors=interceptors) as channel:
+    if tls_ca:
+        ca = Path(tls_ca).read_bytes()  # noqa: ASYNC240 (a small local file, read once)
+        credentials = grpc.ssl_channel_credentials(ca)
+        channel = grpc.aio.secure_channel(addr, credentials, interceptors=interceptors)
+    else:
+        channel = grpc.aio.insecure_channel(addr, interceptors=interceptors)
+    async with channel:
         yield jobs_pb2_grpc.JobServiceStub(channel)
 
 

@@ -24,6 +24,7 @@ from services.cli.client import (
     list_all_leads,
     watch_until_done,
 )
+from services.jobs.auth import mint_token
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 RPC_TIMEOUT = 30.0
@@ -152,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("PROSPECT_TOKEN") or None,
         help="bearer token for servers in jwt auth mode (default: $PROSPECT_TOKEN)",
     )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("PROSPECT_TLS_CA") or None,
+        metavar="PEM",
+        help="connect with TLS, trusting this CA certificate (default: $PROSPECT_TLS_CA)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("submit", help="submit a lead discovery campaign")
@@ -188,17 +195,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
     p.set_defaults(run=cmd_leads)
+
+    p = sub.add_parser("token", help="mint a token for local use (HS256 with $AUTH_JWT_SECRET)")
+    p.add_argument("--user", required=True, help="the user id (the token's sub)")
+    p.add_argument("--role", choices=["service"], help="service: may submit on behalf of users")
+    p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
+    p.set_defaults(local=cmd_token)
     return parser
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a token signed with AUTH_JWT_SECRET (and its issuer and audience, if set)."""
+    secret = os.environ.get("AUTH_JWT_SECRET", "")
+    if not secret:
+        print("error: set AUTH_JWT_SECRET to the jobs service's secret", file=sys.stderr)
+        return 2
+    print(
+        mint_token(
+            secret,
+            args.user,
+            ttl_s=args.ttl,
+            role=args.role,
+            issuer=os.environ.get("AUTH_JWT_ISSUER") or None,
+            audience=os.environ.get("AUTH_JWT_AUDIENCE") or None,
+        )
+    )
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:
     command: Command = args.run
-    async with job_service(args.addr, token=args.token) as stub:
+    async with job_service(args.addr, token=args.token, tls_ca=args.tls_ca) as stub:
         return await command(stub, args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "local", None) is not None:
+        code: int = args.local(args)
+        return code
     try:
         return asyncio.run(_run(args))
     except grpc.aio.AioRpcError as err:

@@ -73,9 +73,17 @@ async def connect(settings: Settings, name: str) -> NATS:
     async def on_reconnected() -> None:
         log.info("nats: reconnected")
 
+    credentials: dict[str, str] = {}
+    if settings.nats_user:
+        credentials.update(user=settings.nats_user, password=settings.nats_password)
+    if settings.nats_token:
+        credentials["token"] = settings.nats_token
+    if settings.nats_creds:
+        credentials["user_credentials"] = settings.nats_creds
     return await nats.connect(
         settings.nats_url,
         name=name,
+        **credentials,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

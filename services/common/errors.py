@@ -25,6 +25,10 @@ class NotFound(ProspectError):
     """No such object for this caller (unknown and other users' objects alike)."""
 
 
+class PermissionDenied(ProspectError):
+    """The caller is known but may not do this."""
+
+
 class FailedPrecondition(ProspectError):
     """The object is in a state that does not allow the request."""
 

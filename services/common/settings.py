@@ -42,10 +42,24 @@ class Settings:
     max_deliver: int = 5
     # Jobs service
     job_max_attempts: int = 3
-    page_token_secret: str = field(
-        default="prospect-page-tokens", repr=False
-    )  # signs page tokens; set per deployment
+    # Signs page tokens; set one per deployment.
+    page_token_secret: str = field(default="prospect-page-tokens", repr=False)
     local_user: str = "local"  # the one user of AUTH_MODE=none
+    # Authentication: "none" (one local user, loopback only) or "jwt".
+    auth_mode: str = "none"
+    auth_jwt_secret: str = field(default="", repr=False)  # HS256
+    auth_jwt_public_key: str = ""  # path to a PEM public key: RS256
+    auth_jwt_issuer: str = ""  # checked when set
+    auth_jwt_audience: str = ""  # checked when set
+    max_active_jobs_per_user: int = 20
+    max_watches_per_user: int = 10  # open WatchJob streams, per jobs replica
+    grpc_tls_cert: str = ""  # PEM paths: the jobs API serves TLS when both are set
+    grpc_tls_key: str = ""
+    # NATS credentials, for every service (never logged).
+    nats_user: str = ""
+    nats_password: str = field(default="", repr=False)
+    nats_token: str = field(default="", repr=False)
+    nats_creds: str = ""  # path to a .creds file
     outbox_poll_s: float = 1.0
     # An unfinished job with no change for this long is retried (or failed, out of attempts).
     stall_timeout_s: float = 600.0
@@ -152,6 +166,25 @@ class Settings:
                 raise ConfigError(f"{f.name.upper()} must not be negative")
         if self.enrichment_cache_days < 0:
             raise ConfigError("ENRICHMENT_CACHE_DAYS must not be negative")
+        if self.auth_mode not in ("none", "jwt"):
+            raise ConfigError(f"AUTH_MODE={self.auth_mode!r} must be none or jwt")
+        if self.auth_mode == "jwt":
+            if bool(self.auth_jwt_secret) == bool(self.auth_jwt_public_key):
+                raise ConfigError(
+                    "AUTH_MODE=jwt needs exactly one of AUTH_JWT_SECRET (HS256) or "
+                    "AUTH_JWT_PUBLIC_KEY (RS256)"
+                )
+            if self.auth_jwt_public_key and not Path(self.auth_jwt_public_key).is_file():
+                raise ConfigError(f"AUTH_JWT_PUBLIC_KEY={self.auth_jwt_public_key}: no such file")
+        if bool(self.grpc_tls_cert) != bool(self.grpc_tls_key):
+            raise ConfigError("GRPC_TLS_CERT and GRPC_TLS_KEY go together")
+        for name in ("grpc_tls_cert", "grpc_tls_key", "nats_creds"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name.upper()}={path}: no such file")
+        for name in ("max_active_jobs_per_user", "max_watches_per_user"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.upper()} must be at least 1")
         if self.sandbox_latency_ms < 0:
             raise ConfigError("SANDBOX_LATENCY_MS must not be negative")
         host, sep, port = self.jobs_grpc_addr.rpartition(":")

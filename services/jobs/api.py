@@ -20,11 +20,12 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ProspectError,
     ResourceExhausted,
 )
 from services.jobs import store, validation
-from services.jobs.auth import current_user
+from services.jobs.auth import current_principal
 from services.jobs.convert import job_proto, lead_proto, status_from_proto
 from services.jobs.fanout import Fanout
 from services.jobs.machine import Status
@@ -39,6 +40,7 @@ WATCH_RESYNC_S = 2.0
 _CODES: dict[type[ProspectError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
@@ -86,6 +88,25 @@ def streaming(
     return wrapper
 
 
+def _user() -> str:
+    """The calling user; service tokens may only submit on behalf of a user."""
+    principal = current_principal()
+    if principal.is_service:
+        raise PermissionDenied("service tokens may only submit campaigns")
+    return principal.user_id
+
+
+def _owner_of(request: jobs_pb2.SubmitCampaignRequest) -> str:
+    """Whose job a submit creates: the caller's, or for a service token on_behalf_of."""
+    principal = current_principal()
+    on_behalf_of = request.on_behalf_of
+    if principal.is_service:
+        return validation.validate_user_id(on_behalf_of, "on_behalf_of")
+    if on_behalf_of and on_behalf_of != principal.user_id:
+        raise PermissionDenied("on_behalf_of is for service tokens only")
+    return principal.user_id
+
+
 def _terminal(job: jobs_pb2.Job) -> bool:
     return job.status in (
         jobs_pb2.JOB_STATUS_COMPLETED,
@@ -101,7 +122,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         orchestrator: Orchestrator,
         fanout: Fanout,
         tokens: validation.PageTokens,
+        *,
+        max_watches_per_user: int = 10,
     ) -> None:
+        self._max_watches = max_watches_per_user
+        self._watches: dict[str, int] = {}
         self._sessions = sessions
         self._orchestrator = orchestrator
         self._fanout = fanout
@@ -118,7 +143,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitCampaignResponse:
         config, key = validation.validate_submit(request)
-        job = await self._orchestrator.submit(current_user(), config, key)
+        job = await self._orchestrator.submit(_owner_of(request), config, key)
         return jobs_pb2.SubmitCampaignResponse(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -131,7 +156,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.Job:
         job_id = validation.validate_job_id(request.job_id)
         async with self._sessions() as session:
-            return job_proto(await store.job_for_user(session, current_user(), job_id))
+            return job_proto(await store.job_for_user(session, _user(), job_id))
 
     @unary
     async def ListJobs(
@@ -141,7 +166,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         status: Status | None = status_from_proto(validation.validate_status(request.status))
         async with self._sessions() as session:
             rows, token = await store.list_jobs(
-                session, self._tokens, current_user(), page_size, request.page_token, status
+                session, self._tokens, _user(), page_size, request.page_token, status
             )
         return jobs_pb2.ListJobsResponse(jobs=[job_proto(r) for r in rows], next_page_token=token)
 
@@ -150,7 +175,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         job_id = validation.validate_job_id(request.job_id)
-        return job_proto(await self._orchestrator.cancel(current_user(), job_id))
+        return job_proto(await self._orchestrator.cancel(_user(), job_id))
 
     @unary
     async def ListLeads(
@@ -159,7 +184,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         job_id = validation.validate_job_id(request.job_id)
         page_size = validation.validate_page_size(request.page_size)
         async with self._sessions() as session:
-            job = await store.job_for_user(session, current_user(), job_id)
+            job = await store.job_for_user(session, _user(), job_id)
             rows, token = await store.list_leads(
                 session, self._tokens, job, page_size, request.page_token
             )
@@ -197,11 +222,27 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         job_id = validation.validate_job_id(request.job_id)
         if request.after_version < 0:
             raise InvalidArgument("after_version", "must not be negative")
-        user = current_user()
+        user = _user()
+        if self._watches.get(user, 0) >= self._max_watches:
+            raise ResourceExhausted(
+                f"too many open watch streams ({self._max_watches}, MAX_WATCHES_PER_USER)"
+            )
+        self._watches[user] = self._watches.get(user, 0) + 1
+        try:
+            async for update in self._watch(user, job_id, request.after_version):
+                yield update
+        finally:
+            self._watches[user] -= 1
+            if not self._watches[user]:
+                del self._watches[user]
+
+    async def _watch(
+        self, user: str, job_id: str, after_version: int
+    ) -> AsyncIterator[jobs_pb2.JobUpdate]:
         # Listen before reading the snapshot, so no change falls between the two.
         async with self._fanout.watch(job_id) as queue:
             update = await self._snapshot(user, job_id)
-            last = request.after_version
+            last = after_version
             while True:
                 if update.job.version > last:
                     last = update.job.version

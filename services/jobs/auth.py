@@ -1,16 +1,180 @@
-"""Who is calling. AUTH_MODE=none: every caller is the one local user."""
+"""Who is calling, and whether they may.
+
+AUTH_MODE=none: every caller is the one local user (the server refuses this mode unless it
+listens on loopback only). AUTH_MODE=jwt: every RPC but health and reflection carries
+``authorization: Bearer <token>``, checked by :class:`AuthInterceptor` before the handler
+runs. HS256 with AUTH_JWT_SECRET or RS256 with AUTH_JWT_PUBLIC_KEY, never both and never
+``alg: none``; ``exp`` and ``sub`` required; ``nbf``, and ``iss``/``aud`` when configured,
+checked. A failure says only "missing bearer token" or "invalid token".
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-_current_user: ContextVar[str] = ContextVar("prospect_user", default="local")
+import grpc
+import jwt
+
+from services.common.settings import Settings
+
+SERVICE_ROLE = "service"
+LEEWAY_S = 10
+# Open without a token: probes and tooling.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    role: str = "user"
+
+    @property
+    def is_service(self) -> bool:
+        return self.role == SERVICE_ROLE
+
+
+class Unauthenticated(Exception):
+    """No valid credentials; the message is safe to send to the caller."""
+
+
+_principal: ContextVar[Principal | None] = ContextVar("prospect_principal", default=None)
+_local = [Principal("local")]
+
+
+def set_local_user(user_id: str) -> None:
+    """The user every caller is in AUTH_MODE=none."""
+    _local[0] = Principal(user_id)
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC being served."""
+    return _principal.get() or _local[0]
 
 
 def current_user() -> str:
-    """The caller of the RPC being served."""
-    return _current_user.get()
+    return current_principal().user_id
 
 
-def set_local_user(user: str) -> None:
-    _current_user.set(user)
+class TokenVerifier:
+    """Checks bearer tokens against the configured key, algorithm, issuer and audience."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.auth_jwt_public_key:
+            self._key: Any = Path(settings.auth_jwt_public_key).read_text()
+            self._algorithm = "RS256"
+        else:
+            self._key = settings.auth_jwt_secret
+            self._algorithm = "HS256"
+        self._issuer = settings.auth_jwt_issuer or None
+        self._audience = settings.auth_jwt_audience or None
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],  # one algorithm: no none, no HS/RS confusion
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=LEEWAY_S,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self._audience is not None,
+                    "verify_iss": self._issuer is not None,
+                },
+            )
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise Unauthenticated("invalid token") from None
+        sub, role = claims.get("sub"), claims.get("role", "user")
+        if not isinstance(sub, str) or not sub or len(sub) > 200 or not sub.isprintable():
+            raise Unauthenticated("invalid token")
+        return Principal(sub, role if isinstance(role, str) else "user")
+
+
+def bearer_token(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    raise Unauthenticated("missing bearer token")
+
+
+def mint_token(
+    key: str,
+    sub: str,
+    *,
+    ttl_s: int = 3600,
+    role: str | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
+    algorithm: str = "HS256",
+) -> str:
+    """A token for ``sub``: HS256 with a shared secret, or RS256 with a private key PEM."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "nbf": now, "exp": now + ttl_s}
+    if role:
+        claims["role"] = role
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every RPC except health and reflection; the handler then sees the
+    caller as :func:`current_principal`."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self._verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+        authenticate = self._authenticate
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                token = _principal.set(await authenticate(context))
+                try:
+                    return await inner(request, context)
+                finally:
+                    _principal.reset(token)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                _principal.set(await authenticate(context))
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler  # no client-streaming RPCs in this API
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        try:
+            return self._verifier.verify(bearer_token(context.invocation_metadata()))
+        except Unauthenticated as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # unreachable: abort raises

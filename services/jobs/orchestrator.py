@@ -20,14 +20,14 @@ import nats.errors
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, ResourceExhausted
 from services.common.money import usd_to_micros
 from services.common.settings import Settings
 from services.jobs import machine as m
@@ -120,6 +120,7 @@ class Orchestrator:
             existing = await self._by_idempotency_key(user_id, idempotency_key)
             if existing is not None:
                 return existing
+        await self._check_active_jobs(user_id)
         now = utcnow()
         job = JobRow(
             id=new_id("job"),
@@ -161,6 +162,19 @@ class Orchestrator:
             return existing
         await self.outbox.publish([task])
         return job
+
+    async def _check_active_jobs(self, user_id: str) -> None:
+        limit = self._settings.max_active_jobs_per_user
+        unfinished = (m.Status.PENDING.value, m.Status.PROCESSING.value)
+        async with self._sessions() as session:
+            query = select(func.count()).where(
+                JobRow.user_id == user_id, JobRow.status.in_(unfinished)
+            )
+            active = await session.scalar(query) or 0
+        if active >= limit:
+            raise ResourceExhausted(
+                f"{active} unfinished jobs: at most {limit} at once (MAX_ACTIVE_JOBS_PER_USER)"
+            )
 
     async def _by_idempotency_key(self, user_id: str, key: str) -> JobRow | None:
         async with self._sessions() as session:

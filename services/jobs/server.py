@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,7 +19,7 @@ from services.common.logs import setup_logging
 from services.common.settings import Settings
 from services.jobs import db
 from services.jobs.api import JobService
-from services.jobs.auth import set_local_user
+from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
 from services.jobs.fanout import Fanout
 from services.jobs.orchestrator import Orchestrator
 from services.jobs.validation import PageTokens
@@ -29,15 +30,46 @@ SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback(addr: str) -> bool:
+    host = addr.rpartition(":")[0]
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_auth_mode(settings: Settings) -> None:
+    """AUTH_MODE=none gives every caller the one local user: only on loopback."""
+    if settings.auth_mode == "none" and not is_loopback(settings.jobs_grpc_addr):
+        raise ConfigError(
+            f"AUTH_MODE=none serves every caller as one user, so it listens on loopback only; "
+            f"JOBS_GRPC_ADDR={settings.jobs_grpc_addr} is not. Use AUTH_MODE=jwt, or bind "
+            "127.0.0.1"
+        )
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.grpc_tls_cert:
+        return None
+    key = Path(settings.grpc_tls_key).read_bytes()
+    cert = Path(settings.grpc_tls_cert).read_bytes()
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
 def build_grpc_server(
-    servicer: JobService, addr: str
+    servicer: JobService, settings: Settings
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """A server with the JobService, health and reflection, bound to ``addr`` (port 0 ok)."""
+    """A server with the JobService, health and reflection on JOBS_GRPC_ADDR (port 0 ok),
+    authenticated by AUTH_MODE and encrypted when GRPC_TLS_CERT/KEY are set."""
+    interceptors = []
+    if settings.auth_mode == "jwt":
+        interceptors.append(AuthInterceptor(TokenVerifier(settings)))
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -45,13 +77,19 @@ def build_grpc_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(addr)
+    addr = settings.jobs_grpc_addr
+    credentials = _credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(addr)
+    else:
+        port = server.add_secure_port(addr, credentials)
     if port == 0:
         raise ConfigError(f"cannot listen on JOBS_GRPC_ADDR={addr}")
     return server, port, health_servicer
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    check_auth_mode(settings)
     set_local_user(settings.local_user)
     engine = db.create_engine(settings.effective_database_url)
     await db.migrate(engine)
@@ -63,9 +101,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await fanout.start()
     orchestrator = Orchestrator(settings, sessions, nc, js, fanout)
     servicer = JobService(
-        sessions, orchestrator, fanout, PageTokens(settings.page_token_secret.encode())
+        sessions,
+        orchestrator,
+        fanout,
+        PageTokens(settings.page_token_secret.encode()),
+        max_watches_per_user=settings.max_watches_per_user,
     )
-    server, port, health_servicer = build_grpc_server(servicer, settings.jobs_grpc_addr)
+    server, port, health_servicer = build_grpc_server(servicer, settings)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -77,7 +119,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(orchestrator.run_watchdog(stop), name="watchdog"),
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
-    log.info("jobs ready on %s:%d", host, port)
+    tls = " with TLS" if settings.grpc_tls_cert else ""
+    log.info("jobs ready on %s:%d%s (auth %s)", host, port, tls, settings.auth_mode)
     await stop.wait()
 
     log.info("shutting down (grace %.0fs)", settings.shutdown_grace_s)
@@ -98,6 +141,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def main() -> None:
     settings = Settings.load_or_exit()
     setup_logging(settings.log_level, "jobs")
+    try:
+        check_auth_mode(settings)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        raise SystemExit(2) from None
     asyncio.run(_run(settings))
 
 

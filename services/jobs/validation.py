@@ -70,6 +70,14 @@ def validate_submit(request: jobs_pb2.SubmitCampaignRequest) -> tuple[jobs_pb2.C
     return validate_config(request.config), key
 
 
+def validate_user_id(user_id: str, field: str) -> str:
+    if not user_id:
+        raise InvalidArgument(field, "is required for service tokens")
+    if len(user_id) > TEXT_MAX or not user_id.isprintable():
+        raise InvalidArgument(field, f"must be 1-{TEXT_MAX} printable characters")
+    return user_id
+
+
 def validate_job_id(job_id: str, field: str = "job_id") -> str:
     if not job_id:
         raise InvalidArgument(field, "is required")
