@@ -163,8 +163,11 @@ class NatsServer(_Child):
         log_path: str | Path | None = None,
         port: int | None = None,
         monitor_port: int | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        self.user, self.password = user, password
         super().__init__("nats-server", Path(log_path or self.store_dir / "nats-server.log"))
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
@@ -182,6 +185,8 @@ class NatsServer(_Child):
         self.store_dir.mkdir(parents=True, exist_ok=True)
         argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
                 "-sd", str(self.store_dir), "-m", str(self.monitor_port)]  # fmt: skip
+        if self.user:
+            argv += ["--user", self.user, "--pass", self.password or ""]
         self._spawn(argv)
         deadline = time.monotonic() + timeout
         while True:
