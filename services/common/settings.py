@@ -33,6 +33,7 @@ class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: str = ""  # empty: SQLite file under data_dir
     jobs_grpc_addr: str = "127.0.0.1:50051"
+    health_grpc_addr: str = ""  # workers: grpc.health.v1 here (e.g. 0.0.0.0:8081); empty: off
     data_dir: str = DEFAULT_DATA_DIR
     log_level: str = "INFO"
     shutdown_grace_s: float = 25.0  # under Kubernetes' default 30 s termination grace

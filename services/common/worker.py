@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 
 from prospect.v1 import work_pb2
 from services.common import bus
+from services.common.health import HealthServer
 from services.common.logs import setup_logging
 from services.common.providers import Charge, Providers, open_providers
 from services.common.providers.metering import Meter, current_meter
@@ -211,6 +212,8 @@ async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    health = HealthServer(settings.health_grpc_addr)
+    await health.start()
     nc = await bus.connect(settings, f"prospect-{kind.name}")
     js = nc.jetstream()
     await bus.ensure_topology(js, settings)
@@ -223,8 +226,10 @@ async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     runner = TaskRunner(
         js, bus.WORK_STREAM, kind.consumer, worker.handle, concurrency, settings.ack_wait_s / 3
     )
+    await health.serving()
     log.info("%s worker ready (consumer %s, %d at a time)", kind.name, kind.consumer, concurrency)
     await runner.run(stop, settings.shutdown_grace_s)
+    await health.stop()
     # Every publish was already acknowledged and no fetch is outstanding, so a plain close
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).
     await providers.aclose()

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
-from services.cli.stack import Stack
+from services.cli.stack import Stack, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -249,3 +249,14 @@ async def test_health_and_reflection(stack: Stack) -> None:
         async for reply in reflection.ServerReflectionInfo(iter([request])):
             names |= {s.name for s in reply.list_services_response.service}
         assert {"prospect.v1.JobService", "grpc.health.v1.Health"} <= names
+
+
+async def test_workers_serve_grpc_health(tmp_path: Path) -> None:
+    port = free_port()
+    with Stack(tmp_path) as running:
+        running.add_service(
+            "discovery", label="discovery-health", env={"HEALTH_GRPC_ADDR": f"127.0.0.1:{port}"}
+        ).wait_ready()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
