@@ -64,6 +64,7 @@ class Settings:
     outbox_poll_s: float = 1.0
     # An unfinished job with no change for this long is retried (or failed, out of attempts).
     stall_timeout_s: float = 600.0
+    retention_days: float = 90.0  # finished jobs older than this are deleted by retention
     # Workers
     discovery_concurrency: int = 4  # discovery tasks in flight per worker
     details_concurrency: int = 8  # place-details calls in flight per task
@@ -165,6 +166,8 @@ class Settings:
         for f in fields(self):
             if f.name.startswith(("price_", "sandbox_cost_")) and getattr(self, f.name) < 0:
                 raise ConfigError(f"{f.name.upper()} must not be negative")
+        if self.retention_days <= 0:
+            raise ConfigError("RETENTION_DAYS must be positive")
         if self.enrichment_cache_days < 0:
             raise ConfigError("ENRICHMENT_CACHE_DAYS must not be negative")
         if self.auth_mode not in ("none", "jwt"):

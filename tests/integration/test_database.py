@@ -251,3 +251,28 @@ async def test_stalled_jobs_are_retried_by_the_watchdog(harness: Harness) -> Non
     assert work_pb2.DiscoveryTask.FromString(data).attempt == 2
     row = await harness.job(job.id)
     assert row.attempts == 2 and row.status == "PENDING" and "No progress" in row.message
+
+
+async def test_retention_deletes_only_old_finished_jobs(harness: Harness) -> None:
+    from services.jobs.retention import purge
+
+    old = await harness.orchestrator.submit("alice", config(max_results=1), "")
+    await harness.orchestrator.apply_report(report(old.id, "d", 0.1, discovery_result=(
+        work_pb2.DiscoveryResult(businesses_found=1, qualified=places(1)))))  # fmt: skip
+    await harness.orchestrator.cancel("alice", old.id)
+    recent = await harness.orchestrator.submit("alice", config(), "")
+    await harness.orchestrator.cancel("alice", recent.id)
+    running = await harness.orchestrator.submit("alice", config(), "")
+    async with harness.sessions() as session, session.begin():
+        for job_id in (old.id, running.id):
+            row = await session.get(JobRow, job_id)
+            assert row is not None
+            row.created_at = row.updated_at = utcnow() - timedelta(days=200)
+            if row.completed_at is not None:
+                row.completed_at = utcnow() - timedelta(days=200)
+    assert await purge(harness.sessions, days=90) == 1
+    async with harness.sessions() as session:
+        assert await session.get(JobRow, old.id) is None
+        assert await session.get(JobRow, recent.id) is not None
+        assert await session.get(JobRow, running.id) is not None  # unfinished: kept
+        assert await harness.leads(old.id) == []
