@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from prospect.v1 import work_pb2
 from services.common import bus
 from services.common.health import HealthServer
-from services.common.logs import setup_logging
+from services.common.logs import lifecycle, setup_logging
 from services.common.providers import Charge, Providers, open_providers
 from services.common.providers.metering import Meter, current_meter
 from services.common.settings import Settings
@@ -227,7 +227,9 @@ async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
         js, bus.WORK_STREAM, kind.consumer, worker.handle, concurrency, settings.ack_wait_s / 3
     )
     await health.serving()
-    log.info("%s worker ready (consumer %s, %d at a time)", kind.name, kind.consumer, concurrency)
+    lifecycle.info(
+        "%s worker ready (consumer %s, %d at a time)", kind.name, kind.consumer, concurrency
+    )
     await runner.run(stop, settings.shutdown_grace_s)
     await health.stop()
     # Every publish was already acknowledged and no fetch is outstanding, so a plain close
@@ -235,4 +237,4 @@ async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     await providers.aclose()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 5)
-    log.info("%s worker stopped", kind.name)
+    lifecycle.info("%s worker stopped", kind.name)

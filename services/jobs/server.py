@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.common import bus
 from services.common.errors import ConfigError
-from services.common.logs import setup_logging
+from services.common.logs import lifecycle, setup_logging
 from services.common.settings import Settings
 from services.jobs import db
 from services.jobs.api import JobService
@@ -120,7 +120,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
     tls = " with TLS" if settings.grpc_tls_cert else ""
-    log.info("jobs ready on %s:%d%s (auth %s)", host, port, tls, settings.auth_mode)
+    lifecycle.info("jobs ready on %s:%d%s (auth %s)", host, port, tls, settings.auth_mode)
     await stop.wait()
 
     log.info("shutting down (grace %.0fs)", settings.shutdown_grace_s)
@@ -135,7 +135,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 5)
     await engine.dispose()
-    log.info("jobs stopped")
+    lifecycle.info("jobs stopped")
 
 
 def main() -> None:
