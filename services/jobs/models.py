@@ -64,6 +64,7 @@ class JobRow(Base):
         UniqueConstraint("user_id", "idempotency_key", name="uq_jobs_user_idempotency"),
         Index("ix_jobs_user_created", "user_id", "created_at"),
         Index("ix_jobs_status", "status"),
+        Index("ix_jobs_user_status", "user_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -19,6 +19,7 @@ from datetime import timedelta
 import nats.errors
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +48,8 @@ from services.jobs.store import job_for_user
 log = logging.getLogger(__name__)
 
 STALE_RETRIES = 8
+# Reports applied in one transaction at most: whatever has arrived, up to this many.
+REPORT_BATCH = 256
 
 
 def new_id(prefix: str) -> str:
@@ -115,16 +118,14 @@ class Orchestrator:
     async def submit(
         self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str
     ) -> JobRow:
-        """Record a PENDING job, its campaign and its discovery task; queue the task."""
-        if idempotency_key:
-            existing = await self._by_idempotency_key(user_id, idempotency_key)
-            if existing is not None:
-                return existing
-        await self._check_active_jobs(user_id)
+        """Record a PENDING job, its campaign and its discovery task; queue the task.
+
+        One transaction: the idempotency lookup, the per-user limit and the inserts."""
         now = utcnow()
+        job_id, campaign_id = new_id("job"), new_id("cmp")
         job = JobRow(
-            id=new_id("job"),
-            campaign_id=new_id("cmp"),
+            id=job_id,
+            campaign_id=campaign_id,
             user_id=user_id,
             type="campaign",
             status=m.Status.PENDING.value,
@@ -142,8 +143,8 @@ class Orchestrator:
             updated_at=now,
         )
         campaign = CampaignRow(
-            id=job.campaign_id,
-            job_id=job.id,
+            id=campaign_id,
+            job_id=job_id,
             user_id=user_id,
             business_type=config.business_type,
             location=config.location,
@@ -153,33 +154,36 @@ class Orchestrator:
         task = discovery_task_row(job, attempt=1)
         try:
             async with self._sessions() as session, session.begin():
+                if idempotency_key:
+                    existing = await self._by_idempotency_key(session, user_id, idempotency_key)
+                    if existing is not None:
+                        return existing
+                await self._check_active_jobs(session, user_id)
                 session.add_all([job, campaign, task])
         except IntegrityError:
             # The same key raced in from a concurrent request: that one won.
-            existing = await self._by_idempotency_key(user_id, idempotency_key)
+            async with self._sessions() as session:
+                existing = await self._by_idempotency_key(session, user_id, idempotency_key)
             if existing is None:
                 raise
             return existing
         await self.outbox.publish([task])
         return job
 
-    async def _check_active_jobs(self, user_id: str) -> None:
+    async def _check_active_jobs(self, session: AsyncSession, user_id: str) -> None:
         limit = self._settings.max_active_jobs_per_user
         unfinished = (m.Status.PENDING.value, m.Status.PROCESSING.value)
-        async with self._sessions() as session:
-            query = select(func.count()).where(
-                JobRow.user_id == user_id, JobRow.status.in_(unfinished)
-            )
-            active = await session.scalar(query) or 0
+        query = select(func.count()).where(JobRow.user_id == user_id, JobRow.status.in_(unfinished))
+        active = await session.scalar(query) or 0
         if active >= limit:
             raise ResourceExhausted(
                 f"{active} unfinished jobs: at most {limit} at once (MAX_ACTIVE_JOBS_PER_USER)"
             )
 
-    async def _by_idempotency_key(self, user_id: str, key: str) -> JobRow | None:
-        async with self._sessions() as session:
-            query = select(JobRow).where(JobRow.user_id == user_id, JobRow.idempotency_key == key)
-            return (await session.scalars(query)).first()
+    @staticmethod
+    async def _by_idempotency_key(session: AsyncSession, user_id: str, key: str) -> JobRow | None:
+        query = select(JobRow).where(JobRow.user_id == user_id, JobRow.idempotency_key == key)
+        return (await session.scalars(query)).first()
 
     async def _transact(
         self, job_id: str, change: Callable[[AsyncSession], Awaitable[Applied | None]]
@@ -506,29 +510,55 @@ class Orchestrator:
 
     # The report consumer ----------------------------------------------------------------
 
+    async def apply_reports(self, reports: list[work_pb2.WorkerReport]) -> None:
+        """Apply a batch of reports in one transaction (one commit, each job loaded once),
+        falling back to one transaction per report if the batch meets a conflict."""
+        if len(reports) == 1:
+            await self.apply_report(reports[0])
+            return
+        done: list[Applied] = []
+        try:
+            async with self._sessions() as session, session.begin():
+                for report in reports:
+                    applied = await self._apply(session, report)
+                    if applied is not None:
+                        done.append(applied)
+        except (StaleDataError, IntegrityError):
+            # Another replica touched one of these jobs: take them one at a time.
+            for report in reports:
+                await self.apply_report(report)
+            return
+        for applied in done:
+            await self._after_commit(applied)
+
     async def run_report_consumer(self, stop: asyncio.Event) -> None:
-        """Take reports from the shared durable consumer and apply each once."""
+        """Take reports from the shared durable consumer and apply each once, in batches of
+        whatever has arrived."""
         psub = await self._js.pull_subscribe_bind(bus.JOBS_CONSUMER, bus.EVENTS_STREAM)
         while not stop.is_set():
             try:
-                msgs = await psub.fetch(64, timeout=1.0)
+                msgs = await psub.fetch(REPORT_BATCH, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
             except Exception as exc:  # disconnected: the client reconnects by itself
-                log.warning("report fetch failed: %s", exc)
+                log.warning("report fetch failed: %r", exc)
                 await asyncio.sleep(0.5)
                 continue
+            good: list[Msg] = []
+            reports: list[work_pb2.WorkerReport] = []
             for msg in msgs:
                 try:
-                    report = work_pb2.WorkerReport.FromString(msg.data)
+                    reports.append(work_pb2.WorkerReport.FromString(msg.data))
+                    good.append(msg)
                 except DecodeError:
                     log.error("undecodable report on %s dropped", msg.subject)
                     await msg.term()
-                    continue
-                try:
-                    await self.apply_report(report)
-                except Exception:
-                    log.exception("applying report %s failed; will retry", report.report_id)
+            try:
+                await self.apply_reports(reports)
+            except Exception:
+                log.exception("applying %d report(s) failed; will retry", len(reports))
+                for msg in good:
                     await msg.nak(delay=1.0)
-                    continue
+                continue
+            for msg in good:
                 await msg.ack()

@@ -34,24 +34,31 @@ class Outbox:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> None:
         self._sessions = sessions
         self._js = js
+        # Published, not yet deleted: deleted in batches by the relay loop, which saves a
+        # write transaction per publish (a crash in between only means a de-duplicated
+        # re-publish).
+        self._published: set[str] = set()
 
     async def publish(self, rows: list[OutboxRow]) -> None:
-        """Publish committed rows and delete them. On failure the relay tries again later."""
-        if not rows:
-            return
-        done: list[str] = []
+        """Publish committed rows. On failure the relay tries again later."""
         try:
             for row in rows:
                 await self._js.publish(row.subject, row.payload, headers={"Nats-Msg-Id": row.id})
-                done.append(row.id)
+                self._published.add(row.id)
         except Exception as exc:  # NATS down or slow: the relay will pick the rest up
-            log.warning("outbox publish deferred (%d of %d sent): %s", len(done), len(rows), exc)
+            log.warning("outbox publish deferred: %s", exc)
+
+    async def forget_published(self) -> int:
+        """Delete the rows already published; returns how many."""
+        done, self._published = self._published, set()
         if done:
             async with self._sessions() as session, session.begin():
                 await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(done)))
+        return len(done)
 
     async def relay_once(self) -> int:
         """Publish rows left behind by a crash or an earlier failure. Returns how many."""
+        await self.forget_published()
         async with self._sessions() as session:
             query: Any = (
                 select(OutboxRow)

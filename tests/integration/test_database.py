@@ -126,6 +126,7 @@ async def test_submit_records_the_job_and_queues_discovery(harness: Harness) -> 
     [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
     task = work_pb2.DiscoveryTask.FromString(data)
     assert task.job_id == job.id and task.config.business_type == "coffee shop"
+    assert await harness.orchestrator.outbox.forget_published() == 1
     async with harness.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(OutboxRow)) == 0
 
