@@ -58,6 +58,16 @@ async def publish_report(js: JetStreamContext, report: work_pb2.WorkerReport) ->
     await bus.publish_proto(js, bus.events_subject(report.job_id), report, report.report_id)
 
 
+def add_charges(report: work_pb2.WorkerReport, meter: Meter, charges: list[Charge]) -> None:
+    """Put on ``report`` what it must carry for ``charges`` (see Meter.reportable)."""
+    reportable, intents = meter.reportable(charges)
+    report.charges.extend(charges_proto(reportable))
+    report.intents.extend(
+        work_pb2.Intent(report_id=report_id, charge=charges_proto([charge])[0])
+        for report_id, charge in intents
+    )
+
+
 def start_meter(
     js: JetStreamContext,
     cancels: bus.CancelRegistry,
@@ -70,7 +80,7 @@ def start_meter(
     the job is cancelled or failed."""
     numbers = itertools.count(1)
 
-    async def publish_intent(charge: Charge) -> None:
+    async def publish_intent(charge: Charge) -> str:
         note = f"{charge.provider} {charge.operation} under way"
         report = work_pb2.WorkerReport(
             report_id=f"{report_prefix}.call{next(numbers)}",
@@ -79,6 +89,7 @@ def start_meter(
             charges_only=work_pb2.ChargesOnly(note=note, lead_id=lead_id),
         )
         await publish_report(js, report)
+        return report.report_id
 
     meter = Meter(publish_intent, stopped=lambda: cancels.is_cancelled(job_id))
     current_meter.set(meter)
@@ -107,23 +118,26 @@ class TaskRunner:
 
     async def run(self, stop: asyncio.Event, grace: float) -> None:
         psub = await self._js.pull_subscribe_bind(self._consumer, self._stream)
+        stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             free = self._concurrency - len(self._tasks)
             if free <= 0:
-                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                # Every slot busy: wait for one to free up, or for SIGTERM.
+                await asyncio.wait({*self._tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
                 msgs = await psub.fetch(free, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue  # idle, not an error
             except Exception as exc:  # disconnected: the client reconnects by itself
-                log.warning("fetch from %s failed: %s", self._consumer, exc)
+                log.warning("fetch from %s failed: %r", self._consumer, exc)
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
                 task = asyncio.create_task(self._run_one(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        stopping.cancel()
         # Shutdown: no new fetches; give in-flight tasks the grace period.
         if self._tasks:
             log.info("waiting for %d in-flight task(s)", len(self._tasks))

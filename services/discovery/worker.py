@@ -21,7 +21,7 @@ from services.common.providers.metering import Meter, WorkStopped
 from services.common.settings import Settings
 from services.common.worker import (
     TaskWorker,
-    charges_proto,
+    add_charges,
     publish_report,
     retry_delay,
     start_meter,
@@ -86,10 +86,10 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         report = work_pb2.WorkerReport(
             report_id=run.next_report_id(what),
             job_id=run.task.job_id,
-            charges=charges_proto(run.meter.reportable(run.unreported)),
             providers={"places": self._providers.places.name},
             **body,  # type: ignore[arg-type]
         )
+        add_charges(report, run.meter, run.unreported)
         await publish_report(self._js, report)
         run.unreported = []
 
@@ -104,7 +104,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         try:
             await self._discover(run)
         except WorkStopped:
-            if run.unreported or run.meter.corrections:
+            if run.unreported or run.meter.pending:
                 await self._charges_only(run, "Calls made before the cancel reached discovery")
             await msg.ack()
             return
@@ -123,7 +123,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 )
                 await msg.ack()
             else:
-                if run.unreported or run.meter.corrections:
+                if run.unreported or run.meter.pending:
                     await self._charges_only(run, f"Discovery interrupted ({exc}); retrying")
                 await msg.nak(delay=exc.retry_after or retry_delay(run.delivery))
             return

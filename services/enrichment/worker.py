@@ -18,7 +18,7 @@ from services.common.providers.metering import WorkStopped
 from services.common.settings import Settings
 from services.common.worker import (
     TaskWorker,
-    charges_proto,
+    add_charges,
     publish_report,
     retry_delay,
     start_meter,
@@ -60,20 +60,20 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
             result = await self._enrich(task, charges)
         except WorkStopped:
             # Cancelled or failed meanwhile: account for what was spent, make no more calls.
-            if charges or meter.corrections:
+            if charges or meter.pending:
                 note = "Calls made before the job stopped"
                 report.charges_only.CopyFrom(work_pb2.ChargesOnly(note=note, lead_id=task.lead_id))
-                report.charges.extend(charges_proto(meter.reportable(charges)))
+                add_charges(report, meter, charges)
                 await publish_report(self._js, report)
             await msg.ack()
             return
         except ProviderError as exc:
             if exc.retryable and delivery < self._settings.max_deliver:
-                if charges or meter.corrections:  # account for calls made, then retry
+                if charges or meter.pending:  # account for calls made, then retry
                     report.charges_only.CopyFrom(
                         work_pb2.ChargesOnly(note=f"Retrying a lead ({exc})", lead_id=task.lead_id)
                     )
-                    report.charges.extend(charges_proto(meter.reportable(charges)))
+                    add_charges(report, meter, charges)
                     await publish_report(self._js, report)
                 await msg.nak(delay=exc.retry_after or retry_delay(delivery))
                 return
@@ -86,12 +86,12 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
                     lead_id=task.lead_id,
                 )
             )
-            report.charges.extend(charges_proto(meter.reportable(charges)))
+            add_charges(report, meter, charges)
             await publish_report(self._js, report)
             await msg.ack()
             return
         report.enrichment_result.CopyFrom(result)
-        report.charges.extend(charges_proto(meter.reportable(charges)))
+        add_charges(report, meter, charges)
         await publish_report(self._js, report)
         await msg.ack()
 

@@ -76,9 +76,9 @@ class Applied:
     stop_work: bool = False
 
 
-def _charges_by_provider(report: work_pb2.WorkerReport) -> dict[str, int]:
+def _charges_by_provider(charges: list[work_pb2.Charge]) -> dict[str, int]:
     costs: dict[str, int] = {}
-    for charge in report.charges:
+    for charge in charges:
         costs[charge.provider] = costs.get(charge.provider, 0) + usd_to_micros(charge.cost_usd)
     return costs
 
@@ -276,14 +276,25 @@ class Orchestrator:
         if job is None:
             log.warning("report %s for unknown job %s dropped", report.report_id, report.job_id)
             return None
-        event = await self._event_of(session, job, report)
+        # Intents repeated on this report and not applied yet are applied with it (their
+        # own copies will find their ids and change nothing).
+        charges = list(report.charges)
+        for intent in report.intents:
+            if await session.get(AppliedReportRow, intent.report_id) is None:
+                session.add(AppliedReportRow(report_id=intent.report_id, job_id=report.job_id))
+                charges.append(intent.charge)
+        event = await self._event_of(session, job, report, charges)
         result = m.transition(state_of(job), event)
         return await self._store(session, job, result, report)
 
     async def _event_of(
-        self, session: AsyncSession, job: JobRow, report: work_pb2.WorkerReport
+        self,
+        session: AsyncSession,
+        job: JobRow,
+        report: work_pb2.WorkerReport,
+        charges: list[work_pb2.Charge],
     ) -> m.Event:
-        by_provider = _charges_by_provider(report)
+        by_provider = _charges_by_provider(charges)
         cost = sum(by_provider.values())
         providers = dict(report.providers)
         body = report.WhichOneof("body")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-from tests.fakes.base import FAULT_KINDS, Bill, FakeServer, Reply, RequestRecord
+from tests.fakes.base import FAULT_KINDS, Bill, FakeServer, Reply, RequestRecord, wait_quiet
 from tests.fakes.google_places import FakeGooglePlaces
 from tests.fakes.google_skus import (
     DETAILS_ENTERPRISE_ATMOSPHERE_USD,
@@ -63,6 +63,7 @@ __all__ = [
     "RequestRecord",
     "details_sku",
     "text_search_sku",
+    "wait_quiet",
 ]
 
 
@@ -70,10 +71,20 @@ class FakeProviders:
     """One :class:`FakeWorld` and the three fakes over it, started and stopped together."""
 
     def __init__(
-        self, places_per_query: int = 25, seed: int | str = 0, **server_kwargs: Any
+        self,
+        places_per_query: int = 25,
+        seed: int | str = 0,
+        *,
+        every_domain_has_emails: bool = False,
+        **server_kwargs: Any,
     ) -> None:
-        """``server_kwargs`` (``latency_s``, ``slow_s``) go to every fake."""
-        self.world = FakeWorld(places_per_query=places_per_query, seed=seed)
+        """``server_kwargs`` (``latency_s``, ``slow_s``) go to every fake;
+        ``every_domain_has_emails`` to the :class:`FakeWorld`."""
+        self.world = FakeWorld(
+            places_per_query=places_per_query,
+            seed=seed,
+            every_domain_has_emails=every_domain_has_emails,
+        )
         self.google = FakeGooglePlaces(self.world, **server_kwargs)
         self.hunter = FakeHunter(self.world, **server_kwargs)
         self.neverbounce = FakeNeverBounce(self.world, **server_kwargs)
@@ -130,3 +141,28 @@ class FakeProviders:
     def reset(self) -> None:
         for fake in self.fakes:
             fake.reset()
+
+    # -- holding answers (see tests.fakes.base) --------------------------------------------
+
+    def hold(self) -> None:
+        """Hold every fake's answers (requests are still recorded and billed)."""
+        for fake in self.fakes:
+            fake.hold()
+
+    def release(self) -> None:
+        for fake in self.fakes:
+            fake.release()
+
+    def held_count(self) -> int:
+        """Requests waiting for :meth:`release` across the three fakes."""
+        return sum(fake.held_count() for fake in self.fakes)
+
+    def wait_quiet(self, quiet_s: float = 0.3, timeout: float = 10.0) -> bool:
+        """Block until none of the fakes has received a request for ``quiet_s`` seconds (from
+        this call at the earliest); False when ``timeout`` ran out first."""
+        return wait_quiet(self.fakes, quiet_s, timeout)
+
+    def requests_for(self, job_key: str) -> list[tuple[str, RequestRecord]]:
+        """(provider name, request) of every request made for ``job_key``, in arrival order."""
+        found = [(f.name, r) for f in self.fakes for r in f.requests_for(job_key)]
+        return sorted(found, key=lambda item: item[1].ts)

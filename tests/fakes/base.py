@@ -13,6 +13,12 @@ Each request is recorded, delayed by ``latency_s``, checked against the rate lim
 against the injected faults, then answered. A "slow" fault only delays the normal answer,
 which is billed like any other: a real provider charges for work it did even when the
 client had given up waiting. One lock guards everything mutable.
+
+For fault injection, :meth:`FakeServer.hold` freezes the answers: every request is still
+recorded and billed, but its handler waits before answering until :meth:`FakeServer.release`.
+With the fakes held and quiet (:meth:`FakeServer.wait_quiet`), every task of a worker is
+either blocked inside a request the provider has billed or has not reached a provider: a
+``kill -9`` then leaves no call half-made, so a job's cost stays exactly predictable.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -119,6 +125,10 @@ class FakeServer:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self._released = threading.Event()  # clear while held (see hold())
+        self._released.set()
+        self._held = 0
+        self._last_request_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -134,6 +144,7 @@ class FakeServer:
         if server is None:
             return
         self._server = self._thread = None
+        self.release()  # let held handlers answer and end
         server.shutdown()
         server.server_close()
         with self._lock:
@@ -203,6 +214,14 @@ class FakeServer:
             micros = sum(b.price_micros for b in self._operations)
         return micros / MICROS_PER_USD
 
+    def job_of_request(self, req: RequestRecord) -> str:
+        """The job key (text query) ``req`` was made for, "" when unknown; per provider."""
+        return ""
+
+    def requests_for(self, job_key: str) -> list[RequestRecord]:
+        """Every request received for ``job_key`` (billed or not: faults included)."""
+        return [r for r in self.requests if self.job_of_request(r) == job_key]
+
     def max_requests_in_window(self, window_s: float = 1.0) -> int:
         """The most requests received within any span shorter than ``window_s`` seconds."""
         with self._lock:
@@ -251,6 +270,36 @@ class FakeServer:
         with self._lock:
             return self._rate_limited
 
+    # -- holding answers (fault injection) ------------------------------------------------
+
+    def hold(self) -> None:
+        """From now on, each request is recorded and billed as usual, but its handler waits
+        before answering until :meth:`release` (or :meth:`stop`)."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Let every held request answer; new requests are answered at once again."""
+        self._released.set()
+
+    @property
+    def holding(self) -> bool:
+        return not self._released.is_set()
+
+    def held_count(self) -> int:
+        """How many requests are waiting for :meth:`release` right now."""
+        with self._lock:
+            return self._held
+
+    def last_request_at(self) -> float:
+        """``time.monotonic()`` when the latest request arrived (0.0 before any)."""
+        with self._lock:
+            return self._last_request_at
+
+    def wait_quiet(self, quiet_s: float = 0.3, timeout: float = 10.0) -> bool:
+        """Block until no new request has arrived for ``quiet_s`` seconds (counted from this
+        call at the earliest). True when quiet, False when ``timeout`` ran out first."""
+        return wait_quiet([self], quiet_s, timeout)
+
     # -- for subclasses --------------------------------------------------------------------
 
     def handle(self, req: RequestRecord) -> Reply:
@@ -270,8 +319,21 @@ class FakeServer:
     # -- request processing ----------------------------------------------------------------
 
     def _process(self, req: RequestRecord) -> Reply:
+        reply = self._answer(req)
+        if not self._released.is_set():
+            with self._lock:
+                self._held += 1
+            try:
+                self._released.wait()
+            finally:
+                with self._lock:
+                    self._held -= 1
+        return reply
+
+    def _answer(self, req: RequestRecord) -> Reply:
         with self._lock:
             self._requests.append(req)
+            self._last_request_at = max(self._last_request_at, req.ts)
         if self.latency_s > 0:
             time.sleep(self.latency_s)
         with self._lock:
@@ -303,6 +365,22 @@ class FakeServer:
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
             (self._conns.add if add else self._conns.discard)(conn)
+
+
+def wait_quiet(fakes: Iterable[FakeServer], quiet_s: float = 0.3, timeout: float = 10.0) -> bool:
+    """Block until none of ``fakes`` has received a request for ``quiet_s`` seconds, counted
+    from this call at the earliest. True when quiet, False when ``timeout`` ran out first."""
+    servers = list(fakes)
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        last = max([start, *(f.last_request_at() for f in servers)])
+        now = time.monotonic()
+        if now - last >= quiet_s:
+            return True
+        if now >= deadline:
+            return False
+        time.sleep(min(0.02, max(0.001, last + quiet_s - now)))
 
 
 def _make_handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:

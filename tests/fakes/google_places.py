@@ -170,6 +170,18 @@ class FakeGooglePlaces(FakeServer):
         except _Invalid as exc:
             return google_error(400, "INVALID_ARGUMENT", str(exc))
 
+    def job_of_request(self, req: RequestRecord) -> str:
+        match = _DETAILS_PATH.match(req.path)
+        if match:
+            return self.world.job_of_place(match.group(1))
+        if req.path != SEARCH_PATH:
+            return ""
+        try:
+            query = json.loads(req.body or b"{}").get("textQuery", "")
+        except (ValueError, AttributeError):
+            return ""
+        return query if isinstance(query, str) else ""
+
     # -- Text Search -----------------------------------------------------------------------
 
     def _search(self, req: RequestRecord, paths: list[str]) -> Reply:

@@ -89,6 +89,12 @@ class FakeHunter(FakeServer):
         except _WrongParams as exc:
             return hunter_error(400, "wrong_params", str(exc))
 
+    def job_of_request(self, req: RequestRecord) -> str:
+        domain = normalize_domain(req.query.get("domain", ""))
+        if not domain and req.query.get("company"):
+            domain = self.world.domain_of_company(req.query["company"])
+        return self.world.job_of_domain(domain) if domain else ""
+
     # -- endpoints -------------------------------------------------------------------------
 
     def _company_domain(self, req: RequestRecord) -> tuple[str, str | None]:

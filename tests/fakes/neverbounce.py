@@ -156,6 +156,13 @@ class FakeNeverBounce(FakeServer):
         self.bill("single_check", CHECK_MICROS, self.world.job_of_email(email))
         return json_reply(200, answer)
 
+    def job_of_request(self, req: RequestRecord) -> str:
+        params = dict(req.query)
+        if req.method == "POST" and req.body:
+            params.update(self._form(req))
+        email = str(params.get("email", "")).strip()
+        return self.world.job_of_email(email) if email else ""
+
     @staticmethod
     def _form(req: RequestRecord) -> dict[str, str]:
         if "json" in req.header("Content-Type"):

@@ -90,9 +90,18 @@ def nb_result_for_unknown(email: str, seed: object = 0) -> str:
 class FakeWorld:
     """Deterministic fake businesses per text query; see the module docstring."""
 
-    def __init__(self, places_per_query: int = 25, seed: int | str = 0) -> None:
+    def __init__(
+        self,
+        places_per_query: int = 25,
+        seed: int | str = 0,
+        *,
+        every_domain_has_emails: bool = False,
+    ) -> None:
+        """``every_domain_has_emails``: no domain is left without an address (otherwise ~25%
+        are), so every Hunter domain search is billed and its price is known in advance."""
         self.places_per_query = places_per_query
         self.seed = seed
+        self.every_domain_has_emails = every_domain_has_emails
         self._lock = threading.Lock()
         self._places: dict[str, list[dict[str, Any]]] = {}  # query -> places
         self._place_index: dict[str, tuple[str, dict[str, Any]]] = {}  # id -> (query, place)
@@ -276,7 +285,8 @@ class FakeWorld:
         rng = _rng("emails", self.seed, domain)
         accept_all = rng.random() < 0.12
         pattern = rng.choice(("{first}.{last}", "{first}", "{f}{last}"))
-        count = 0 if rng.random() < 0.25 else rng.randint(1, 4)
+        empty = rng.random() < 0.25 and not self.every_domain_has_emails
+        count = 0 if empty else rng.randint(1, 4)
         emails: list[dict[str, Any]] = []
         used: set[str] = set()
         for k in range(count):

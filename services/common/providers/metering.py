@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from services.common.errors import ProspectError
 from services.common.providers.base import Charge
 
-PublishIntent = Callable[[Charge], Awaitable[None]]
+# Publishes an intent as a report of its own; returns that report's id.
+PublishIntent = Callable[[Charge], Awaitable[str]]
 
 
 class WorkStopped(ProspectError):
@@ -35,13 +36,15 @@ class Meter:
     publish_intent: PublishIntent
     stopped: Callable[[], bool] = lambda: False  # is the job cancelled or failed?
     corrections: list[Charge] = field(default_factory=list)
+    intents: list[tuple[str, Charge]] = field(default_factory=list)  # (report id, charge)
 
     async def open(self, provider: str, operation: str, price: float) -> None:
         """Right before a paid request leaves: refuse if the job is stopped, else put the
         call on the books at its list price."""
         if self.stopped():
             raise WorkStopped(f"{provider} {operation} not made: the job is stopped")
-        await self.publish_intent(Charge(provider, operation, price, metered=True))
+        charge = Charge(provider, operation, price, metered=True)
+        self.intents.append((await self.publish_intent(charge), charge))
 
     def settle(self, provider: str, operation: str, price: float, actual: float) -> None:
         """The answer came: record what the provider billed against the intent."""
@@ -49,13 +52,19 @@ class Meter:
         if delta:
             self.corrections.append(Charge(provider, operation, delta, metered=True))
 
-    def reportable(self, charges: list[Charge]) -> list[Charge]:
-        """What a report must carry for ``charges``: unmetered ones as they are, and the
-        corrections of metered ones (their intents were published already). Clears the
-        corrections it hands out."""
+    def reportable(self, charges: list[Charge]) -> tuple[list[Charge], list[tuple[str, Charge]]]:
+        """What a report must carry for ``charges``: unmetered ones as they are, the
+        corrections of metered ones, and (again) the intents published since the last
+        report. Clears what it hands out."""
         out = [c for c in charges if not c.metered] + self.corrections
-        self.corrections = []
-        return out
+        intents = self.intents
+        self.corrections, self.intents = [], []
+        return out, intents
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is left to report."""
+        return bool(self.corrections or self.intents)
 
 
 current_meter: ContextVar[Meter | None] = ContextVar("prospect_meter", default=None)
