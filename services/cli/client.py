@@ -50,8 +50,8 @@ def is_retryable(err: grpc.aio.AioRpcError) -> bool:
     )
 
 
-class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds ``authorization: Bearer <token>`` to every call."""
+class _TokenMetadata:
+    """Adds ``authorization: Bearer <token>`` to a call's metadata."""
 
     def __init__(self, token: str) -> None:
         self._token = token
@@ -63,8 +63,15 @@ class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+class _BearerToken(_TokenMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
+
+
+class _BearerTokenStreams(_TokenMetadata, grpc.aio.UnaryStreamClientInterceptor):
+    """grpc.aio files each interceptor under one call type only, so server-streaming calls
+    need an object of their own."""
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._with_token(details), request)
@@ -76,7 +83,9 @@ async def job_service(
 ) -> AsyncIterator[jobs_pb2_grpc.JobServiceStub]:
     """A stub on a channel to ``addr``, closed on exit; ``token`` for JWT auth, ``tls_ca``
     (a PEM file) for TLS."""
-    interceptors = [_BearerToken(token)] if token else None
+    interceptors: list[Any] | None = (
+        [_BearerToken(token), _BearerTokenStreams(token)] if token else None
+    )
     if tls_ca:
         ca = Path(tls_ca).read_bytes()  # noqa: ASYNC240 (a small local file, read once)
         credentials = grpc.ssl_channel_credentials(ca)

@@ -130,11 +130,30 @@ def mint_token(
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every RPC except health and reflection; the handler then sees the
-    caller as :func:`current_principal`."""
+class _Undecodable:
+    """Stands for a request body that is not a valid message (answered INVALID_ARGUMENT
+    after authentication, instead of grpc's UNKNOWN with the parser's words)."""
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return _Undecodable()
+
+    return deserialize
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every RPC except health and reflection (AUTH_MODE=jwt; with no verifier
+    every caller is the local user), and answers undecodable requests INVALID_ARGUMENT.
+    The handler then sees the caller as :func:`current_principal`."""
+
+    def __init__(self, verifier: TokenVerifier | None) -> None:
         self._verifier = verifier
 
     async def intercept_service(
@@ -145,36 +164,40 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
-        authenticate = self._authenticate
+        admit = self._admit
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                token = _principal.set(await authenticate(context))
+                token = _principal.set(await admit(request, context))
                 try:
                     return await inner(request, context)
                 finally:
                     _principal.reset(token)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
+                unary, _tolerant(handler.request_deserializer), handler.response_serializer
             )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                _principal.set(await authenticate(context))
+                _principal.set(await admit(request, context))
                 async for item in inner_stream(request, context):
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
-                stream, handler.request_deserializer, handler.response_serializer
+                stream, _tolerant(handler.request_deserializer), handler.response_serializer
             )
         return handler  # no client-streaming RPCs in this API
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
-        try:
-            return self._verifier.verify(bearer_token(context.invocation_metadata()))
-        except Unauthenticated as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            raise  # unreachable: abort raises
+    async def _admit(self, request: Any, context: grpc.aio.ServicerContext) -> Principal | None:
+        principal = None
+        if self._verifier is not None:
+            try:
+                principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
+            except Unauthenticated as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid message")
+        return principal

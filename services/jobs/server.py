@@ -61,11 +61,9 @@ def build_grpc_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with the JobService, health and reflection on JOBS_GRPC_ADDR (port 0 ok),
     authenticated by AUTH_MODE and encrypted when GRPC_TLS_CERT/KEY are set."""
-    interceptors = []
-    if settings.auth_mode == "jwt":
-        interceptors.append(AuthInterceptor(TokenVerifier(settings)))
+    verifier = TokenVerifier(settings) if settings.auth_mode == "jwt" else None
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=[AuthInterceptor(verifier)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
