@@ -179,6 +179,7 @@ class GooglePlaces(HttpProvider):
 
     name = PROVIDER
     key_setting = "google_places_api_key"
+    base_url_setting = "google_places_base_url"
     page_size: int = MAX_PAGE_SIZE  # most places one billed search page returns
 
     def __init__(
@@ -191,7 +192,6 @@ class GooglePlaces(HttpProvider):
         cache_size: int = CACHE_SIZE,
     ) -> None:
         super().__init__(client, settings, limiter, retry_policy=retry_policy)
-        self._base = settings.google_places_base_url.rstrip("/")
         self._seen: OrderedDict[str, PlaceDetails] = OrderedDict()
         self._cache_size = max(0, cache_size)
 
@@ -228,7 +228,7 @@ class GooglePlaces(HttpProvider):
             return SearchPage(places=[])
         page_size = min(MAX_PAGE_SIZE, limit)
         query = f"{business_type} in {location}"
-        url = f"{self._base}/v1/places:searchText"
+        url = f"{self._url}/v1/places:searchText"
         headers = self._headers(SEARCH_FIELD_MASK)
         places: dict[str, PlaceSummary] = {}
         charges: list[Charge] = []
@@ -268,7 +268,7 @@ class GooglePlaces(HttpProvider):
         if cached is not None:
             self._seen.move_to_end(place_id)
             return DetailsResult(details=cached)
-        url = f"{self._base}/v1/places/{quote(place_id, safe='')}"
+        url = f"{self._url}/v1/places/{quote(place_id, safe='')}"
         headers = self._headers(DETAILS_FIELD_MASK)
 
         def build() -> httpx.Request:

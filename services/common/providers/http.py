@@ -230,6 +230,8 @@ class HttpProvider:
 
     name: str
     key_setting: str  # the Settings field holding this provider's API key
+    base_url_setting: str  # the Settings field holding its base URL
+    path: str = ""  # appended to the base URL: the endpoint's path
 
     def __init__(
         self,
@@ -244,6 +246,7 @@ class HttpProvider:
         self._limiter = limiter
         self._policy = retry_policy or RetryPolicy.from_settings(settings)
         self._key: str = getattr(settings, self.key_setting)
+        self._url = getattr(settings, self.base_url_setting).rstrip("/") + self.path
 
     async def _paid(
         self,

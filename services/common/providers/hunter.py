@@ -120,10 +120,8 @@ class Hunter(HttpProvider):
 
     name = PROVIDER
     key_setting = "hunter_api_key"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._url = f"{self._settings.hunter_base_url.rstrip('/')}/v2/domain-search"
+    base_url_setting = "hunter_base_url"
+    path = "/v2/domain-search"
 
     def price(self, operation: str) -> float:
         """The most one ``email_search`` can cost: one credit (0.0 for other operations)."""

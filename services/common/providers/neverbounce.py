@@ -85,10 +85,8 @@ class NeverBounce(HttpProvider):
 
     name = PROVIDER
     key_setting = "neverbounce_api_key"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._url = f"{self._settings.neverbounce_base_url.rstrip('/')}/v4/single/check"
+    base_url_setting = "neverbounce_base_url"
+    path = "/v4/single/check"
 
     def price(self, operation: str) -> float:
         """One credit for ``verify`` (0.0 for other operations)."""
