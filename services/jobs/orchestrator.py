@@ -512,12 +512,16 @@ class Orchestrator:
         )
         return outbox_row(f"enrichment.{lead.id}.{attempt}", bus.ENRICHMENT_SUBJECT, task)
 
-    async def _after_commit(self, applied: Applied) -> None:
-        if applied.stop_work:
-            await bus.CancelRegistry.announce(self._nc, self._js, applied.job_id)
-        await self.outbox.publish(applied.outbox)
-        for update_msg in applied.updates:
-            await self._fanout.publish(applied.job_id, update_msg)
+    async def _after_commit(self, *batch: Applied) -> None:
+        """Publish what committed transactions caused: stop notices, queued tasks (all in
+        one go), then the snapshots."""
+        for applied in batch:
+            if applied.stop_work:
+                await bus.CancelRegistry.announce(self._nc, self._js, applied.job_id)
+        await self.outbox.publish([row for applied in batch for row in applied.outbox])
+        for applied in batch:
+            for update_msg in applied.updates:
+                await self._fanout.publish(applied.job_id, update_msg)
 
     # The report consumer ----------------------------------------------------------------
 
@@ -539,8 +543,7 @@ class Orchestrator:
             for report in reports:
                 await self.apply_report(report)
             return
-        for applied in done:
-            await self._after_commit(applied)
+        await self._after_commit(*done)
 
     async def run_report_consumer(self, stop: asyncio.Event) -> None:
         """Take reports from the shared durable consumer and apply each once, in batches of
