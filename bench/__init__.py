@@ -1,0 +1,26 @@
+"""``make bench``: the speed of prospect, measured on a real stack (issue 7).
+
+``python -m bench`` starts its own nats-server and services as separate processes (temp
+data dirs, free ports), runs the scenarios below against them, prints a table and, as the
+very last line of stdout, one JSON object with every figure. Progress goes to stderr.
+
+======================  ====================================================================
+module                  scenario
+======================  ====================================================================
+:mod:`bench.submit`     SubmitCampaign round trip from 8 clients (own channel each)
+:mod:`bench.progress`   report published by a worker -> update received by a watcher
+:mod:`bench.throughput` completed campaigns and leads per second, peak RSS, CPU per process
+:mod:`bench.speedup`    one 10-lead campaign at 300 ms a call vs :mod:`bench.sequential`
+:mod:`bench.scaleout`   enrichment throughput with two enrichment workers over one
+:mod:`bench.ratelimit`  Hunter calls per second against a fake that enforces R/s
+======================  ====================================================================
+
+:mod:`bench.runner` orders them on one stack, swapping worker processes (with per-process
+settings) between scenarios instead of restarting everything. Environment:
+
+- ``BENCH_QUICK=1``: shortened run (under a minute in all).
+- ``BENCH_DATABASE_URL``: run the jobs service on this database (e.g. PostgreSQL); use a
+  throwaway one, the bench leaves its jobs there.
+- ``BENCH_INFLIGHT``: campaigns kept in flight in the throughput scenario (default 64).
+- ``BENCH_RATELIMIT_RPS`` / ``BENCH_RATELIMIT_BURST``: the fake Hunter's limit (20 / 5).
+"""

@@ -1,0 +1,181 @@
+"""The results: the table for people and the JSON line (and file) for machines."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
+from bench.progress import ProgressResult
+from bench.ratelimit import RatelimitResult
+from bench.scaleout import ScaleoutResult
+from bench.speedup import SpeedupResult
+from bench.stats import percentile, rounded
+from bench.submit import SubmitResult
+from bench.throughput import ThroughputResult
+
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
+
+# The issue's targets (2-core machine, SQLite): figure -> (comparison, bound).
+TARGETS: dict[str, tuple[str, float]] = {
+    "submit_p99_ms": ("<=", 10),
+    "progress_p99_ms": ("<=", 20),
+    "campaigns_per_s": (">=", 100),
+    "speedup_vs_sequential": (">=", 5),
+    "scaleout_2x": (">=", 1.8),
+    "ratelimit_utilization": (">=", 0.9),
+    "ratelimit_429s": ("<=", 0),
+    "rss_mb_jobs": ("<=", 150),
+    "rss_mb_discovery": ("<=", 150),
+    "rss_mb_enrichment": ("<=", 150),
+}
+
+
+@dataclass
+class Results:
+    quick: bool
+    database: str
+    submit: SubmitResult | None = None
+    progress: ProgressResult | None = None
+    throughput: ThroughputResult | None = None
+    speedup: SpeedupResult | None = None
+    scaleout: ScaleoutResult | None = None
+    ratelimit: RatelimitResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # scenario -> wall seconds
+    error: str = ""
+
+    def figures(self) -> dict[str, float | None]:
+        """Every figure under its JSON key; None for what was not measured."""
+        nan = math.nan
+        s, p, t = self.submit, self.progress, self.throughput
+        sp, so, rl = self.speedup, self.scaleout, self.ratelimit
+        rss = t.peak_rss_mb if t else {}
+        return {
+            "submit_p50_ms": rounded(percentile(s.latencies_ms, 50) if s else nan),
+            "submit_p99_ms": rounded(percentile(s.latencies_ms, 99) if s else nan),
+            "progress_p50_ms": rounded(percentile(p.latencies_ms, 50) if p else nan),
+            "progress_p99_ms": rounded(percentile(p.latencies_ms, 99) if p else nan),
+            "campaigns_per_s": rounded(t.campaigns_per_s if t else nan),
+            "leads_per_s": rounded(t.leads_per_s if t else nan),
+            "speedup_vs_sequential": rounded(sp.speedup if sp else nan),
+            "scaleout_2x": rounded(so.ratio if so else nan),
+            "ratelimit_utilization": rounded(rl.utilization if rl else nan, 3),
+            "ratelimit_429s": rl.rate_limited if rl else None,
+            "rss_mb_jobs": rounded(rss.get("jobs", nan), 1),
+            "rss_mb_discovery": rounded(rss.get("discovery", nan), 1),
+            "rss_mb_enrichment": rounded(rss.get("enrichment", nan), 1),
+        }
+
+    def json_line(self) -> str:
+        return json.dumps(self.figures(), separators=(", ", ": "))
+
+    def write_file(self, path: Path = RESULTS_FILE) -> None:
+        """The JSON line's object to ``path``, and where it came from beside it
+        (``<name>.meta.json``)."""
+        meta = {
+            **machine(),
+            "quick": self.quick,
+            "database": self.database,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "error": self.error or None,
+            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.figures(), indent=2) + "\n")
+        path.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    def table(self) -> str:
+        m = machine()
+        mode = "quick" if self.quick else "full"
+        lines = [
+            f"prospect bench ({mode}) on {self.database}: {m['cpus']} CPUs, {m['cpu']}, "
+            f"Python {m['python']}, {m['os']}",
+            "",
+            f"  {'figure':<24}{'value':>10}   {'target':<10}",
+            f"  {'-' * 24}{'-' * 10}   {'-' * 10}",
+        ]
+        for key, value in self.figures().items():
+            shown = "-" if value is None else f"{value:g}"
+            target = ""
+            if key in TARGETS:
+                op, bound = TARGETS[key]
+                met = value is not None and (value <= bound if op == "<=" else value >= bound)
+                target = f"{op} {bound:g}  {'ok' if met else 'MISSED'}"
+            lines.append(f"  {key:<24}{shown:>10}   {target}")
+        lines += ["", *self.details()]
+        if self.timings:
+            spent = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+            lines.append(f"  time: {spent}")
+        if self.error:
+            lines.append(f"  FAILED: {self.error}")
+        return "\n".join(lines)
+
+    def details(self) -> list[str]:
+        out = []
+        if s := self.submit:
+            out.append(
+                f"  submit: {len(s.latencies_ms)} submits from {s.clients} clients in "
+                f"{s.wall_s:.1f}s ({s.per_s:.0f}/s), jobs service alone; "
+                f"max {max(s.latencies_ms):.1f} ms"
+            )
+            out.append(f"    CPU (cores busy): {_cores(s.cpu_cores)}")
+        if p := self.progress:
+            out.append(
+                f"  progress: {len(p.latencies_ms)} stamped updates from {p.campaigns} "
+                f"campaigns (10 leads, 300 ms a call, {p.inflight} in flight)"
+            )
+        if t := self.throughput:
+            out.append(
+                f"  throughput: {t.window_s:.1f}s steady state, {t.completed} campaigns "
+                f"completed ({t.not_completed} not), submit-to-done p50 {t.campaign_p50_s:.2f}s; "
+                f"progress under this load p50 {t.progress_p50_ms:.1f} ms, "
+                f"p99 {t.progress_p99_ms:.1f} ms"
+            )
+            out.append(f"    CPU in steady state (cores busy): {_cores(t.cpu_cores)}")
+        if sp := self.speedup:
+            walls = ", ".join(f"{w:.2f}" for w in sp.stack_walls_s)
+            out.append(
+                f"  speedup: stack {sp.stack_wall_s:.2f}s (runs: {walls}), sequential "
+                f"{sp.sequential.wall_s:.2f}s ({sp.sequential.calls} calls, "
+                f"{sp.sequential.leads} leads)"
+            )
+        if so := self.scaleout:
+            out.append(
+                f"  scale-out: {so.one_worker_leads_per_s:.1f} leads/s with one enrichment "
+                f"worker, {so.two_workers_leads_per_s:.1f} with two "
+                f"(ENRICHMENT_CONCURRENCY={SCALEOUT_ENRICHMENT_CONCURRENCY} each, 300 ms a call)"
+            )
+        if rl := self.ratelimit:
+            out.append(
+                f"  rate limit: fake Hunter at {rl.rps:g}/s (burst {rl.burst}): "
+                f"{rl.achieved_rps:.2f}/s in steady state, {rl.requests} requests, "
+                f"{rl.rate_limited} rate-limit answers (Hunter's 403)"
+            )
+        return out
+
+
+def _cores(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {cores:.2f}" for name, cores in cpu.items()) or "-"
+
+
+def machine() -> dict[str, str | int]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count() or 0,
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+    }

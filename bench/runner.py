@@ -1,0 +1,193 @@
+"""The order of the scenarios, and the bench's entry point.
+
+1. nats-server and the jobs service alone: **submit**. On SQLite this is a throwaway stack,
+   stopped (with the thousands of jobs it queued) while the main stack starts; with
+   ``BENCH_DATABASE_URL`` (one database for all) it is the main stack, and the jobs
+   submitted are cancelled before the workers start (they drop the queued tasks).
+2. Workers at 300 ms a provider call: **speedup** (the stack's side), then **progress**,
+   then the enrichment worker swapped for one running 4 tasks at once and **scale-out** (a
+   second one added half-way). The sequential side of the speedup runs meanwhile in a
+   process of its own: it only sleeps, so it takes nothing from the stack.
+3. The workers swapped for ones on the zero-latency sandbox: **throughput** (and RSS),
+   then the enrichment worker swapped for one calling the fake Hunter: **rate limit**.
+
+Between scenarios the campaigns still running are cancelled and the queues drained. Every
+process is stopped at the end, after a failure and on Ctrl-C or SIGTERM alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bench.config import (
+    FAST_WORKER_ENV,
+    SCALEOUT_ENRICHMENT_CONCURRENCY,
+    SLOW_WORKER_ENV,
+    BenchConfig,
+    log,
+)
+from bench.harness import Harness
+from bench.load import cancel_jobs
+from bench.progress import run_progress
+from bench.ratelimit import run_ratelimit
+from bench.report import Results
+from bench.scaleout import run_scaleout
+from bench.speedup import SequentialBaseline, SpeedupResult, run_stack_campaigns
+from bench.stats import percentile
+from bench.submit import run_submit
+from bench.throughput import run_throughput
+from prospect.v1 import jobs_pb2_grpc
+from tests.fakes import FakeProviders
+
+
+@asynccontextmanager
+async def _scenario(results: Results, name: str) -> AsyncIterator[None]:
+    started = time.monotonic()
+    log(f"{name}: starting")
+    yield
+    results.timings[name] = time.monotonic() - started
+
+
+async def _submit(config: BenchConfig, h: Harness, results: Results) -> list[str]:
+    """Start ``h`` without workers and time the submits; returns the jobs submitted."""
+    async with _scenario(results, "submit"):
+        await h.start()
+        submit = await run_submit(
+            h.jobs_addr, config.submit_total, config.submit_clients, h.sampler(["jobs"])
+        )
+        results.submit = submit
+        p50, p99 = percentile(submit.latencies_ms, 50), percentile(submit.latencies_ms, 99)
+        log(f"submit: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        return submit.job_ids
+
+
+async def _run(
+    config: BenchConfig, submit_h: Harness, h: Harness, fakes: FakeProviders, results: Results
+) -> None:
+    baseline = SequentialBaseline()
+    slow = [
+        ("discovery", "discovery", SLOW_WORKER_ENV),
+        ("enrichment", "enrichment", SLOW_WORKER_ENV),
+    ]
+    try:
+        if config.database_url:
+            # One database for every stack: submit on the main stack, cancel those jobs
+            # (the workers, started next, drop their queued tasks), then add the workers.
+            job_ids = await _submit(config, h, results)
+            log(f"submit: cancelling the {len(job_ids)} jobs submitted")
+            await cancel_jobs(jobs_pb2_grpc.JobServiceStub(h.channel), job_ids)
+            await h.start_workers(slow)
+            await h.wait_drained()
+        else:
+            # A throwaway stack takes the jobs submitted away with it (faster than
+            # cancelling them); the main stack starts while it stops.
+            await _submit(config, submit_h, results)
+            await submit_h.close()
+            await asyncio.gather(asyncio.to_thread(submit_h.stop), h.start(slow))
+
+        async with _scenario(results, "speedup"):
+            walls = await run_stack_campaigns(h.channel, config.speedup_runs)
+
+        async with _scenario(results, "progress"):
+            # The sequential side of the speedup runs meanwhile, in a process of its own: it
+            # only sleeps, and its start-up falls in the progress warm-up.
+            await baseline.start()
+            results.progress = run = await run_progress(
+                h.channel, config.progress_s, config.progress_inflight
+            )
+            p50, p99 = percentile(run.latencies_ms, 50), percentile(run.latencies_ms, 99)
+            log(f"progress: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(run.latencies_ms)} updates)")
+            h.check_alive()
+            await h.wait_drained()
+
+        async with _scenario(results, "scaleout"):
+            scale_env = {
+                **SLOW_WORKER_ENV,
+                "ENRICHMENT_CONCURRENCY": str(SCALEOUT_ENRICHMENT_CONCURRENCY),
+            }
+            await h.stop_workers(["enrichment"])
+            await h.start_workers([("enrichment", "enrichment", scale_env)])
+
+            async def add_second_worker() -> None:
+                await h.start_workers([("enrichment", "enrichment-2", scale_env)])
+
+            results.scaleout = await run_scaleout(
+                h, config.scaleout_phase_s, config.scaleout_inflight, add_second_worker
+            )
+            h.check_alive()
+        results.speedup = SpeedupResult(walls, await baseline.result())
+
+        await h.stop_workers(["discovery", "enrichment", "enrichment-2"])
+        fast = [("discovery", "discovery", FAST_WORKER_ENV)]
+        await h.start_workers([*fast, ("enrichment", "enrichment", FAST_WORKER_ENV)])
+        await h.wait_drained()
+
+        async with _scenario(results, "throughput"):
+            results.throughput = tp = await run_throughput(
+                h, config.throughput_s, config.throughput_inflight
+            )
+            log(f"throughput: {tp.campaigns_per_s:.1f} campaigns/s, {tp.leads_per_s:.1f} leads/s")
+            h.check_alive()
+            await h.wait_drained()
+
+        async with _scenario(results, "ratelimit"):
+            await h.stop_workers(["enrichment"])
+            fakes.start()
+            fake_env = fakes.env()
+            hunter_env = {
+                **FAST_WORKER_ENV,
+                "HUNTER_API_KEY": fake_env["HUNTER_API_KEY"],
+                "HUNTER_BASE_URL": fake_env["HUNTER_BASE_URL"],
+                "RATE_LIMIT_HUNTER_RPS": f"{config.ratelimit_rps:g}",
+                "RATE_LIMIT_HUNTER_BURST": str(config.ratelimit_burst),
+            }
+            await h.start_workers([("enrichment", "enrichment", hunter_env)])
+            fakes.hunter.set_rate_limit(config.ratelimit_rps, config.ratelimit_burst)
+            results.ratelimit = rl = await run_ratelimit(
+                h, fakes.hunter, config.ratelimit_s, config.ratelimit_inflight
+            )
+            log(f"rate limit: {rl.utilization:.3f} of {rl.rps:g}/s, {rl.rate_limited} 403s")
+            h.check_alive()
+    finally:
+        await baseline.aclose()
+        await submit_h.close()
+        await h.close()
+
+
+def main() -> int:
+    config = BenchConfig.from_env()
+    # SIGTERM and SIGHUP stop the bench like Ctrl-C, through the finally blocks; SIGINT too
+    # when started with it ignored (in the background of a script).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.default_int_handler)
+    database = "PostgreSQL (BENCH_DATABASE_URL)" if config.database_url else "SQLite"
+    results = Results(quick=config.quick, database=database)
+    submit_harness, harness = Harness(config), Harness(config)
+    fakes = FakeProviders()
+    log(f"{'quick' if config.quick else 'full'} run")
+    code = 0
+    try:
+        asyncio.run(_run(config, submit_harness, harness, fakes, results))
+    except KeyboardInterrupt:
+        results.error, code = "interrupted", 130
+    except Exception as exc:
+        traceback.print_exc()
+        results.error, code = f"{type(exc).__name__}: {exc}", 1
+        for h in (submit_harness, harness):
+            if h.stack.nats.pid is not None:  # started: its logs tell what went wrong
+                print(h.stack.log_tails(20), file=sys.stderr)
+    finally:
+        log("stopping the stack")
+        submit_harness.stop()
+        harness.stop()
+        fakes.stop()
+    print(results.table(), flush=True)
+    results.write_file()
+    print(results.json_line(), flush=True)  # the very last line of the output
+    return code
