@@ -45,8 +45,8 @@ bench: setup
 	$(PY) -m bench
 
 lint: setup
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
 	$(VENV)/bin/mypy
 
 # Render every overlay with kubectl kustomize, validate every object (kubernetes-validate

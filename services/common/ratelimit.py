@@ -28,6 +28,11 @@ RATE_LIMIT_BUCKET = "PROSPECT_RATELIMITS"
 # An idle key is forgotten after this long; its next request starts a fresh bucket.
 _IDLE_TTL_S = 3600.0
 
+# Requests are spaced this much wider than the configured rate: network jitter can bring two
+# requests closer together on arrival than they left, and a provider counting arrivals
+# would then see one over its limit. 3% of throughput buys no rate-limit answers.
+SPACING_MARGIN = 1.03
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -62,7 +67,7 @@ class SharedRateLimiter:
             raise ValueError("rate must be positive and burst at least 1")
         self._kv = kv
         self._key = key
-        self._interval = 1.0 / rate
+        self._interval = SPACING_MARGIN / rate
         self._tolerance = (burst - 1) * self._interval
         self._clock = clock
         self._sleep = sleep

@@ -7,7 +7,10 @@ block the writer); PostgreSQL when DATABASE_URL says so.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,26 @@ def create_engine(url: str) -> AsyncEngine:
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+class WriteGate:
+    """One write transaction at a time within this process, on SQLite.
+
+    SQLite has one writer; two connections of one process that both write make the second
+    wait in SQLite's busy handler, which sleeps in growing steps (tens to hundreds of ms).
+    Queueing in asyncio instead hands the lock over at once. PostgreSQL needs no gate.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[None]:
+        if self._lock is None:
+            yield
+            return
+        async with self._lock:
+            yield
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -33,6 +33,7 @@ from services.common.money import usd_to_micros
 from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs.convert import config_to_json, job_proto, state_of, store_state
+from services.jobs.db import WriteGate
 from services.jobs.fanout import Fanout
 from services.jobs.models import (
     AppliedReportRow,
@@ -105,13 +106,15 @@ class Orchestrator:
         nc: NATS,
         js: JetStreamContext,
         fanout: Fanout,
+        write_gate: WriteGate,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._nc = nc
         self._js = js
         self._fanout = fanout
-        self.outbox = Outbox(sessions, js)
+        self._write = write_gate
+        self.outbox = Outbox(sessions, js, write_gate)
 
     # Submit and cancel ------------------------------------------------------------------
 
@@ -153,7 +156,7 @@ class Orchestrator:
         )
         task = discovery_task_row(job, attempt=1)
         try:
-            async with self._sessions() as session, session.begin():
+            async with self._write(), self._sessions() as session, session.begin():
                 if idempotency_key:
                     existing = await self._by_idempotency_key(session, user_id, idempotency_key)
                     if existing is not None:
@@ -192,7 +195,7 @@ class Orchestrator:
         (optimistic locking); then publish what it caused."""
         for _ in range(STALE_RETRIES):
             try:
-                async with self._sessions() as session, session.begin():
+                async with self._write(), self._sessions() as session, session.begin():
                     applied = await change(session)
                 break
             except StaleDataError:
@@ -533,7 +536,7 @@ class Orchestrator:
             return
         done: list[Applied] = []
         try:
-            async with self._sessions() as session, session.begin():
+            async with self._write(), self._sessions() as session, session.begin():
                 for report in reports:
                     applied = await self._apply(session, report)
                     if applied is not None:

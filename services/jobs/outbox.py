@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.jobs.db import WriteGate
 from services.jobs.models import OutboxRow, utcnow
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,14 @@ def outbox_row(msg_id: str, subject: str, message: Message) -> OutboxRow:
 
 
 class Outbox:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], js: JetStreamContext) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        js: JetStreamContext,
+        write_gate: WriteGate,
+    ) -> None:
         self._sessions = sessions
+        self._write = write_gate
         self._js = js
         # Published, not yet deleted: deleted in batches by the relay loop, which saves a
         # write transaction per publish (a crash in between only means a de-duplicated
@@ -59,7 +66,7 @@ class Outbox:
         """Delete the rows already published; returns how many."""
         done, self._published = self._published, set()
         if done:
-            async with self._sessions() as session, session.begin():
+            async with self._write(), self._sessions() as session, session.begin():
                 await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(done)))
         return len(done)
 

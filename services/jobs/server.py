@@ -97,7 +97,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, settings)
     fanout = Fanout(nc)
     await fanout.start()
-    orchestrator = Orchestrator(settings, sessions, nc, js, fanout)
+    orchestrator = Orchestrator(settings, sessions, nc, js, fanout, db.WriteGate(engine))
     servicer = JobService(
         sessions,
         orchestrator,

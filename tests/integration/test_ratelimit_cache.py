@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from services.cli.stack import NatsServer
 from services.common import bus
 from services.common.cache import CachedEmail, CachedVerification, EnrichmentCache
-from services.common.ratelimit import SharedRateLimiter, open_bucket
+from services.common.ratelimit import SPACING_MARGIN, SharedRateLimiter, open_bucket
 from services.common.settings import Settings
 
 
@@ -48,8 +48,10 @@ async def test_two_processes_share_one_rate(js: JetStreamContext) -> None:
     two = SharedRateLimiter(kv, "hunter", rate=10, burst=1, clock=clock, sleep=clock.sleep)
     for limiter in (one, two, one, two, one):
         await limiter.acquire()
-    # Five requests at the same instant from two processes: 100 ms apart, as one queue.
-    assert clock.sleeps == [0.1, 0.2, 0.3, 0.4]
+    # Five requests at the same instant from two processes: 100 ms apart (and the safety
+    # margin), as one queue.
+    gap = 0.1 * SPACING_MARGIN
+    assert clock.sleeps == [round(gap * n, 6) for n in (1, 2, 3, 4)]
 
 
 async def test_burst_then_rate(js: JetStreamContext) -> None:
@@ -58,7 +60,8 @@ async def test_burst_then_rate(js: JetStreamContext) -> None:
     limiter = SharedRateLimiter(kv, "google", rate=10, burst=3, clock=clock, sleep=clock.sleep)
     for _ in range(5):
         await limiter.acquire()
-    assert clock.sleeps == [0.1, 0.2]  # three at once, then one per 100 ms
+    gap = 0.1 * SPACING_MARGIN
+    assert clock.sleeps == [round(gap * n, 6) for n in (1, 2)]  # three at once, then 10/s
     clock.now += 10  # idle: the burst is back
     clock.sleeps.clear()
     for _ in range(3):
