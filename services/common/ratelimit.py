@@ -81,7 +81,9 @@ class SharedRateLimiter:
                 revision: int | None = entry.revision
                 tat = float(entry.value or b"0")
             except KeyNotFoundError:
-                revision, tat = None, 0.0
+                # A fresh bucket starts without its burst: the provider may start counting
+                # from our first request's arrival, which a cold connection delays.
+                revision, tat = None, now + self._tolerance
             tat = max(tat, now)
             value = repr(next_tat(tat, now)).encode()
             try:
