@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import logging
 import random
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -31,6 +30,7 @@ from services.common.logs import lifecycle, setup_logging
 from services.common.providers import Charge, Providers, open_providers
 from services.common.providers.metering import Meter, current_meter
 from services.common.settings import Settings
+from services.common.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +223,11 @@ def worker_main(kind: type[TaskWorker]) -> None:
 
 async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    with stop_on_signals(stop):
+        await _work(kind, settings, stop)
+
+
+async def _work(kind: type[TaskWorker], settings: Settings, stop: asyncio.Event) -> None:
     health = HealthServer(settings.health_grpc_addr)
     await health.start()
     nc = await bus.connect(settings, f"prospect-{kind.name}")

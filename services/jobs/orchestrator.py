@@ -271,10 +271,51 @@ class Orchestrator:
         except IntegrityError:
             pass  # the same report was applied concurrently by another replica
 
-    async def _apply(self, session: AsyncSession, report: work_pb2.WorkerReport) -> Applied | None:
-        if await session.get(AppliedReportRow, report.report_id) is not None:
+    @staticmethod
+    async def _preload(session: AsyncSession, reports: list[work_pb2.WorkerReport]) -> set[str]:
+        """Load in three queries what a batch of reports will look at: which of their ids
+        (intents included) were applied already, their jobs and their leads (the jobs and
+        leads land in the session's identity map, so later lookups cost no query)."""
+        ids = [r.report_id for r in reports] + [i.report_id for r in reports for i in r.intents]
+        applied = set(
+            (
+                await session.scalars(
+                    select(AppliedReportRow.report_id).where(AppliedReportRow.report_id.in_(ids))
+                )
+            ).all()
+        )
+        job_ids = {r.job_id for r in reports}
+        await session.scalars(select(JobRow).where(JobRow.id.in_(job_ids)))
+        lead_ids = {
+            r.enrichment_result.lead_id or r.task_failure.lead_id or r.charges_only.lead_id
+            for r in reports
+        } - {""}
+        if lead_ids:
+            await session.scalars(select(LeadRow).where(LeadRow.id.in_(lead_ids)))
+        return applied
+
+    async def _apply(
+        self,
+        session: AsyncSession,
+        report: work_pb2.WorkerReport,
+        applied_ids: set[str] | None = None,
+    ) -> Applied | None:
+        """Apply one report in ``session``; ``applied_ids``, when given, holds the ids known
+        to be applied (from :meth:`_preload`) and is kept up to date."""
+
+        async def seen(report_id: str) -> bool:
+            if applied_ids is None:
+                return await session.get(AppliedReportRow, report_id) is not None
+            return report_id in applied_ids
+
+        def mark(report_id: str) -> None:
+            session.add(AppliedReportRow(report_id=report_id, job_id=report.job_id))
+            if applied_ids is not None:
+                applied_ids.add(report_id)
+
+        if await seen(report.report_id):
             return None
-        session.add(AppliedReportRow(report_id=report.report_id, job_id=report.job_id))
+        mark(report.report_id)
         job = await session.get(JobRow, report.job_id)
         if job is None:
             log.warning("report %s for unknown job %s dropped", report.report_id, report.job_id)
@@ -283,8 +324,8 @@ class Orchestrator:
         # own copies will find their ids and change nothing).
         charges = list(report.charges)
         for intent in report.intents:
-            if await session.get(AppliedReportRow, intent.report_id) is None:
-                session.add(AppliedReportRow(report_id=intent.report_id, job_id=report.job_id))
+            if not await seen(intent.report_id):
+                mark(intent.report_id)
                 charges.append(intent.charge)
         event = await self._event_of(session, job, report, charges)
         result = m.transition(state_of(job), event)
@@ -537,8 +578,9 @@ class Orchestrator:
         done: list[Applied] = []
         try:
             async with self._write(), self._sessions() as session, session.begin():
+                applied_ids = await self._preload(session, reports)
                 for report in reports:
-                    applied = await self._apply(session, report)
+                    applied = await self._apply(session, report, applied_ids)
                     if applied is not None:
                         done.append(applied)
         except (StaleDataError, IntegrityError):

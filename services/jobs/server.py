@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from pathlib import Path
 
 import grpc
@@ -17,6 +16,7 @@ from services.common import bus
 from services.common.errors import ConfigError
 from services.common.logs import lifecycle, setup_logging
 from services.common.settings import Settings
+from services.common.signals import stop_on_signals
 from services.jobs import db
 from services.jobs.api import JobService
 from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
@@ -149,7 +149,5 @@ def main() -> None:
 
 async def _run(settings: Settings) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
+    with stop_on_signals(stop):
+        await serve(settings, stop)

@@ -260,3 +260,17 @@ async def test_workers_serve_grpc_health(tmp_path: Path) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_services_exit_zero_on_repeated_sigterm(tmp_path: Path) -> None:
+    running = Stack(tmp_path)
+    try:
+        running.start()
+        procs = list(running.processes.values())
+        for proc in procs:
+            proc.terminate()
+            proc.terminate()  # a launcher or the kubelet may repeat it
+        codes = {proc.label: proc.stop(30) for proc in procs}
+    finally:
+        running.stop()
+    assert codes == {"jobs": 0, "discovery": 0, "enrichment": 0}
