@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 STALE_RETRIES = 8
 # Reports applied in one transaction at most: whatever has arrived, up to this many.
-REPORT_BATCH = 256
+REPORT_BATCH = 32
 
 
 def new_id(prefix: str) -> str:
