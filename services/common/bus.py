@@ -8,7 +8,6 @@ makes it and a changed setting is applied by an update (DESIGN.md, "NATS").
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import nats
 from google.protobuf.message import Message
@@ -194,6 +193,3 @@ class CancelRegistry:
         kv = await js.key_value(CANCEL_BUCKET)
         await kv.put(job_id, b"1")
         await nc.publish(CANCEL_SUBJECT, job_id.encode())
-
-
-MessageHandler = Callable[[Msg], Awaitable[None]]

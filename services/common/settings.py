@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,6 +20,31 @@ DEFAULT_DATA_DIR = "data"
 
 def _default_database_url(data_dir: str) -> str:
     return f"sqlite+aiosqlite:///{Path(data_dir) / 'prospect.db'}"
+
+
+# Numeric settings and the rule each must keep: (field names, check, rule as worded in errors).
+_BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
+    (
+        (
+            "discovery_concurrency", "details_concurrency", "enrichment_concurrency",
+            "job_max_attempts", "max_deliver", "sandbox_max_places", "provider_max_attempts",
+            "rate_limit_google_places_burst", "rate_limit_hunter_burst",
+            "rate_limit_neverbounce_burst", "max_active_jobs_per_user", "max_watches_per_user",
+        ),
+        lambda v: v >= 1,
+        "be at least 1",
+    ),
+    (
+        (
+            "ack_wait_s", "outbox_poll_s", "shutdown_grace_s", "stall_timeout_s",
+            "rate_limit_google_places_rps", "rate_limit_hunter_rps", "rate_limit_neverbounce_rps",
+            "provider_timeout_s", "retention_days",
+        ),
+        lambda v: v > 0,
+        "be positive",
+    ),
+    (("enrichment_cache_days", "sandbox_latency_ms"), lambda v: v >= 0, "not be negative"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,42 +159,13 @@ class Settings:
     def validate(self) -> None:
         if self.stream_replicas not in (1, 3, 5):
             raise ConfigError("STREAM_REPLICAS must be 1, 3 or 5")
-        for name in (
-            "discovery_concurrency",
-            "details_concurrency",
-            "enrichment_concurrency",
-            "job_max_attempts",
-            "max_deliver",
-            "sandbox_max_places",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.upper()} must be at least 1")
-        for name in ("ack_wait_s", "outbox_poll_s", "shutdown_grace_s", "stall_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.upper()} must be positive")
-        for name in (
-            "rate_limit_google_places_rps",
-            "rate_limit_hunter_rps",
-            "rate_limit_neverbounce_rps",
-            "provider_timeout_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.upper()} must be positive")
-        for name in (
-            "rate_limit_google_places_burst",
-            "rate_limit_hunter_burst",
-            "rate_limit_neverbounce_burst",
-            "provider_max_attempts",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.upper()} must be at least 1")
+        for names, ok, rule in _BOUNDS:
+            for name in names:
+                if not ok(getattr(self, name)):
+                    raise ConfigError(f"{name.upper()} must {rule}")
         for f in fields(self):
             if f.name.startswith(("price_", "sandbox_cost_")) and getattr(self, f.name) < 0:
                 raise ConfigError(f"{f.name.upper()} must not be negative")
-        if self.retention_days <= 0:
-            raise ConfigError("RETENTION_DAYS must be positive")
-        if self.enrichment_cache_days < 0:
-            raise ConfigError("ENRICHMENT_CACHE_DAYS must not be negative")
         if self.auth_mode not in ("none", "jwt"):
             raise ConfigError(f"AUTH_MODE={self.auth_mode!r} must be none or jwt")
         if self.auth_mode == "jwt":
@@ -186,11 +182,6 @@ class Settings:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name.upper()}={path}: no such file")
-        for name in ("max_active_jobs_per_user", "max_watches_per_user"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.upper()} must be at least 1")
-        if self.sandbox_latency_ms < 0:
-            raise ConfigError("SANDBOX_LATENCY_MS must not be negative")
         host, sep, port = self.jobs_grpc_addr.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"JOBS_GRPC_ADDR={self.jobs_grpc_addr!r} must be host:port")

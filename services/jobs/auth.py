@@ -56,10 +56,6 @@ def current_principal() -> Principal:
     return _principal.get() or _local[0]
 
 
-def current_user() -> str:
-    return current_principal().user_id
-
-
 class TokenVerifier:
     """Checks bearer tokens against the configured key, algorithm, issuer and audience."""
 
@@ -125,9 +121,6 @@ def mint_token(
     if audience:
         claims["aud"] = audience
     return jwt.encode(claims, key, algorithm=algorithm)
-
-
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
 
 
 class _Undecodable:

@@ -68,7 +68,3 @@ class Fanout:
                 watchers.discard(queue)
                 if not watchers:
                     del self._watchers[job_id]
-
-    @property
-    def watcher_count(self) -> int:
-        return sum(len(q) for q in self._watchers.values())

@@ -87,7 +87,6 @@ def build_grpc_server(
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    check_auth_mode(settings)
     set_local_user(settings.local_user)
     engine = db.create_engine(settings.effective_database_url)
     await db.migrate(engine)
