@@ -60,8 +60,10 @@ def updates_subject(job_id: str) -> str:
 UPDATES_WILDCARD = "prospect.updates.*"
 
 
-async def connect(settings: Settings, name: str) -> NATS:
-    """Connect with unlimited reconnects: a restarted nats-server is picked up again."""
+async def connect(settings: Settings, name: str, *, no_echo: bool = False) -> NATS:
+    """Connect with unlimited reconnects: a restarted nats-server is picked up again.
+
+    ``no_echo``: the server does not send this connection its own publishes back."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
@@ -89,6 +91,7 @@ async def connect(settings: Settings, name: str) -> NATS:
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
+        no_echo=no_echo,
     )
 
 

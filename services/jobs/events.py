@@ -6,12 +6,11 @@ lead is the only source of those; the job itself changes only through the machin
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common.money import usd_to_micros
 from services.jobs import machine as m
 from services.jobs.models import JobRow, LeadRow, utcnow
+from services.jobs.unit import Unit
 
 
 def charges_by_provider(charges: list[work_pb2.Charge]) -> dict[str, int]:
@@ -30,7 +29,7 @@ def add_costs(lead: LeadRow, by_provider: dict[str, int]) -> None:
 
 
 async def event_of(
-    session: AsyncSession,
+    unit: Unit,
     job: JobRow,
     report: work_pb2.WorkerReport,
     charges: list[work_pb2.Charge],
@@ -64,7 +63,7 @@ async def event_of(
         "task_failure": report.task_failure.lead_id,
         "charges_only": report.charges_only.lead_id,
     }.get(body or "", "")
-    lead = await session.get(LeadRow, lead_id) if lead_id else None
+    lead = await unit.lead(lead_id) if lead_id else None
     if lead is not None and lead.job_id != job.id:
         lead = None
     first = lead is not None and lead.state in ("pending", "dispatched")

@@ -2,7 +2,9 @@
 
 The replica that commits a change publishes the snapshot on ``prospect.updates.<job_id>``
 (core NATS); each replica subscribes to all of them and hands each to the local queues of
-that job's watchers. A slow watcher's queue drops its oldest entries, never the newest, so
+that job's watchers. On a connection without echo (the jobs service's), the replica hands
+its own snapshots to its watchers directly, saving them the round trip through the server.
+A slow watcher's queue drops its oldest entries, never the newest, so
 the terminal snapshot always gets through (DESIGN.md allows coalescing under load).
 """
 
@@ -42,15 +44,17 @@ class Fanout:
 
     async def publish(self, job_id: str, update: jobs_pb2.JobUpdate) -> None:
         """Announce a committed snapshot to every replica (this one included)."""
+        if self._nc.options.get("no_echo"):
+            self._deliver(job_id, update)
         await self._nc.publish(updates_subject(job_id), update.SerializeToString())
 
     async def _on_update(self, msg: Msg) -> None:
         job_id = msg.subject.rsplit(".", 1)[-1]
-        queues = self._watchers.get(job_id)
-        if not queues:
-            return
-        update = jobs_pb2.JobUpdate.FromString(msg.data)
-        for queue in queues:
+        if job_id in self._watchers:
+            self._deliver(job_id, jobs_pb2.JobUpdate.FromString(msg.data))
+
+    def _deliver(self, job_id: str, update: jobs_pb2.JobUpdate) -> None:
+        for queue in self._watchers.get(job_id, ()):
             if queue.full():
                 queue.get_nowait()  # coalesce: drop the oldest, keep the newest
             queue.put_nowait(update)

@@ -91,12 +91,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     engine = db.create_engine(settings.effective_database_url)
     await db.migrate(engine)
     sessions = db.sessionmaker(engine)
-    nc = await bus.connect(settings, "prospect-jobs")
+    # No echo: the fan-out hands this replica's own snapshots to its watchers directly.
+    nc = await bus.connect(settings, "prospect-jobs", no_echo=True)
     js = nc.jetstream()
     await bus.ensure_topology(js, settings)
     fanout = Fanout(nc)
     await fanout.start()
-    orchestrator = Orchestrator(settings, sessions, nc, js, fanout, db.WriteGate(engine))
+    orchestrator = Orchestrator(settings, engine, sessions, nc, js, fanout)
     servicer = JobService(
         sessions,
         orchestrator,

@@ -72,7 +72,7 @@ async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[H
             sessions,
             nc,
             js,
-            Orchestrator(settings, sessions, nc, js, fanout, db.WriteGate(engine)),
+            Orchestrator(settings, engine, sessions, nc, js, fanout),
             PageTokens(b"test"),
         )
     finally:

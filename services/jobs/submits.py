@@ -1,0 +1,186 @@
+"""SubmitCampaign's write: group commit.
+
+Each submit is one small transaction (the idempotency lookup, the per-user limit, three
+inserts), and with SQLite every write waits its turn at the one write lock. So submits
+that arrive while a write is under way queue here and the next transaction takes them all
+at once: one lock turn and one commit for the lot, with the same checks per submit. The
+caller is answered once its job is committed; the discovery task is published right after,
+without the caller waiting on JetStream (the row in the outbox makes it certain to go).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from prospect.v1 import jobs_pb2, work_pb2
+from services.common import bus
+from services.common.errors import ResourceExhausted
+from services.common.settings import Settings
+from services.jobs import machine as m
+from services.jobs.convert import config_to_json
+from services.jobs.db import WriteGate
+from services.jobs.models import CampaignRow, JobRow, OutboxRow, utcnow
+from services.jobs.outbox import Outbox, outbox_row
+from services.jobs.unit import Unit
+
+log = logging.getLogger(__name__)
+
+# Submits written in one transaction at most.
+SUBMIT_BATCH = 64
+# A batch that collides with another replica on an idempotency key is read again this often.
+KEY_RACE_RETRIES = 3
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def discovery_task_row(job: JobRow, attempt: int) -> OutboxRow:
+    task = work_pb2.DiscoveryTask(
+        job_id=job.id,
+        campaign_id=job.campaign_id,
+        config=jobs_pb2.CampaignConfig(**job.config),
+        attempt=attempt,
+    )
+    return outbox_row(f"discovery.{job.id}.{attempt}", bus.DISCOVERY_SUBJECT, task)
+
+
+@dataclass
+class _Submit:
+    user_id: str
+    config: jobs_pb2.CampaignConfig
+    key: str
+    answer: asyncio.Future[JobRow] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Submits:
+    def __init__(
+        self, settings: Settings, engine: AsyncEngine, write_gate: WriteGate, outbox: Outbox
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._write = write_gate
+        self._outbox = outbox
+        self._queue: list[_Submit] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str
+    ) -> JobRow:
+        request = _Submit(user_id, config, idempotency_key)
+        self._queue.append(request)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        return await asyncio.shield(request.answer)
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:SUBMIT_BATCH], self._queue[SUBMIT_BATCH:]
+            try:
+                await self._write_batch(batch)
+            except Exception as exc:
+                for request in batch:
+                    if not request.answer.done():
+                        request.answer.set_exception(exc)
+
+    async def _write_batch(self, batch: list[_Submit]) -> None:
+        for attempt in range(KEY_RACE_RETRIES):
+            try:
+                async with self._write(), self._engine.begin() as conn:
+                    answers, rows = await self._record(Unit(conn), batch)
+                break
+            except IntegrityError:
+                # A key raced in from another replica: the next read finds its job.
+                if attempt == KEY_RACE_RETRIES - 1:
+                    raise
+        for request, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, Exception):
+                request.answer.set_exception(answer)
+            else:
+                request.answer.set_result(answer)
+        if rows:
+            task = asyncio.create_task(self._outbox.publish(rows))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def _record(
+        self, unit: Unit, batch: list[_Submit]
+    ) -> tuple[list[JobRow | Exception], list[OutboxRow]]:
+        """Check and insert each submit of ``batch``; its answers and the rows to publish."""
+        limit = self._settings.max_active_jobs_per_user
+        known = await unit.jobs_by_keys((r.user_id, r.key) for r in batch if r.key)
+        active = await unit.active_jobs(r.user_id for r in batch)
+        answers: list[JobRow | Exception] = []
+        rows: list[OutboxRow] = []
+        for request in batch:
+            existing = known.get((request.user_id, request.key)) if request.key else None
+            if existing is not None:
+                answers.append(existing)
+                continue
+            if active[request.user_id] >= limit:
+                answers.append(
+                    ResourceExhausted(
+                        f"{active[request.user_id]} unfinished jobs: at most {limit} at once "
+                        "(MAX_ACTIVE_JOBS_PER_USER)"
+                    )
+                )
+                continue
+            job, campaign = self._new_job(request)
+            task = discovery_task_row(job, attempt=1)
+            unit.add_job(job, campaign)
+            unit.add_outbox([task])
+            rows.append(task)
+            active[request.user_id] += 1
+            if request.key:
+                known[(request.user_id, request.key)] = job
+            answers.append(job)
+        await unit.flush()
+        return answers, rows
+
+    def _new_job(self, request: _Submit) -> tuple[JobRow, CampaignRow]:
+        now = utcnow()
+        job_id, campaign_id = new_id("job"), new_id("cmp")
+        job = JobRow(
+            id=job_id,
+            campaign_id=campaign_id,
+            user_id=request.user_id,
+            type="campaign",
+            status=m.Status.PENDING.value,
+            stage=m.Stage.QUEUED.value,
+            progress=0,
+            version=1,
+            config=config_to_json(request.config),
+            metrics=m.Metrics().to_json(),
+            error="",
+            message="Queued",
+            attempts=1,
+            max_attempts=self._settings.job_max_attempts,
+            idempotency_key=request.key or None,
+            created_at=now,
+            started_at=None,
+            completed_at=None,
+            updated_at=now,
+        )
+        campaign = CampaignRow(
+            id=campaign_id,
+            job_id=job_id,
+            user_id=request.user_id,
+            business_type=request.config.business_type,
+            location=request.config.location,
+            status=job.status,
+            results_count=0,
+            total_cost_micros=0,
+            avg_confidence=0.0,
+            created_at=now,
+            completed_at=None,
+        )
+        return job, campaign

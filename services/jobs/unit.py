@@ -1,0 +1,264 @@
+"""One write transaction of the jobs service, written with Core statements.
+
+Applying a report is a few attribute changes, yet the ORM's unit of work (identity map,
+autoflush before each query, per-object flush bookkeeping) cost several milliseconds per
+report and made the jobs service the pipeline's bottleneck. So a write transaction loads
+rows with plain SELECTs into *transient* model objects (the classes the API reads, never
+attached to a session), changes them in memory, and writes the differences back: an INSERT
+per table for new rows (executemany), an UPDATE by key for changed leads, and for each
+changed job an UPDATE guarded by the version it was loaded at, so two replicas applying
+reports to one job never overwrite each other (:class:`Conflict`; the caller starts over).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.jobs.models import (
+    AppliedReportRow,
+    Base,
+    CampaignRow,
+    JobRow,
+    LeadRow,
+    OutboxRow,
+    utcnow,
+)
+
+M = TypeVar("M", bound=Base)
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+JOBS = _table(JobRow)
+LEADS = _table(LeadRow)
+CAMPAIGNS = _table(CampaignRow)
+OUTBOX = _table(OutboxRow)
+APPLIED = _table(AppliedReportRow)
+
+# What a transaction may change on a loaded row (everything else is fixed at insert).
+_JOB_CHANGES = (
+    "status",
+    "stage",
+    "progress",
+    "version",
+    "metrics",
+    "error",
+    "message",
+    "attempts",
+    "started_at",
+    "completed_at",
+    "updated_at",
+)
+_LEAD_CHANGES = (
+    "state",
+    "email",
+    "email_status",
+    "from_cache",
+    "cost_micros",
+    "cost_by_provider",
+    "updated_at",
+)
+UNFINISHED = ("PENDING", "PROCESSING")
+
+
+class Conflict(Exception):
+    """Another replica changed a job since this transaction read it."""
+
+
+def _values(obj: Base, table: Table) -> dict[str, Any]:
+    return {c.key: getattr(obj, c.key) for c in table.columns}
+
+
+def _snapshot(obj: Base, fields: tuple[str, ...]) -> tuple[Any, ...]:
+    # Copies of the JSON dicts, so changes made in place are seen as changes.
+    return tuple(dict(v) if isinstance(v, dict) else v for v in (getattr(obj, f) for f in fields))
+
+
+class Unit:
+    """Rows read and written by one transaction on ``conn``."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._jobs: dict[str, JobRow | None] = {}
+        self._job_loaded: dict[str, tuple[Any, ...]] = {}
+        self._leads: dict[str, LeadRow | None] = {}
+        self._lead_loaded: dict[str, tuple[Any, ...]] = {}
+        self._leads_of: dict[str, list[LeadRow]] = {}  # a job's complete list, by rank
+        self._new_jobs: list[JobRow] = []
+        self._new_campaigns: list[CampaignRow] = []
+        self._new_leads: list[LeadRow] = []
+        self._outbox: list[OutboxRow] = []
+        self._applied: list[dict[str, Any]] = []
+        self._campaigns: dict[str, dict[str, Any]] = {}
+        self.applied_ids: set[str] = set()  # report ids applied, before or in this unit
+
+    # Reading ----------------------------------------------------------------------------
+
+    async def _select(self, model: type[M], query: Any) -> list[M]:
+        return [model(**row._mapping) for row in await self._conn.execute(query)]
+
+    async def load_jobs(self, ids: Iterable[str]) -> None:
+        wanted = [i for i in set(ids) if i not in self._jobs]
+        if not wanted:
+            return
+        for job in await self._select(JobRow, select(JOBS).where(JOBS.c.id.in_(wanted))):
+            self._jobs[job.id] = job
+            self._job_loaded[job.id] = _snapshot(job, _JOB_CHANGES)
+        for job_id in wanted:
+            self._jobs.setdefault(job_id, None)
+
+    async def job(self, job_id: str) -> JobRow | None:
+        await self.load_jobs([job_id])
+        return self._jobs[job_id]
+
+    async def load_applied(self, report_ids: Iterable[str]) -> None:
+        ids = list(set(report_ids))
+        if ids:
+            query = select(APPLIED.c.report_id).where(APPLIED.c.report_id.in_(ids))
+            self.applied_ids.update((await self._conn.scalars(query)).all())
+
+    def mark_applied(self, report_id: str, job_id: str) -> None:
+        self.applied_ids.add(report_id)
+        self._applied.append({"report_id": report_id, "job_id": job_id, "applied_at": utcnow()})
+
+    def _track_lead(self, lead: LeadRow) -> LeadRow:
+        """The unit's one object for this lead (the first one loaded wins)."""
+        known = self._leads.get(lead.id)
+        if known is not None:
+            return known
+        self._leads[lead.id] = lead
+        self._lead_loaded[lead.id] = _snapshot(lead, _LEAD_CHANGES)
+        return lead
+
+    async def load_leads(self, ids: Iterable[str]) -> None:
+        wanted = [i for i in set(ids) if i not in self._leads]
+        if not wanted:
+            return
+        for lead in await self._select(LeadRow, select(LEADS).where(LEADS.c.id.in_(wanted))):
+            self._track_lead(lead)
+        for lead_id in wanted:
+            self._leads.setdefault(lead_id, None)
+
+    async def lead(self, lead_id: str) -> LeadRow | None:
+        await self.load_leads([lead_id])
+        return self._leads[lead_id]
+
+    async def leads_of(self, job_id: str) -> list[LeadRow]:
+        """Every lead of ``job_id`` by rank, those added in this unit included."""
+        if job_id not in self._leads_of:
+            query = select(LEADS).where(LEADS.c.job_id == job_id).order_by(LEADS.c.rank)
+            stored = [self._track_lead(lead) for lead in await self._select(LeadRow, query)]
+            added = [lead for lead in self._new_leads if lead.job_id == job_id]
+            self._leads_of[job_id] = sorted(stored + added, key=lambda lead: lead.rank)
+        return self._leads_of[job_id]
+
+    async def job_by_key(self, user_id: str, key: str) -> JobRow | None:
+        query = select(JOBS).where(JOBS.c.user_id == user_id, JOBS.c.idempotency_key == key)
+        found = await self._select(JobRow, query)
+        return found[0] if found else None
+
+    async def jobs_by_keys(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JobRow]:
+        """Jobs already submitted under these (user, idempotency key) pairs."""
+        pairs = set(pairs)
+        if not pairs:
+            return {}
+        keys = {key for _, key in pairs}
+        query = select(JOBS).where(JOBS.c.idempotency_key.in_(keys))
+        return {
+            (job.user_id, job.idempotency_key or ""): job
+            for job in await self._select(JobRow, query)
+            if (job.user_id, job.idempotency_key) in pairs
+        }
+
+    async def active_jobs(self, user_ids: Iterable[str]) -> dict[str, int]:
+        """Unfinished jobs per user."""
+        users = list(set(user_ids))
+        query = (
+            select(JOBS.c.user_id, func.count())
+            .where(JOBS.c.user_id.in_(users), JOBS.c.status.in_(UNFINISHED))
+            .group_by(JOBS.c.user_id)
+        )
+        counts = {user: 0 for user in users}
+        counts.update({user: n for user, n in (await self._conn.execute(query)).all()})
+        return counts
+
+    # Writing ----------------------------------------------------------------------------
+
+    def add_job(self, job: JobRow, campaign: CampaignRow) -> None:
+        self._new_jobs.append(job)
+        self._new_campaigns.append(campaign)
+
+    def add_leads(self, leads: Iterable[LeadRow]) -> None:
+        for lead in leads:
+            self._new_leads.append(lead)
+            self._leads[lead.id] = lead
+            if lead.job_id in self._leads_of:
+                self._leads_of[lead.job_id].append(lead)
+
+    def add_outbox(self, rows: Iterable[OutboxRow]) -> None:
+        self._outbox.extend(rows)
+
+    def update_campaign(self, campaign_id: str, **values: Any) -> None:
+        self._campaigns.setdefault(campaign_id, {}).update(values)
+
+    async def flush(self) -> None:
+        """Write every change; :class:`Conflict` if a job changed under this unit."""
+        now = utcnow()
+        conn = self._conn
+        new_lead_ids = {lead.id for lead in self._new_leads}
+        for table, rows in (
+            (JOBS, self._new_jobs),
+            (CAMPAIGNS, self._new_campaigns),
+            (LEADS, self._new_leads),
+        ):
+            if rows:
+                await conn.execute(insert(table), [_values(row, table) for row in rows])
+        if self._outbox:
+            await conn.execute(
+                insert(OUTBOX),
+                [
+                    {"id": r.id, "subject": r.subject, "payload": r.payload, "created_at": now}
+                    for r in self._outbox
+                ],
+            )
+        if self._applied:
+            await conn.execute(insert(APPLIED), self._applied)
+        for job_id, loaded in self._job_loaded.items():
+            job = self._jobs[job_id]
+            assert job is not None
+            if _snapshot(job, _JOB_CHANGES) == loaded:
+                continue
+            loaded_version = loaded[_JOB_CHANGES.index("version")]
+            result = await conn.execute(
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.version == loaded_version)
+                .values({f: getattr(job, f) for f in _JOB_CHANGES})
+            )
+            if result.rowcount != 1:
+                raise Conflict(f"job {job_id} changed under this transaction")
+        changed = [
+            {"b_id": lead_id, **{f"v_{f}": getattr(lead, f) for f in _LEAD_CHANGES}}
+            for lead_id, lead in self._leads.items()
+            if lead is not None
+            and lead_id not in new_lead_ids
+            and _snapshot(lead, _LEAD_CHANGES) != self._lead_loaded[lead_id]
+        ]
+        if changed:
+            await conn.execute(
+                update(LEADS)
+                .where(LEADS.c.id == bindparam("b_id"))
+                .values({f: bindparam(f"v_{f}") for f in _LEAD_CHANGES}),
+                changed,
+            )
+        for campaign_id, values in self._campaigns.items():
+            await conn.execute(
+                update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(values)
+            )
