@@ -1,14 +1,17 @@
 """Discovery worker: text search, details per place, scoring and qualification.
 
-One task per job. Reports go to the jobs service as they happen (search done: 10; details
-done: 30; the qualified places), each carrying the charges of the calls made since the
-last report, so every billable call is accounted for whatever happens next.
+One task per job. Reports go to the jobs service as they happen (search started: 0; search
+done: 10; details done: 30, these two left out when they would follow the previous report
+within PROGRESS_MIN_INTERVAL_S; the qualified places), each carrying the charges of the
+calls made since the last report. Paid calls are on the books before they are made (see
+metering), so every billable call is accounted for whatever happens next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 # Text Search pages hold 20 places and stop at 60: ask for twice what the user keeps, so
 # scoring has something to choose from.
 SEARCH_MIN, SEARCH_MAX = 20, 60
+# A progress report this soon after the previous report is left out (its charges travel on
+# the next one): with providers answering in milliseconds, nobody watching sees the step,
+# and every report is a transaction for the jobs service.
+PROGRESS_MIN_INTERVAL_S = 0.1
 
 
 def to_place(details: PlaceDetails, score: int) -> work_pb2.Place:
@@ -62,6 +69,7 @@ class _Run:
     unreported: list[Charge] = field(default_factory=list)
     spent: float = 0.0
     reports: int = 0
+    last_report: float = 0.0  # time.monotonic() of the last report published
 
     def charge(self, charges: list[Charge]) -> None:
         self.unreported += charges
@@ -92,6 +100,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         add_charges(report, run.meter, run.unreported)
         await publish_report(self._js, report)
         run.unreported = []
+        run.last_report = time.monotonic()
 
     def _check_cancelled(self, run: _Run) -> None:
         if self._cancels.is_cancelled(run.task.job_id):
@@ -133,6 +142,8 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         await self._report(run, "charges", charges_only=work_pb2.ChargesOnly(note=note))
 
     async def _progress(self, run: _Run, progress: int, found: int, message: str) -> None:
+        if run.reports and time.monotonic() - run.last_report < PROGRESS_MIN_INTERVAL_S:
+            return
         await self._report(
             run,
             "progress",

@@ -350,15 +350,18 @@ class Orchestrator:
         return outbox_row(f"enrichment.{lead.id}.{attempt}", bus.ENRICHMENT_SUBJECT, task)
 
     async def _after_commit(self, *batch: Applied) -> None:
-        """Publish what committed transactions caused: stop notices, queued tasks (all in
-        one go), then the snapshots."""
+        """Publish what committed transactions caused: stop notices, the snapshots, then
+        the queued tasks (all in one go, in the background: the outbox rows make them
+        certain to go, and the next batch need not wait for JetStream's acks)."""
         for applied in batch:
             if applied.stop_work:
                 await bus.CancelRegistry.announce(self._nc, self._js, applied.job_id)
-        await self.outbox.publish([row for applied in batch for row in applied.outbox])
         for applied in batch:
             for update_msg in applied.updates:
                 await self._fanout.publish(applied.job_id, update_msg)
+        rows = [row for applied in batch for row in applied.outbox]
+        if rows:
+            self.outbox.publish_soon(rows)
 
     # The report consumer ----------------------------------------------------------------
 

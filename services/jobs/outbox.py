@@ -45,6 +45,18 @@ class Outbox:
         # write transaction per publish (a crash in between only means a de-duplicated
         # re-publish).
         self._published: set[str] = set()
+        self._publishing: set[asyncio.Task[None]] = set()
+
+    def publish_soon(self, rows: list[OutboxRow]) -> None:
+        """:meth:`publish` in the background (its failures are the relay's to mend)."""
+        task = asyncio.create_task(self.publish(rows))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def settle(self) -> None:
+        """Wait for the background publishes under way (before shutting down)."""
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
 
     async def publish(self, rows: list[OutboxRow]) -> None:
         """Publish committed rows. On failure the relay tries again later."""

@@ -127,6 +127,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await server.stop(settings.shutdown_grace_s)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), 5)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(orchestrator.outbox.settle(), 5)
     await fanout.stop()
     # Every publish was already acknowledged and no fetch is outstanding, so a plain close
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).

@@ -11,14 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.errors import NotFound
 from services.jobs.machine import Status
 from services.jobs.models import JobRow, LeadRow
+from services.jobs.unit import JOBS
 from services.jobs.validation import PageTokens
 
 
 async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobRow:
-    row = await session.get(JobRow, job_id)
+    """The job, read with a plain SELECT (every WatchJob starts here: no identity map)."""
+    conn = await session.connection()
+    row = (await conn.execute(select(JOBS).where(JOBS.c.id == job_id))).first()
     if row is None or row.user_id != user_id:
         raise NotFound(f"job {job_id} not found")
-    return row
+    return JobRow(**row._mapping)
 
 
 async def list_jobs(

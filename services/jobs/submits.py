@@ -71,7 +71,6 @@ class Submits:
         self._outbox = outbox
         self._queue: list[_Submit] = []
         self._writer: asyncio.Task[None] | None = None
-        self._publishing: set[asyncio.Task[None]] = set()
 
     async def submit(
         self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str
@@ -108,9 +107,7 @@ class Submits:
             else:
                 request.answer.set_result(answer)
         if rows:
-            task = asyncio.create_task(self._outbox.publish(rows))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
+            self._outbox.publish_soon(rows)
 
     async def _record(
         self, unit: Unit, batch: list[_Submit]

@@ -231,19 +231,17 @@ class Unit:
             )
         if self._applied:
             await conn.execute(insert(APPLIED), self._applied)
-        for job_id, loaded in self._job_loaded.items():
-            job = self._jobs[job_id]
-            assert job is not None
-            if _snapshot(job, _JOB_CHANGES) == loaded:
-                continue
-            loaded_version = loaded[_JOB_CHANGES.index("version")]
-            result = await conn.execute(
-                update(JOBS)
-                .where(JOBS.c.id == job_id, JOBS.c.version == loaded_version)
-                .values({f: getattr(job, f) for f in _JOB_CHANGES})
-            )
-            if result.rowcount != 1:
-                raise Conflict(f"job {job_id} changed under this transaction")
+        jobs = [
+            {
+                "b_id": job_id,
+                "b_version": loaded[_JOB_CHANGES.index("version")],
+                **{f"v_{f}": getattr(job, f) for f in _JOB_CHANGES},
+            }
+            for job_id, loaded in self._job_loaded.items()
+            if (job := self._jobs[job_id]) is not None and _snapshot(job, _JOB_CHANGES) != loaded
+        ]
+        if jobs:
+            await self._update_jobs(jobs)
         changed = [
             {"b_id": lead_id, **{f"v_{f}": getattr(lead, f) for f in _LEAD_CHANGES}}
             for lead_id, lead in self._leads.items()
@@ -258,7 +256,24 @@ class Unit:
                 .values({f: bindparam(f"v_{f}") for f in _LEAD_CHANGES}),
                 changed,
             )
-        for campaign_id, values in self._campaigns.items():
+        for campaign_id, values in self._campaigns.items():  # a few per batch at most
             await conn.execute(
                 update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(values)
             )
+
+    async def _update_jobs(self, params: list[dict[str, Any]]) -> None:
+        """Each job's UPDATE guarded by the version it was loaded at; one executemany
+        where the driver counts its rows (SQLite), one statement per job elsewhere."""
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id == bindparam("b_id"), JOBS.c.version == bindparam("b_version"))
+            .values({f: bindparam(f"v_{f}") for f in _JOB_CHANGES})
+        )
+        if self._conn.dialect.supports_sane_multi_rowcount:
+            updated = (await self._conn.execute(statement, params)).rowcount
+            if updated != len(params):
+                raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
+            return
+        for one in params:
+            if (await self._conn.execute(statement, one)).rowcount != 1:
+                raise Conflict(f"job {one['b_id']} changed under this transaction")
