@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any fixed number: serializes migrations of jobs replicas starting together on PostgreSQL.
@@ -38,6 +41,14 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
 def create_engine(url: str) -> AsyncEngine:
     url = normalize_url(url)
     parsed = make_url(url)
@@ -50,15 +61,7 @@ def create_engine(url: str) -> AsyncEngine:
         kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
     engine = create_async_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
 
 
@@ -66,24 +69,58 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-class WriteGate:
-    """One write transaction at a time within this process, on SQLite.
+def _sqlite_explicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # the driver's own BEGIN handling off: see below
 
-    SQLite has one writer; two connections of one process that both write make the second
-    wait in SQLite's busy handler, which sleeps in growing steps (tens to hundreds of ms).
-    Queueing in asyncio instead hands the lock over at once. PostgreSQL needs no gate.
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    # Take the write lock when the transaction starts, so what it reads cannot change
+    # before it writes (the driver would begin only at the first INSERT or UPDATE).
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Writer:
+    """Runs the jobs service's write transactions: synchronous functions of a Connection.
+
+    On SQLite, directly on the event loop's thread, over the standard library driver: a
+    statement takes microseconds there, while the async driver (aiosqlite) hops to its
+    thread and back for each step, about a millisecond a statement with SQLAlchemy on top.
+    SQLite also has one writer: an asyncio lock queues this process's write transactions
+    (so none of them waits in SQLite's busy handler, which sleeps in growing steps). On
+    PostgreSQL, through ``run_sync`` on the async engine, with no lock.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._engine = engine
+        self._lock: asyncio.Lock | None = None
+        self._sync: Engine | None = None
+        if engine.dialect.name == "sqlite":
+            self._lock = asyncio.Lock()
+            self._sync = create_sync_engine(engine.url.set(drivername="sqlite"))
+            event.listen(self._sync, "connect", _sqlite_pragmas)
+            event.listen(self._sync, "connect", _sqlite_explicit_transactions)
+            event.listen(self._sync, "begin", _sqlite_begin_immediate)
 
     @contextlib.asynccontextmanager
-    async def __call__(self) -> AsyncIterator[None]:
+    async def _turn(self) -> AsyncIterator[None]:
         if self._lock is None:
             yield
             return
         async with self._lock:
             yield
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction, committed when it returns, rolled back if it raises."""
+        async with self._turn():
+            if self._sync is not None:
+                with self._sync.begin() as conn:
+                    return work(conn)
+            async with self._engine.begin() as conn:
+                return await conn.run_sync(work)
+
+    def dispose(self) -> None:
+        if self._sync is not None:
+            self._sync.dispose()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -28,7 +28,7 @@ def add_costs(lead: LeadRow, by_provider: dict[str, int]) -> None:
     lead.cost_micros += sum(by_provider.values())
 
 
-async def event_of(
+def event_of(
     unit: Unit,
     job: JobRow,
     report: work_pb2.WorkerReport,
@@ -63,7 +63,7 @@ async def event_of(
         "task_failure": report.task_failure.lead_id,
         "charges_only": report.charges_only.lead_id,
     }.get(body or "", "")
-    lead = await unit.lead(lead_id) if lead_id else None
+    lead = unit.lead(lead_id) if lead_id else None
     if lead is not None and lead.job_id != job.id:
         lead = None
     first = lead is not None and lead.state in ("pending", "dispatched")

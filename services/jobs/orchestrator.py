@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -31,7 +31,7 @@ from services.common.errors import FailedPrecondition, NotFound
 from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs.convert import job_proto, state_of, store_state
-from services.jobs.db import WriteGate
+from services.jobs.db import Writer
 from services.jobs.events import add_costs, event_of
 from services.jobs.fanout import Fanout
 from services.jobs.models import JobRow, LeadRow, OutboxRow, utcnow
@@ -62,7 +62,7 @@ def _share(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-Change = Callable[[Unit], Awaitable[list[Applied]]]
+Change = Callable[[Unit], list[Applied]]
 
 
 class Orchestrator:
@@ -80,9 +80,12 @@ class Orchestrator:
         self._nc = nc
         self._js = js
         self._fanout = fanout
-        self._write = WriteGate(engine)
-        self.outbox = Outbox(sessions, js, self._write)
-        self._submits = Submits(settings, engine, self._write, self.outbox)
+        self._writer = Writer(engine)
+        self.outbox = Outbox(sessions, js, self._writer)
+        self._submits = Submits(settings, self._writer, self.outbox)
+
+    def close(self) -> None:
+        self._writer.dispose()
 
     # Submit and cancel ------------------------------------------------------------------
 
@@ -98,12 +101,16 @@ class Orchestrator:
     async def _transact(self, change: Change) -> list[Applied]:
         """Run ``change`` in a transaction, again if another replica changed a job first
         (optimistic locking); then publish what it caused."""
+
+        def work(conn: Connection) -> list[Applied]:
+            unit = Unit(conn)
+            applied = change(unit)
+            unit.flush()
+            return applied
+
         for _ in range(STALE_RETRIES):
             try:
-                async with self._write(), self._engine.begin() as conn:
-                    unit = Unit(conn)
-                    applied = await change(unit)
-                    await unit.flush()
+                applied = await self._writer.run(work)
                 break
             except Conflict:
                 continue  # read the job again
@@ -116,8 +123,8 @@ class Orchestrator:
         """Cancel a PENDING or PROCESSING job; a finished one is FailedPrecondition."""
         rows: list[JobRow] = []
 
-        async def change(unit: Unit) -> list[Applied]:
-            row = await unit.job(job_id)
+        def change(unit: Unit) -> list[Applied]:
+            row = unit.job(job_id)
             if row is None or row.user_id != user_id:
                 raise NotFound(f"job {job_id} not found")
             state = state_of(row)
@@ -127,7 +134,7 @@ class Orchestrator:
                     "processing jobs can be cancelled"
                 )
             rows.append(row)
-            return [await self._store(unit, row, m.transition(state, m.CancelRequested()), None)]
+            return [self._store(unit, row, m.transition(state, m.CancelRequested()), None)]
 
         await self._transact(change)
         return rows[-1]
@@ -145,14 +152,14 @@ class Orchestrator:
             job_ids = list((await conn.scalars(query)).all())
 
         def change(job_id: str) -> Change:
-            async def run(unit: Unit) -> list[Applied]:
-                job = await unit.job(job_id)
+            def run(unit: Unit) -> list[Applied]:
+                job = unit.job(job_id)
                 if job is None or job.status not in UNFINISHED or job.updated_at >= cutoff:
                     return []  # it moved meanwhile
                 idle = (utcnow() - job.updated_at).total_seconds()
                 log.warning("job %s stalled in %s for %.0fs", job_id, job.stage, idle)
                 result = m.transition(state_of(job), m.Stalled(idle))
-                return [await self._store(unit, job, result, None)]
+                return [self._store(unit, job, result, None)]
 
             return run
 
@@ -188,30 +195,30 @@ class Orchestrator:
                 for report in reports:
                     await self.apply_report(report)
 
-    async def _apply_all(self, unit: Unit, reports: list[work_pb2.WorkerReport]) -> list[Applied]:
+    def _apply_all(self, unit: Unit, reports: list[work_pb2.WorkerReport]) -> list[Applied]:
         # Three queries load what the batch will look at: which of its report ids (intents
         # included) were applied already, its jobs and the leads it is about.
-        await unit.load_applied(
+        unit.load_applied(
             [r.report_id for r in reports] + [i.report_id for r in reports for i in r.intents]
         )
-        await unit.load_jobs(r.job_id for r in reports)
+        unit.load_jobs(r.job_id for r in reports)
         lead_ids = {
             r.enrichment_result.lead_id or r.task_failure.lead_id or r.charges_only.lead_id
             for r in reports
         } - {""}
-        await unit.load_leads(lead_ids)
+        unit.load_leads(lead_ids)
         done = []
         for report in reports:
-            applied = await self._apply(unit, report)
+            applied = self._apply(unit, report)
             if applied is not None:
                 done.append(applied)
         return done
 
-    async def _apply(self, unit: Unit, report: work_pb2.WorkerReport) -> Applied | None:
+    def _apply(self, unit: Unit, report: work_pb2.WorkerReport) -> Applied | None:
         if report.report_id in unit.applied_ids:
             return None
         unit.mark_applied(report.report_id, report.job_id)
-        job = await unit.job(report.job_id)
+        job = unit.job(report.job_id)
         if job is None:
             log.warning("report %s for unknown job %s dropped", report.report_id, report.job_id)
             return None
@@ -222,11 +229,11 @@ class Orchestrator:
             if intent.report_id not in unit.applied_ids:
                 unit.mark_applied(intent.report_id, report.job_id)
                 charges.append(intent.charge)
-        event = await event_of(unit, job, report, charges)
+        event = event_of(unit, job, report, charges)
         result = m.transition(state_of(job), event)
-        return await self._store(unit, job, result, report)
+        return self._store(unit, job, result, report)
 
-    async def _store(
+    def _store(
         self,
         unit: Unit,
         job: JobRow,
@@ -237,7 +244,7 @@ class Orchestrator:
         if result.state is None:
             return applied
         for effect in result.effects:
-            applied.outbox += await self._carry_out(unit, job, result.state, effect, report)
+            applied.outbox += self._carry_out(unit, job, result.state, effect, report)
         store_state(job, result.state, result.snapshots[-1].message, utcnow())
         if result.state.status.terminal:
             unit.update_campaign(job.campaign_id, status=job.status, completed_at=job.completed_at)
@@ -250,7 +257,7 @@ class Orchestrator:
             applied.updates.append(update_msg)
         return applied
 
-    async def _carry_out(
+    def _carry_out(
         self,
         unit: Unit,
         job: JobRow,
@@ -291,19 +298,19 @@ class Orchestrator:
                     for rank, p in enumerate(places)
                 )
             case m.ShareCost(micros=micros):
-                leads = await unit.leads_of(job.id)
+                leads = unit.leads_of(job.id)
                 places_provider = state.metrics.providers.get("places", "places")
                 for lead, share in zip(leads, _share(micros, max(1, len(leads))), strict=False):
                     add_costs(lead, {places_provider: share})
             case m.DispatchLeads(count=count, allowance_micros=allowance):
-                pending = [lead for lead in await unit.leads_of(job.id) if lead.state == "pending"]
+                pending = [lead for lead in unit.leads_of(job.id) if lead.state == "pending"]
                 rows = []
                 for lead in pending[:count]:
                     lead.state = "dispatched"
                     rows.append(self._enrichment_task(job, lead, allowance, state.attempts))
                 return rows
             case m.SkipPendingLeads():
-                for lead in await unit.leads_of(job.id):
+                for lead in unit.leads_of(job.id):
                     if lead.state == "pending":
                         lead.state = "skipped"
                         lead.email_status = "skipped_budget"
@@ -320,7 +327,7 @@ class Orchestrator:
                 allowance = state.metrics.lead_price_micros if state.budget_micros else 0
                 return [
                     self._enrichment_task(job, lead, allowance, state.attempts)
-                    for lead in await unit.leads_of(job.id)
+                    for lead in unit.leads_of(job.id)
                     if lead.state == "dispatched"
                 ]
             case m.StopWork():

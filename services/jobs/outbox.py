@@ -17,8 +17,9 @@ from nats.js import JetStreamContext
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.jobs.db import WriteGate
+from services.jobs.db import Writer
 from services.jobs.models import OutboxRow, utcnow
+from services.jobs.unit import OUTBOX
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,10 @@ class Outbox:
         self,
         sessions: async_sessionmaker[AsyncSession],
         js: JetStreamContext,
-        write_gate: WriteGate,
+        writer: Writer,
     ) -> None:
         self._sessions = sessions
-        self._write = write_gate
+        self._writer = writer
         self._js = js
         # Published, not yet deleted: deleted in batches by the relay loop, which saves a
         # write transaction per publish (a crash in between only means a de-duplicated
@@ -78,8 +79,9 @@ class Outbox:
         """Delete the rows already published; returns how many."""
         done, self._published = self._published, set()
         if done:
-            async with self._write(), self._sessions() as session, session.begin():
-                await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(done)))
+            await self._writer.run(
+                lambda conn: conn.execute(delete(OUTBOX).where(OUTBOX.c.id.in_(done)))
+            )
         return len(done)
 
     async def relay_once(self) -> int:

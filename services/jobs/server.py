@@ -134,6 +134,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 5)
+    orchestrator.close()
     await engine.dispose()
     lifecycle.info("jobs stopped")
 

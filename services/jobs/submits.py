@@ -15,8 +15,8 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
@@ -24,7 +24,7 @@ from services.common.errors import ResourceExhausted
 from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs.convert import config_to_json
-from services.jobs.db import WriteGate
+from services.jobs.db import Writer
 from services.jobs.models import CampaignRow, JobRow, OutboxRow, utcnow
 from services.jobs.outbox import Outbox, outbox_row
 from services.jobs.unit import Unit
@@ -62,23 +62,20 @@ class _Submit:
 
 
 class Submits:
-    def __init__(
-        self, settings: Settings, engine: AsyncEngine, write_gate: WriteGate, outbox: Outbox
-    ) -> None:
+    def __init__(self, settings: Settings, writer: Writer, outbox: Outbox) -> None:
         self._settings = settings
-        self._engine = engine
-        self._write = write_gate
+        self._writer = writer
         self._outbox = outbox
         self._queue: list[_Submit] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
 
     async def submit(
         self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str
     ) -> JobRow:
         request = _Submit(user_id, config, idempotency_key)
         self._queue.append(request)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_queued())
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._write_queued())
         return await asyncio.shield(request.answer)
 
     async def _write_queued(self) -> None:
@@ -92,10 +89,12 @@ class Submits:
                         request.answer.set_exception(exc)
 
     async def _write_batch(self, batch: list[_Submit]) -> None:
+        def work(conn: Connection) -> tuple[list[JobRow | Exception], list[OutboxRow]]:
+            return self._record(Unit(conn), batch)
+
         for attempt in range(KEY_RACE_RETRIES):
             try:
-                async with self._write(), self._engine.begin() as conn:
-                    answers, rows = await self._record(Unit(conn), batch)
+                answers, rows = await self._writer.run(work)
                 break
             except IntegrityError:
                 # A key raced in from another replica: the next read finds its job.
@@ -109,13 +108,13 @@ class Submits:
         if rows:
             self._outbox.publish_soon(rows)
 
-    async def _record(
+    def _record(
         self, unit: Unit, batch: list[_Submit]
     ) -> tuple[list[JobRow | Exception], list[OutboxRow]]:
         """Check and insert each submit of ``batch``; its answers and the rows to publish."""
         limit = self._settings.max_active_jobs_per_user
-        known = await unit.jobs_by_keys((r.user_id, r.key) for r in batch if r.key)
-        active = await unit.active_jobs(r.user_id for r in batch)
+        known = unit.jobs_by_keys((r.user_id, r.key) for r in batch if r.key)
+        active = unit.active_jobs(r.user_id for r in batch)
         answers: list[JobRow | Exception] = []
         rows: list[OutboxRow] = []
         for request in batch:
@@ -140,7 +139,7 @@ class Submits:
             if request.key:
                 known[(request.user_id, request.key)] = job
             answers.append(job)
-        await unit.flush()
+        unit.flush()
         return answers, rows
 
     def _new_job(self, request: _Submit) -> tuple[JobRow, CampaignRow]:

@@ -8,6 +8,10 @@ attached to a session), changes them in memory, and writes the differences back:
 per table for new rows (executemany), an UPDATE by key for changed leads, and for each
 changed job an UPDATE guarded by the version it was loaded at, so two replicas applying
 reports to one job never overwrite each other (:class:`Conflict`; the caller starts over).
+
+A unit is synchronous code on a synchronous connection: :class:`services.jobs.db.Writer`
+runs it, on SQLite directly (statements take microseconds; the async driver's thread hops
+cost a millisecond each), on PostgreSQL through ``run_sync`` over asyncpg.
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 
 from services.jobs.models import (
     AppliedReportRow,
@@ -85,7 +88,7 @@ def _snapshot(obj: Base, fields: tuple[str, ...]) -> tuple[Any, ...]:
 class Unit:
     """Rows read and written by one transaction on ``conn``."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._jobs: dict[str, JobRow | None] = {}
         self._job_loaded: dict[str, tuple[Any, ...]] = {}
@@ -102,28 +105,28 @@ class Unit:
 
     # Reading ----------------------------------------------------------------------------
 
-    async def _select(self, model: type[M], query: Any) -> list[M]:
-        return [model(**row._mapping) for row in await self._conn.execute(query)]
+    def _select(self, model: type[M], query: Any) -> list[M]:
+        return [model(**row._mapping) for row in self._conn.execute(query)]
 
-    async def load_jobs(self, ids: Iterable[str]) -> None:
+    def load_jobs(self, ids: Iterable[str]) -> None:
         wanted = [i for i in set(ids) if i not in self._jobs]
         if not wanted:
             return
-        for job in await self._select(JobRow, select(JOBS).where(JOBS.c.id.in_(wanted))):
+        for job in self._select(JobRow, select(JOBS).where(JOBS.c.id.in_(wanted))):
             self._jobs[job.id] = job
             self._job_loaded[job.id] = _snapshot(job, _JOB_CHANGES)
         for job_id in wanted:
             self._jobs.setdefault(job_id, None)
 
-    async def job(self, job_id: str) -> JobRow | None:
-        await self.load_jobs([job_id])
+    def job(self, job_id: str) -> JobRow | None:
+        self.load_jobs([job_id])
         return self._jobs[job_id]
 
-    async def load_applied(self, report_ids: Iterable[str]) -> None:
+    def load_applied(self, report_ids: Iterable[str]) -> None:
         ids = list(set(report_ids))
         if ids:
             query = select(APPLIED.c.report_id).where(APPLIED.c.report_id.in_(ids))
-            self.applied_ids.update((await self._conn.scalars(query)).all())
+            self.applied_ids.update((self._conn.scalars(query)).all())
 
     def mark_applied(self, report_id: str, job_id: str) -> None:
         self.applied_ids.add(report_id)
@@ -138,34 +141,34 @@ class Unit:
         self._lead_loaded[lead.id] = _snapshot(lead, _LEAD_CHANGES)
         return lead
 
-    async def load_leads(self, ids: Iterable[str]) -> None:
+    def load_leads(self, ids: Iterable[str]) -> None:
         wanted = [i for i in set(ids) if i not in self._leads]
         if not wanted:
             return
-        for lead in await self._select(LeadRow, select(LEADS).where(LEADS.c.id.in_(wanted))):
+        for lead in self._select(LeadRow, select(LEADS).where(LEADS.c.id.in_(wanted))):
             self._track_lead(lead)
         for lead_id in wanted:
             self._leads.setdefault(lead_id, None)
 
-    async def lead(self, lead_id: str) -> LeadRow | None:
-        await self.load_leads([lead_id])
+    def lead(self, lead_id: str) -> LeadRow | None:
+        self.load_leads([lead_id])
         return self._leads[lead_id]
 
-    async def leads_of(self, job_id: str) -> list[LeadRow]:
+    def leads_of(self, job_id: str) -> list[LeadRow]:
         """Every lead of ``job_id`` by rank, those added in this unit included."""
         if job_id not in self._leads_of:
             query = select(LEADS).where(LEADS.c.job_id == job_id).order_by(LEADS.c.rank)
-            stored = [self._track_lead(lead) for lead in await self._select(LeadRow, query)]
+            stored = [self._track_lead(lead) for lead in self._select(LeadRow, query)]
             added = [lead for lead in self._new_leads if lead.job_id == job_id]
             self._leads_of[job_id] = sorted(stored + added, key=lambda lead: lead.rank)
         return self._leads_of[job_id]
 
-    async def job_by_key(self, user_id: str, key: str) -> JobRow | None:
+    def job_by_key(self, user_id: str, key: str) -> JobRow | None:
         query = select(JOBS).where(JOBS.c.user_id == user_id, JOBS.c.idempotency_key == key)
-        found = await self._select(JobRow, query)
+        found = self._select(JobRow, query)
         return found[0] if found else None
 
-    async def jobs_by_keys(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JobRow]:
+    def jobs_by_keys(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JobRow]:
         """Jobs already submitted under these (user, idempotency key) pairs."""
         pairs = set(pairs)
         if not pairs:
@@ -174,11 +177,11 @@ class Unit:
         query = select(JOBS).where(JOBS.c.idempotency_key.in_(keys))
         return {
             (job.user_id, job.idempotency_key or ""): job
-            for job in await self._select(JobRow, query)
+            for job in self._select(JobRow, query)
             if (job.user_id, job.idempotency_key) in pairs
         }
 
-    async def active_jobs(self, user_ids: Iterable[str]) -> dict[str, int]:
+    def active_jobs(self, user_ids: Iterable[str]) -> dict[str, int]:
         """Unfinished jobs per user."""
         users = list(set(user_ids))
         query = (
@@ -187,7 +190,7 @@ class Unit:
             .group_by(JOBS.c.user_id)
         )
         counts = {user: 0 for user in users}
-        counts.update({user: n for user, n in (await self._conn.execute(query)).all()})
+        counts.update({user: n for user, n in (self._conn.execute(query)).all()})
         return counts
 
     # Writing ----------------------------------------------------------------------------
@@ -209,7 +212,7 @@ class Unit:
     def update_campaign(self, campaign_id: str, **values: Any) -> None:
         self._campaigns.setdefault(campaign_id, {}).update(values)
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
         """Write every change; :class:`Conflict` if a job changed under this unit."""
         now = utcnow()
         conn = self._conn
@@ -220,9 +223,9 @@ class Unit:
             (LEADS, self._new_leads),
         ):
             if rows:
-                await conn.execute(insert(table), [_values(row, table) for row in rows])
+                conn.execute(insert(table), [_values(row, table) for row in rows])
         if self._outbox:
-            await conn.execute(
+            conn.execute(
                 insert(OUTBOX),
                 [
                     {"id": r.id, "subject": r.subject, "payload": r.payload, "created_at": now}
@@ -230,7 +233,7 @@ class Unit:
                 ],
             )
         if self._applied:
-            await conn.execute(insert(APPLIED), self._applied)
+            conn.execute(insert(APPLIED), self._applied)
         jobs = [
             {
                 "b_id": job_id,
@@ -241,7 +244,7 @@ class Unit:
             if (job := self._jobs[job_id]) is not None and _snapshot(job, _JOB_CHANGES) != loaded
         ]
         if jobs:
-            await self._update_jobs(jobs)
+            self._update_jobs(jobs)
         changed = [
             {"b_id": lead_id, **{f"v_{f}": getattr(lead, f) for f in _LEAD_CHANGES}}
             for lead_id, lead in self._leads.items()
@@ -250,18 +253,16 @@ class Unit:
             and _snapshot(lead, _LEAD_CHANGES) != self._lead_loaded[lead_id]
         ]
         if changed:
-            await conn.execute(
+            conn.execute(
                 update(LEADS)
                 .where(LEADS.c.id == bindparam("b_id"))
                 .values({f: bindparam(f"v_{f}") for f in _LEAD_CHANGES}),
                 changed,
             )
         for campaign_id, values in self._campaigns.items():  # a few per batch at most
-            await conn.execute(
-                update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(values)
-            )
+            conn.execute(update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(values))
 
-    async def _update_jobs(self, params: list[dict[str, Any]]) -> None:
+    def _update_jobs(self, params: list[dict[str, Any]]) -> None:
         """Each job's UPDATE guarded by the version it was loaded at; one executemany
         where the driver counts its rows (SQLite), one statement per job elsewhere."""
         statement = (
@@ -270,10 +271,10 @@ class Unit:
             .values({f: bindparam(f"v_{f}") for f in _JOB_CHANGES})
         )
         if self._conn.dialect.supports_sane_multi_rowcount:
-            updated = (await self._conn.execute(statement, params)).rowcount
+            updated = (self._conn.execute(statement, params)).rowcount
             if updated != len(params):
                 raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
             return
         for one in params:
-            if (await self._conn.execute(statement, one)).rowcount != 1:
+            if (self._conn.execute(statement, one)).rowcount != 1:
                 raise Conflict(f"job {one['b_id']} changed under this transaction")
