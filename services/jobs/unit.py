@@ -71,6 +71,40 @@ _LEAD_CHANGES = (
 )
 UNFINISHED = ("PENDING", "PROCESSING")
 
+# Statements built once: SQLAlchemy caches a statement's compiled form under a key it derives
+# by walking the statement, and remembers that key on the object, so a statement reused is
+# cheaper than one built per call (the lists go in as expanding parameters).
+_JOBS_BY_ID = select(JOBS).where(JOBS.c.id.in_(bindparam("ids", expanding=True)))
+_APPLIED_IDS = select(APPLIED.c.report_id).where(
+    APPLIED.c.report_id.in_(bindparam("ids", expanding=True))
+)
+_LEADS_BY_ID = select(LEADS).where(LEADS.c.id.in_(bindparam("ids", expanding=True)))
+_LEADS_OF_JOB = select(LEADS).where(LEADS.c.job_id == bindparam("job_id")).order_by(LEADS.c.rank)
+# Both columns of the (user_id, idempotency_key) unique index, so the lookup uses it.
+_JOBS_BY_KEY = select(JOBS).where(
+    JOBS.c.user_id.in_(bindparam("users", expanding=True)),
+    JOBS.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+)
+_ACTIVE_JOBS = (
+    select(JOBS.c.user_id, func.count())
+    .where(
+        JOBS.c.user_id.in_(bindparam("users", expanding=True)),
+        JOBS.c.status.in_(UNFINISHED),
+    )
+    .group_by(JOBS.c.user_id)
+)
+_INSERT = {table: insert(table) for table in (JOBS, CAMPAIGNS, LEADS, OUTBOX, APPLIED)}
+_UPDATE_JOB = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("b_id"), JOBS.c.version == bindparam("b_version"))
+    .values({f: bindparam(f"v_{f}") for f in _JOB_CHANGES})
+)
+_UPDATE_LEAD = (
+    update(LEADS)
+    .where(LEADS.c.id == bindparam("b_id"))
+    .values({f: bindparam(f"v_{f}") for f in _LEAD_CHANGES})
+)
+
 
 class Conflict(Exception):
     """Another replica changed a job since this transaction read it."""
@@ -105,14 +139,14 @@ class Unit:
 
     # Reading ----------------------------------------------------------------------------
 
-    def _select(self, model: type[M], query: Any) -> list[M]:
-        return [model(**row._mapping) for row in self._conn.execute(query)]
+    def _select(self, model: type[M], query: Any, **params: Any) -> list[M]:
+        return [model(**row._mapping) for row in self._conn.execute(query, params)]
 
     def load_jobs(self, ids: Iterable[str]) -> None:
         wanted = [i for i in set(ids) if i not in self._jobs]
         if not wanted:
             return
-        for job in self._select(JobRow, select(JOBS).where(JOBS.c.id.in_(wanted))):
+        for job in self._select(JobRow, _JOBS_BY_ID, ids=wanted):
             self._jobs[job.id] = job
             self._job_loaded[job.id] = _snapshot(job, _JOB_CHANGES)
         for job_id in wanted:
@@ -125,8 +159,7 @@ class Unit:
     def load_applied(self, report_ids: Iterable[str]) -> None:
         ids = list(set(report_ids))
         if ids:
-            query = select(APPLIED.c.report_id).where(APPLIED.c.report_id.in_(ids))
-            self.applied_ids.update((self._conn.scalars(query)).all())
+            self.applied_ids.update(self._conn.scalars(_APPLIED_IDS, {"ids": ids}).all())
 
     def mark_applied(self, report_id: str, job_id: str) -> None:
         self.applied_ids.add(report_id)
@@ -145,7 +178,7 @@ class Unit:
         wanted = [i for i in set(ids) if i not in self._leads]
         if not wanted:
             return
-        for lead in self._select(LeadRow, select(LEADS).where(LEADS.c.id.in_(wanted))):
+        for lead in self._select(LeadRow, _LEADS_BY_ID, ids=wanted):
             self._track_lead(lead)
         for lead_id in wanted:
             self._leads.setdefault(lead_id, None)
@@ -157,40 +190,31 @@ class Unit:
     def leads_of(self, job_id: str) -> list[LeadRow]:
         """Every lead of ``job_id`` by rank, those added in this unit included."""
         if job_id not in self._leads_of:
-            query = select(LEADS).where(LEADS.c.job_id == job_id).order_by(LEADS.c.rank)
-            stored = [self._track_lead(lead) for lead in self._select(LeadRow, query)]
+            loaded = self._select(LeadRow, _LEADS_OF_JOB, job_id=job_id)
+            stored = [self._track_lead(lead) for lead in loaded]
             added = [lead for lead in self._new_leads if lead.job_id == job_id]
             self._leads_of[job_id] = sorted(stored + added, key=lambda lead: lead.rank)
         return self._leads_of[job_id]
-
-    def job_by_key(self, user_id: str, key: str) -> JobRow | None:
-        query = select(JOBS).where(JOBS.c.user_id == user_id, JOBS.c.idempotency_key == key)
-        found = self._select(JobRow, query)
-        return found[0] if found else None
 
     def jobs_by_keys(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JobRow]:
         """Jobs already submitted under these (user, idempotency key) pairs."""
         pairs = set(pairs)
         if not pairs:
             return {}
-        keys = {key for _, key in pairs}
-        query = select(JOBS).where(JOBS.c.idempotency_key.in_(keys))
+        users = list({user for user, _ in pairs})
+        keys = list({key for _, key in pairs})
         return {
             (job.user_id, job.idempotency_key or ""): job
-            for job in self._select(JobRow, query)
+            for job in self._select(JobRow, _JOBS_BY_KEY, users=users, keys=keys)
             if (job.user_id, job.idempotency_key) in pairs
         }
 
     def active_jobs(self, user_ids: Iterable[str]) -> dict[str, int]:
         """Unfinished jobs per user."""
         users = list(set(user_ids))
-        query = (
-            select(JOBS.c.user_id, func.count())
-            .where(JOBS.c.user_id.in_(users), JOBS.c.status.in_(UNFINISHED))
-            .group_by(JOBS.c.user_id)
-        )
         counts = {user: 0 for user in users}
-        counts.update({user: n for user, n in (self._conn.execute(query)).all()})
+        rows = self._conn.execute(_ACTIVE_JOBS, {"users": users}).all()
+        counts.update({user: n for user, n in rows})
         return counts
 
     # Writing ----------------------------------------------------------------------------
@@ -223,17 +247,17 @@ class Unit:
             (LEADS, self._new_leads),
         ):
             if rows:
-                conn.execute(insert(table), [_values(row, table) for row in rows])
+                conn.execute(_INSERT[table], [_values(row, table) for row in rows])
         if self._outbox:
             conn.execute(
-                insert(OUTBOX),
+                _INSERT[OUTBOX],
                 [
                     {"id": r.id, "subject": r.subject, "payload": r.payload, "created_at": now}
                     for r in self._outbox
                 ],
             )
         if self._applied:
-            conn.execute(insert(APPLIED), self._applied)
+            conn.execute(_INSERT[APPLIED], self._applied)
         jobs = [
             {
                 "b_id": job_id,
@@ -253,23 +277,14 @@ class Unit:
             and _snapshot(lead, _LEAD_CHANGES) != self._lead_loaded[lead_id]
         ]
         if changed:
-            conn.execute(
-                update(LEADS)
-                .where(LEADS.c.id == bindparam("b_id"))
-                .values({f: bindparam(f"v_{f}") for f in _LEAD_CHANGES}),
-                changed,
-            )
+            conn.execute(_UPDATE_LEAD, changed)
         for campaign_id, values in self._campaigns.items():  # a few per batch at most
             conn.execute(update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(values))
 
     def _update_jobs(self, params: list[dict[str, Any]]) -> None:
         """Each job's UPDATE guarded by the version it was loaded at; one executemany
         where the driver counts its rows (SQLite), one statement per job elsewhere."""
-        statement = (
-            update(JOBS)
-            .where(JOBS.c.id == bindparam("b_id"), JOBS.c.version == bindparam("b_version"))
-            .values({f: bindparam(f"v_{f}") for f in _JOB_CHANGES})
-        )
+        statement = _UPDATE_JOB
         if self._conn.dialect.supports_sane_multi_rowcount:
             updated = (self._conn.execute(statement, params)).rowcount
             if updated != len(params):
