@@ -113,7 +113,10 @@ async def submit(stub: jobs_pb2_grpc.JobServiceStub, config: jobs_pb2.CampaignCo
 
 
 async def get_job(stub: jobs_pb2_grpc.JobServiceStub, job_id: str) -> jobs_pb2.Job:
-    return await stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+    # wait_for_ready: right after a restart of the jobs service the channel may still be in
+    # its reconnect backoff, where a call would fail at once instead of waiting for it.
+    request = jobs_pb2.GetJobRequest(job_id=job_id)
+    return await stub.GetJob(request, timeout=10, wait_for_ready=True)
 
 
 async def wait_all_terminal(
