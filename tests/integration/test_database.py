@@ -4,6 +4,7 @@ idempotent report application, exact costs, scoped listing with signed page toke
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,18 +12,24 @@ from datetime import timedelta
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import func, inspect, select
+from sqlalchemy import Connection, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.cli.stack import NatsServer
 from services.common import bus
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from services.common.settings import Settings
 from services.jobs import db, store
 from services.jobs.fanout import Fanout
 from services.jobs.models import JobRow, LeadRow, OutboxRow, utcnow
 from services.jobs.orchestrator import Orchestrator
+from services.jobs.unit import JOBS, Conflict, Unit
 from services.jobs.validation import PageTokens
 
 
@@ -277,3 +284,50 @@ async def test_retention_deletes_only_old_finished_jobs(harness: Harness) -> Non
         assert await session.get(JobRow, recent.id) is not None
         assert await session.get(JobRow, running.id) is not None  # unfinished: kept
         assert await harness.leads(old.id) == []
+
+
+async def test_submits_arriving_together_keep_their_own_checks(harness: Harness) -> None:
+    """Concurrent submits share a transaction (group commit), yet each is checked on its
+    own: one job per idempotency key and user, and the per-user limit counts the batch."""
+    submit = harness.orchestrator.submit
+    keyed = await asyncio.gather(
+        submit("alice", config(), "same"),
+        submit("alice", config(location="Elsewhere"), "same"),
+        submit("bob", config(), "same"),
+    )
+    assert keyed[0].id == keyed[1].id != keyed[2].id
+    limit = Settings().max_active_jobs_per_user
+    outcomes = await asyncio.gather(
+        *(submit("carol", config(), "") for _ in range(limit + 3)), return_exceptions=True
+    )
+    refused = [o for o in outcomes if isinstance(o, ResourceExhausted)]
+    assert len(refused) == 3 and "MAX_ACTIVE_JOBS_PER_USER" in str(refused[0])
+    accepted = {o.id for o in outcomes if isinstance(o, JobRow)}
+    assert len(accepted) == limit
+    async with harness.sessions() as session:
+        query = select(func.count()).select_from(JobRow).where(JobRow.user_id == "carol")
+        assert await session.scalar(query) == limit
+
+
+async def test_a_job_changed_since_it_was_read_is_not_overwritten(harness: Harness) -> None:
+    """The version guard: a unit whose job another replica changed meanwhile raises
+    Conflict and writes nothing (the orchestrator then reads the job again)."""
+    job = await harness.orchestrator.submit("alice", config(), "")
+    writer = db.Writer(harness.engine)
+
+    def stale_write(conn: Connection) -> None:
+        unit = Unit(conn)
+        row = unit.job(job.id)
+        assert row is not None
+        # Another replica's committed change, between this unit's read and its write.
+        conn.execute(update(JOBS).where(JOBS.c.id == job.id).values(version=2, progress=7))
+        row.progress, row.version = 50, 2
+        unit.flush()
+
+    try:
+        with pytest.raises(Conflict):
+            await writer.run(stale_write)
+    finally:
+        writer.dispose()
+    row = await harness.job(job.id)
+    assert (row.version, row.progress) == (1, 0)  # the whole transaction rolled back
