@@ -34,7 +34,7 @@ from services.jobs.convert import job_proto, state_of, store_state
 from services.jobs.db import Writer
 from services.jobs.events import add_costs, event_of
 from services.jobs.fanout import Fanout
-from services.jobs.models import JobRow, LeadRow, OutboxRow, utcnow
+from services.jobs.models import JobRow, LeadRow, OutboxRow, transient, utcnow
 from services.jobs.outbox import Outbox, outbox_row
 from services.jobs.submits import Submits, discovery_task_row, new_id
 from services.jobs.unit import JOBS, UNFINISHED, Conflict, Unit
@@ -273,27 +273,32 @@ class Orchestrator:
                 places_provider = state.metrics.providers.get("places", "places")
                 now = utcnow()
                 unit.add_leads(
-                    LeadRow(
-                        id=new_id("lead"),
-                        campaign_id=job.campaign_id,
-                        job_id=job.id,
-                        place_id=p.place_id,
-                        rank=rank,
-                        business_name=p.name,
-                        address=p.address,
-                        phone=p.phone,
-                        website=p.website,
-                        rating=p.rating,
-                        review_count=p.review_count,
-                        confidence_score=p.confidence_score,
-                        email="",
-                        email_status="pending",
-                        state="pending",
-                        cost_micros=shares[rank],
-                        cost_by_provider={places_provider: shares[rank]} if shares[rank] else {},
-                        from_cache=False,
-                        created_at=now,
-                        updated_at=now,
+                    transient(
+                        LeadRow,
+                        {
+                            "id": new_id("lead"),
+                            "campaign_id": job.campaign_id,
+                            "job_id": job.id,
+                            "place_id": p.place_id,
+                            "rank": rank,
+                            "business_name": p.name,
+                            "address": p.address,
+                            "phone": p.phone,
+                            "website": p.website,
+                            "rating": p.rating,
+                            "review_count": p.review_count,
+                            "confidence_score": p.confidence_score,
+                            "email": "",
+                            "email_status": "pending",
+                            "state": "pending",
+                            "cost_micros": shares[rank],
+                            "cost_by_provider": (
+                                {places_provider: shares[rank]} if shares[rank] else {}
+                            ),
+                            "from_cache": False,
+                            "created_at": now,
+                            "updated_at": now,
+                        },
                     )
                     for rank, p in enumerate(places)
                 )

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.errors import NotFound
 from services.jobs.machine import Status
-from services.jobs.models import JobRow, LeadRow
+from services.jobs.models import JobRow, LeadRow, transient
 from services.jobs.unit import JOBS
 from services.jobs.validation import PageTokens
 
@@ -21,7 +21,7 @@ async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobR
     row = (await conn.execute(select(JOBS).where(JOBS.c.id == job_id))).first()
     if row is None or row.user_id != user_id:
         raise NotFound(f"job {job_id} not found")
-    return JobRow(**row._mapping)
+    return transient(JobRow, row._mapping)
 
 
 async def list_jobs(

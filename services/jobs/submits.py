@@ -25,7 +25,7 @@ from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs.convert import config_to_json
 from services.jobs.db import Writer
-from services.jobs.models import CampaignRow, JobRow, OutboxRow, utcnow
+from services.jobs.models import CampaignRow, JobRow, OutboxRow, transient, utcnow
 from services.jobs.outbox import Outbox, outbox_row
 from services.jobs.unit import Unit
 
@@ -145,38 +145,44 @@ class Submits:
     def _new_job(self, request: _Submit) -> tuple[JobRow, CampaignRow]:
         now = utcnow()
         job_id, campaign_id = new_id("job"), new_id("cmp")
-        job = JobRow(
-            id=job_id,
-            campaign_id=campaign_id,
-            user_id=request.user_id,
-            type="campaign",
-            status=m.Status.PENDING.value,
-            stage=m.Stage.QUEUED.value,
-            progress=0,
-            version=1,
-            config=config_to_json(request.config),
-            metrics=m.Metrics().to_json(),
-            error="",
-            message="Queued",
-            attempts=1,
-            max_attempts=self._settings.job_max_attempts,
-            idempotency_key=request.key or None,
-            created_at=now,
-            started_at=None,
-            completed_at=None,
-            updated_at=now,
+        job = transient(
+            JobRow,
+            {
+                "id": job_id,
+                "campaign_id": campaign_id,
+                "user_id": request.user_id,
+                "type": "campaign",
+                "status": m.Status.PENDING.value,
+                "stage": m.Stage.QUEUED.value,
+                "progress": 0,
+                "version": 1,
+                "config": config_to_json(request.config),
+                "metrics": m.Metrics().to_json(),
+                "error": "",
+                "message": "Queued",
+                "attempts": 1,
+                "max_attempts": self._settings.job_max_attempts,
+                "idempotency_key": request.key or None,
+                "created_at": now,
+                "started_at": None,
+                "completed_at": None,
+                "updated_at": now,
+            },
         )
-        campaign = CampaignRow(
-            id=campaign_id,
-            job_id=job_id,
-            user_id=request.user_id,
-            business_type=request.config.business_type,
-            location=request.config.location,
-            status=job.status,
-            results_count=0,
-            total_cost_micros=0,
-            avg_confidence=0.0,
-            created_at=now,
-            completed_at=None,
+        campaign = transient(
+            CampaignRow,
+            {
+                "id": campaign_id,
+                "job_id": job_id,
+                "user_id": request.user_id,
+                "business_type": request.config.business_type,
+                "location": request.config.location,
+                "status": job.status,
+                "results_count": 0,
+                "total_cost_micros": 0,
+                "avg_confidence": 0.0,
+                "created_at": now,
+                "completed_at": None,
+            },
         )
         return job, campaign

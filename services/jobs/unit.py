@@ -28,6 +28,7 @@ from services.jobs.models import (
     JobRow,
     LeadRow,
     OutboxRow,
+    transient,
     utcnow,
 )
 
@@ -140,7 +141,7 @@ class Unit:
     # Reading ----------------------------------------------------------------------------
 
     def _select(self, model: type[M], query: Any, **params: Any) -> list[M]:
-        return [model(**row._mapping) for row in self._conn.execute(query, params)]
+        return [transient(model, row._mapping) for row in self._conn.execute(query, params)]
 
     def load_jobs(self, ids: Iterable[str]) -> None:
         wanted = [i for i in set(ids) if i not in self._jobs]
