@@ -15,6 +15,7 @@ they do on one machine and across a Kubernetes cluster.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,8 @@ async def open_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
 
 
 class SharedRateLimiter:
-    """At most ``rate`` requests per second with bursts of ``burst``, over all processes."""
+    """At most ``rate`` requests per second with bursts of ``burst - 1``, over all
+    processes (one process's own requests stay an interval apart)."""
 
     def __init__(
         self,
@@ -68,9 +70,14 @@ class SharedRateLimiter:
         self._kv = kv
         self._key = key
         self._interval = SPACING_MARGIN / rate
-        self._tolerance = (burst - 1) * self._interval
+        # One request of the provider's burst is left unused: after a burst, the provider's
+        # allowance is down to what jitter needs, and two requests arriving closer than they
+        # left (a stalled event loop sends late ones together) would find it empty.
+        self._tolerance = max(0, burst - 2) * self._interval
         self._clock = clock
         self._sleep = sleep
+        self._departing = asyncio.Lock()
+        self._last_departure = -math.inf
 
     async def _swap(self, next_tat: Callable[[float, float], float]) -> tuple[float, float]:
         """Compare-and-set the TAT to ``next_tat(tat, now)``; return (old tat, now)."""
@@ -102,6 +109,15 @@ class SharedRateLimiter:
         wait = tat - self._tolerance - now
         if wait > 0:
             await self._sleep(wait)
+        # This process's requests leave an interval apart even when its event loop wakes
+        # several of them late together (a busy loop, a cold start): sent together, they
+        # would arrive together and the provider would count one over its limit. Bursts
+        # remain across processes.
+        async with self._departing:
+            gap = self._last_departure + self._interval - self._clock()
+            if gap > 0:
+                await self._sleep(gap)
+            self._last_departure = self._clock()
 
     async def penalize(self, seconds: float) -> None:
         """Nobody sends for ``seconds`` from now (slots already handed out keep their time)."""

@@ -19,7 +19,7 @@ from services.common.settings import Settings
 
 
 class Clock:
-    """A clock that moves only when someone sleeps on it."""
+    """A clock that moves only when someone sleeps on it (or the test moves it)."""
 
     def __init__(self) -> None:
         self.now = 1_000.0
@@ -30,6 +30,16 @@ class Clock:
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(round(seconds, 6))
+        self.now += seconds
+
+
+async def departures(clock: Clock, *limiters: SharedRateLimiter) -> list[float]:
+    """When each limiter's acquire let its request go, one after another (from 0)."""
+    start, times = clock.now, []
+    for limiter in limiters:
+        await limiter.acquire()
+        times.append(round(clock.now - start, 6))
+    return times
 
 
 @pytest.fixture
@@ -46,28 +56,26 @@ async def test_two_processes_share_one_rate(js: JetStreamContext) -> None:
     clock = Clock()
     one = SharedRateLimiter(kv, "hunter", rate=10, burst=1, clock=clock, sleep=clock.sleep)
     two = SharedRateLimiter(kv, "hunter", rate=10, burst=1, clock=clock, sleep=clock.sleep)
-    for limiter in (one, two, one, two, one):
-        await limiter.acquire()
-    # Five requests at the same instant from two processes: 100 ms apart (and the safety
-    # margin), as one queue.
+    # Five requests from two processes: 100 ms apart (and the safety margin), as one queue.
     gap = 0.1 * SPACING_MARGIN
-    assert clock.sleeps == [round(gap * n, 6) for n in (1, 2, 3, 4)]
+    times = await departures(clock, one, two, one, two, one)
+    assert times == [round(gap * n, 6) for n in range(5)]
 
 
 async def test_burst_then_rate(js: JetStreamContext) -> None:
     kv = await open_bucket(js, replicas=1)
     clock = Clock()
     limiter = SharedRateLimiter(kv, "google", rate=10, burst=3, clock=clock, sleep=clock.sleep)
+    other = SharedRateLimiter(kv, "google", rate=10, burst=3, clock=clock, sleep=clock.sleep)
     gap = 0.1 * SPACING_MARGIN
-    for _ in range(3):
-        await limiter.acquire()
     # A fresh bucket starts at the rate, not with a burst (see SharedRateLimiter._swap).
-    assert clock.sleeps == [round(gap * n, 6) for n in (1, 2)]
-    clock.now += 10  # idle: the burst is there
-    clock.sleeps.clear()
-    for _ in range(5):
-        await limiter.acquire()
-    assert clock.sleeps == [round(gap * n, 6) for n in (1, 2)]  # three at once, then 10/s
+    assert await departures(clock, limiter, other, limiter) == [0, round(gap, 6), round(2 * gap, 6)]
+    clock.now += 10  # idle: the burst is there, less the one request kept for jitter
+    times = await departures(clock, limiter, other, limiter, other, limiter)
+    assert times == [0, 0, round(gap, 6), round(2 * gap, 6), round(3 * gap, 6)]
+    # Two at once from two processes, then 10/s. One process alone never sends two at once:
+    clock.now += 10
+    assert await departures(clock, limiter, limiter) == [0, round(gap, 6)]
 
 
 async def test_a_rate_limit_answer_makes_every_process_wait(js: JetStreamContext) -> None:

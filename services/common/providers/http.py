@@ -173,20 +173,26 @@ async def send(
     *,
     secrets: Iterable[str] = (),
     before_first_request: Callable[[], Awaitable[None]] | None = None,
+    on_slot: Callable[[], None] | None = None,
 ) -> T:
     """Send the request ``build_request()`` makes until ``classify`` calls the answer OK.
 
     Returns the OK outcome's value. Raises :class:`PermanentProviderError` on a permanent
     answer and :class:`TransientProviderError` when the attempts run out; both name
-    ``provider`` and the cause, never a secret. ``before_first_request`` runs once the
-    first rate-limit slot is granted, right before the first request leaves.
+    ``provider`` and the cause, never a secret. ``before_first_request`` runs before the
+    first request waits for its rate-limit slot; ``on_slot`` runs each time a slot comes,
+    right before the request leaves (it may raise to send nothing). Nothing with a round
+    trip sits between a slot and its request: its varying latency would bunch requests
+    up on the way, and the provider would count some over its limit.
     """
     secrets = tuple(s for s in secrets if s)
     outcome: Outcome[T] = retry("no attempt made")
     for attempt in range(1, max(1, policy.max_attempts) + 1):
-        await limiter.acquire()
         if attempt == 1 and before_first_request is not None:
             await before_first_request()
+        await limiter.acquire()
+        if on_slot is not None:
+            on_slot()
         try:
             response = await client.send(build_request())
         except httpx.TransportError as exc:
@@ -261,8 +267,9 @@ class HttpProvider:
         (default: the list ``price``); a failed request is not billed.
 
         With a meter running (workers always run one), the call's intent is published
-        once its rate-limit slot is granted, right before the request leaves; the meter
-        may refuse (the job was cancelled), and then no request is made.
+        before the request waits for its rate-limit slot, and the job is checked again
+        when the slot comes: the meter may refuse (the job was cancelled or failed), and
+        then no request is made (a call refused after its intent is settled at zero).
         """
         meter = current_meter.get()
         opened = False
@@ -273,9 +280,13 @@ class HttpProvider:
                 await meter.open(self.name, operation, price)
                 opened = True
 
+        def on_slot() -> None:
+            if meter is not None:
+                meter.check(self.name, operation)
+
         actual = 0.0
         try:
-            value = await self._send(build_request, classify, open_call)
+            value = await self._send(build_request, classify, open_call, on_slot)
             actual = price if billed is None else billed(value)
         finally:
             if opened and meter is not None:
@@ -288,8 +299,9 @@ class HttpProvider:
         build_request: Callable[[], httpx.Request],
         classify: Callable[[httpx.Response], Outcome[T]],
         before_first_request: Callable[[], Awaitable[None]] | None = None,
+        on_slot: Callable[[], None] | None = None,
     ) -> T:
         return await send(
             self._client, self._limiter, self.name, build_request, classify, self._policy,
-            secrets=(self._key,), before_first_request=before_first_request,
+            secrets=(self._key,), before_first_request=before_first_request, on_slot=on_slot,
         )  # fmt: skip

@@ -38,11 +38,15 @@ class Meter:
     corrections: list[Charge] = field(default_factory=list)
     intents: list[tuple[str, Charge]] = field(default_factory=list)  # (report id, charge)
 
-    async def open(self, provider: str, operation: str, price: float) -> None:
-        """Right before a paid request leaves: refuse if the job is stopped, else put the
-        call on the books at its list price."""
+    def check(self, provider: str, operation: str) -> None:
+        """Refuse (WorkStopped) if the job is stopped: no paid request for it leaves."""
         if self.stopped():
             raise WorkStopped(f"{provider} {operation} not made: the job is stopped")
+
+    async def open(self, provider: str, operation: str, price: float) -> None:
+        """Before a paid request waits for its slot: refuse if the job is stopped, else put
+        the call on the books at its list price."""
+        self.check(provider, operation)
         charge = Charge(provider, operation, price, metered=True)
         self.intents.append((await self.publish_intent(charge), charge))
 
