@@ -2,8 +2,9 @@
 
 Each submit is one small transaction (the idempotency lookup, the per-user limit, three
 inserts), and with SQLite every write waits its turn at the one write lock. So submits
-that arrive while a write is under way queue here and the next transaction takes them all
-at once: one lock turn and one commit for the lot, with the same checks per submit. The
+queue here, a batch waits a millisecond for company (or for the write under way), and
+one transaction takes them all: one lock turn and one commit for the lot, with the same
+checks per submit. The
 caller is answered once its job is committed; the discovery task is published right after,
 without the caller waiting on JetStream (the row in the outbox makes it certain to go).
 """
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 # Submits written in one transaction at most.
 SUBMIT_BATCH = 64
+# How long a batch waits for more submits to join it: with 8 clients, batches of about 3
+# instead of 1, and about 60% more submits per second (`make bench`).
+COLLECT_S = 0.001
 # A batch that collides with another replica on an idempotency key is read again this often.
 KEY_RACE_RETRIES = 3
 
@@ -80,6 +84,9 @@ class Submits:
 
     async def _write_queued(self) -> None:
         while self._queue:
+            # Requests reach their handler one by one (each takes gRPC a few passes of
+            # the event loop), so without a moment's wait every batch would hold one.
+            await asyncio.sleep(COLLECT_S)
             batch, self._queue = self._queue[:SUBMIT_BATCH], self._queue[SUBMIT_BATCH:]
             try:
                 await self._write_batch(batch)
