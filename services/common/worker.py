@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from prospect.v1 import work_pb2
-from services.common import bus
+from services.common import bus, heap
 from services.common.health import HealthServer
 from services.common.logs import lifecycle, setup_logging
 from services.common.providers import Charge, Providers, open_providers
@@ -243,6 +243,7 @@ async def _work(kind: type[TaskWorker], settings: Settings, stop: asyncio.Event)
         js, bus.WORK_STREAM, kind.consumer, worker.handle, concurrency, settings.ack_wait_s / 3
     )
     await health.serving()
+    heap.settle()
     lifecycle.info(
         "%s worker ready (consumer %s, %d at a time)", kind.name, kind.consumer, concurrency
     )

@@ -12,7 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
-from services.common import bus
+from services.common import bus, heap
 from services.common.errors import ConfigError
 from services.common.logs import lifecycle, setup_logging
 from services.common.settings import Settings
@@ -118,6 +118,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
     tls = " with TLS" if settings.grpc_tls_cert else ""
+    heap.settle()
     lifecycle.info("jobs ready on %s:%d%s (auth %s)", host, port, tls, settings.auth_mode)
     await stop.wait()
 
