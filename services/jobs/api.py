@@ -155,8 +155,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         job_id = validation.validate_job_id(request.job_id)
-        async with self._sessions() as session:
-            return job_proto(await store.job_for_user(session, _user(), job_id))
+        return job_proto(await self._orchestrator.job(_user(), job_id))
 
     @unary
     async def ListJobs(
@@ -193,9 +192,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         )
 
     async def _snapshot(self, user: str, job_id: str) -> jobs_pb2.JobUpdate:
-        async with self._sessions() as session:
-            row = await store.job_for_user(session, user, job_id)
-            return jobs_pb2.JobUpdate(job=job_proto(row), message=row.message)
+        row = await self._orchestrator.job(user, job_id)
+        return jobs_pb2.JobUpdate(job=job_proto(row), message=row.message)
 
     async def _next_update(
         self, queue: asyncio.Queue[jobs_pb2.JobUpdate], user: str, job_id: str

@@ -73,14 +73,20 @@ def _sqlite_explicit_transactions(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # the driver's own BEGIN handling off: see below
 
 
+_READ_ONLY = "prospect_read_only"
+
+
 def _sqlite_begin_immediate(conn: Connection) -> None:
     # Take the write lock when the transaction starts, so what it reads cannot change
-    # before it writes (the driver would begin only at the first INSERT or UPDATE).
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # before it writes (the driver would begin only at the first INSERT or UPDATE). A read
+    # takes no lock: in WAL mode it sees the last commit and blocks nobody.
+    read_only = conn.get_execution_options().get(_READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Writer:
-    """Runs the jobs service's write transactions: synchronous functions of a Connection.
+    """Runs the jobs service's write transactions (and its hottest read): synchronous
+    functions of a Connection.
 
     On SQLite, directly on the event loop's thread, over the standard library driver: a
     statement takes microseconds there, while the async driver (aiosqlite) hops to its
@@ -117,6 +123,16 @@ class Writer:
                     return work(conn)
             async with self._engine.begin() as conn:
                 return await conn.run_sync(work)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """``work`` reading in a transaction of its own, outside the queue of writes (the
+        same quick path for the reads every watch stream makes)."""
+        if self._sync is not None:
+            with self._sync.connect().execution_options(**{_READ_ONLY: True}) as conn:
+                with conn.begin():
+                    return work(conn)
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(work)
 
     def dispose(self) -> None:
         if self._sync is not None:

@@ -30,6 +30,7 @@ from services.common import bus
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.settings import Settings
 from services.jobs import machine as m
+from services.jobs import store
 from services.jobs.convert import job_proto, state_of, store_state
 from services.jobs.db import Writer
 from services.jobs.events import add_costs, event_of
@@ -86,6 +87,10 @@ class Orchestrator:
 
     def close(self) -> None:
         self._writer.dispose()
+
+    async def job(self, user_id: str, job_id: str) -> JobRow:
+        """The caller's job as stored now (NotFound for anyone else's)."""
+        return await self._writer.read(lambda conn: store.job_of_user(conn, user_id, job_id))
 
     # Submit and cancel ------------------------------------------------------------------
 

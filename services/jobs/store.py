@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.errors import NotFound
@@ -14,14 +14,22 @@ from services.jobs.models import JobRow, LeadRow, transient
 from services.jobs.unit import JOBS
 from services.jobs.validation import PageTokens
 
+_JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
 
-async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobRow:
-    """The job, read with a plain SELECT (every WatchJob starts here: no identity map)."""
-    conn = await session.connection()
-    row = (await conn.execute(select(JOBS).where(JOBS.c.id == job_id))).first()
+
+def job_of_user(conn: Connection, user_id: str, job_id: str) -> JobRow:
+    """The job, read with a plain SELECT on a synchronous connection (every WatchJob starts
+    here; see :meth:`services.jobs.db.Writer.read`)."""
+    row = conn.execute(_JOB, {"job_id": job_id}).first()
     if row is None or row.user_id != user_id:
         raise NotFound(f"job {job_id} not found")
     return transient(JobRow, row._mapping)
+
+
+async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobRow:
+    """:func:`job_of_user` in an async session."""
+    conn = await session.connection()
+    return await conn.run_sync(job_of_user, user_id, job_id)
 
 
 async def list_jobs(
