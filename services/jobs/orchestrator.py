@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import nats.errors
 from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -49,12 +50,41 @@ REPORT_BATCH = 32
 
 @dataclass
 class Applied:
-    """What a committed transaction leaves to do."""
+    """What one transition leaves to do once committed."""
 
     outbox: list[OutboxRow] = field(default_factory=list)
-    updates: list[jobs_pb2.JobUpdate] = field(default_factory=list)
     job_id: str = ""
     stop_work: bool = False
+    job: JobRow | None = None  # the row as stored (the snapshots' fixed fields)
+    snapshots: list[m.Snapshot] = field(default_factory=list)
+    stamp: Timestamp | None = None  # when the report behind it was published
+
+    def updates(self, snapshots: list[m.Snapshot]) -> list[jobs_pb2.JobUpdate]:
+        assert self.job is not None
+        out = []
+        for snap in snapshots:
+            update = jobs_pb2.JobUpdate(job=job_proto(self.job, snap.state), message=snap.message)
+            if self.stamp is not None and self.stamp.seconds:
+                update.report_published_at.CopyFrom(self.stamp)
+            out.append(update)
+        return out
+
+
+def coalesced(batch: tuple[Applied, ...]) -> list[tuple[str, list[jobs_pb2.JobUpdate]]]:
+    """The snapshots a committed batch publishes, per job: every version when one report
+    changed the job, only the latest when several did (DESIGN.md: "under load, changes may
+    be coalesced"); built only for what is published."""
+    last: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for i, applied in enumerate(batch):
+        if applied.snapshots:
+            last[applied.job_id] = i
+            count[applied.job_id] = count.get(applied.job_id, 0) + 1
+    out = []
+    for job_id, i in sorted(last.items(), key=lambda item: item[1]):
+        snapshots = batch[i].snapshots
+        out.append((job_id, batch[i].updates(snapshots if count[job_id] == 1 else snapshots[-1:])))
+    return out
 
 
 def _share(total: int, parts: int) -> list[int]:
@@ -254,12 +284,8 @@ class Orchestrator:
         if result.state.status.terminal:
             unit.update_campaign(job.campaign_id, status=job.status, completed_at=job.completed_at)
         unit.add_outbox(applied.outbox)
-        stamp = report.published_at if report is not None else None
-        for snap in result.snapshots:
-            update_msg = jobs_pb2.JobUpdate(job=job_proto(job, snap.state), message=snap.message)
-            if stamp is not None and stamp.seconds:
-                update_msg.report_published_at.CopyFrom(stamp)
-            applied.updates.append(update_msg)
+        applied.job, applied.snapshots = job, result.snapshots
+        applied.stamp = report.published_at if report is not None else None
         return applied
 
     def _carry_out(
@@ -373,9 +399,9 @@ class Orchestrator:
         for applied in batch:
             if applied.stop_work:
                 await bus.CancelRegistry.announce(self._nc, self._js, applied.job_id)
-        for applied in batch:
-            for update_msg in applied.updates:
-                await self._fanout.publish(applied.job_id, update_msg)
+        for job_id, updates in coalesced(batch):
+            for update in updates:
+                await self._fanout.publish(job_id, update)
         rows = [row for applied in batch for row in applied.outbox]
         if rows:
             self.outbox.publish_soon(rows)
