@@ -5,7 +5,8 @@ Campaigns of 10 leads with providers at 300 ms a call, a few in flight, each fol
 WatchJob stream: reports arrive spread out as in real use, so the figure is the path's
 own latency (JetStream, the jobs service applying the report and committing, the snapshot
 fan-out, the gRPC stream), not a queue's. Updates without a stamp (the first snapshot,
-resyncs) are not counted.
+resyncs) are not counted; an update that several reports were coalesced into carries the
+stamp of the oldest of them, so it counts the longest wait among them.
 """
 
 from __future__ import annotations

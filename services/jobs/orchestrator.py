@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import nats.errors
@@ -73,17 +73,29 @@ class Applied:
 def coalesced(batch: tuple[Applied, ...]) -> list[tuple[str, list[jobs_pb2.JobUpdate]]]:
     """The snapshots a committed batch publishes, per job: every version when one report
     changed the job, only the latest when several did (DESIGN.md: "under load, changes may
-    be coalesced"); built only for what is published."""
+    be coalesced"); built only for what is published. A coalesced update carries the
+    publish time of the oldest report folded into it, so the live-progress latency counts
+    from there."""
     last: dict[str, int] = {}
     count: dict[str, int] = {}
+    oldest: dict[str, Timestamp] = {}
     for i, applied in enumerate(batch):
-        if applied.snapshots:
-            last[applied.job_id] = i
-            count[applied.job_id] = count.get(applied.job_id, 0) + 1
+        if not applied.snapshots:
+            continue
+        job_id, stamp = applied.job_id, applied.stamp
+        last[job_id] = i
+        count[job_id] = count.get(job_id, 0) + 1
+        if stamp is not None and stamp.seconds:
+            if job_id not in oldest or stamp.ToNanoseconds() < oldest[job_id].ToNanoseconds():
+                oldest[job_id] = stamp
     out = []
     for job_id, i in sorted(last.items(), key=lambda item: item[1]):
         snapshots = batch[i].snapshots
-        out.append((job_id, batch[i].updates(snapshots if count[job_id] == 1 else snapshots[-1:])))
+        if count[job_id] == 1:
+            out.append((job_id, batch[i].updates(snapshots)))
+            continue
+        latest = replace(batch[i], stamp=oldest.get(job_id))
+        out.append((job_id, latest.updates(snapshots[-1:])))
     return out
 
 

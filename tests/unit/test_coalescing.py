@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from services.jobs import machine as m
 from services.jobs.models import JobRow, transient, utcnow
 from services.jobs.orchestrator import Applied, coalesced
@@ -24,11 +26,11 @@ def job(job_id: str) -> JobRow:
     )  # fmt: skip
 
 
-def applied(row: JobRow, *versions: int) -> Applied:
+def applied(row: JobRow, *versions: int, stamp_s: int = 0) -> Applied:
     snapshots = [
         m.Snapshot(replace(m.JobState(), version=v, progress=v), f"v{v}") for v in versions
     ]
-    return Applied(job_id=row.id, job=row, snapshots=snapshots)
+    return Applied(job_id=row.id, job=row, snapshots=snapshots, stamp=Timestamp(seconds=stamp_s))
 
 
 def published(batch: list[Applied]) -> list[tuple[str, list[int]]]:
@@ -48,3 +50,11 @@ def test_several_reports_of_a_job_in_one_batch_publish_only_the_latest() -> None
     assert published(batch) == [("b", [5]), ("a", [4])]
     [(_, [update])] = coalesced((applied(a, 4),))
     assert update.message == "v4" and update.job.id == "a"
+
+
+def test_a_coalesced_update_counts_its_latency_from_the_oldest_report_in_it() -> None:
+    a = job("a")
+    [(_, [update])] = coalesced((applied(a, 2, stamp_s=100), applied(a, 3, stamp_s=105)))
+    assert update.job.version == 3 and update.report_published_at.seconds == 100
+    [(_, updates)] = coalesced((applied(a, 4, 5, stamp_s=110),))
+    assert [u.report_published_at.seconds for u in updates] == [110, 110]
