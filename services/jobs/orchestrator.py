@@ -119,7 +119,6 @@ class Orchestrator:
         fanout: Fanout,
     ) -> None:
         self._settings = settings
-        self._engine = engine
         self._nc = nc
         self._js = js
         self._fanout = fanout
@@ -195,8 +194,7 @@ class Orchestrator:
             .where(JOBS.c.status.in_(UNFINISHED), JOBS.c.updated_at < cutoff)
             .limit(100)
         )
-        async with self._engine.connect() as conn:
-            job_ids = list((await conn.scalars(query)).all())
+        job_ids = await self._writer.read(lambda conn: list(conn.scalars(query).all()))
 
         def change(job_id: str) -> Change:
             def run(unit: Unit) -> list[Applied]:

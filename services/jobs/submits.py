@@ -86,7 +86,8 @@ class Submits:
         while self._queue:
             # Requests reach their handler one by one (each takes gRPC a few passes of
             # the event loop), so without a moment's wait every batch would hold one.
-            await asyncio.sleep(COLLECT_S)
+            if len(self._queue) < SUBMIT_BATCH:
+                await asyncio.sleep(COLLECT_S)
             batch, self._queue = self._queue[:SUBMIT_BATCH], self._queue[SUBMIT_BATCH:]
             try:
                 await self._write_batch(batch)
