@@ -92,8 +92,10 @@ class Writer:
     statement takes microseconds there, while the async driver (aiosqlite) hops to its
     thread and back for each step, about a millisecond a statement with SQLAlchemy on top.
     SQLite also has one writer: an asyncio lock queues this process's write transactions
-    (so none of them waits in SQLite's busy handler, which sleeps in growing steps). On
-    PostgreSQL, through ``run_sync`` on the async engine, with no lock.
+    (so none of them waits in SQLite's busy handler, which sleeps in growing steps). The
+    price: while another process holds SQLite's write lock (a retention purge), the event
+    loop waits with the transaction. On PostgreSQL, through ``run_sync`` on the async
+    engine, with no lock.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
