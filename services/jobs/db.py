@@ -7,10 +7,8 @@ block the writer); PostgreSQL when DATABASE_URL says so.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,40 +89,28 @@ class Writer:
     On SQLite, directly on the event loop's thread, over the standard library driver: a
     statement takes microseconds there, while the async driver (aiosqlite) hops to its
     thread and back for each step, about a millisecond a statement with SQLAlchemy on top.
-    SQLite also has one writer: an asyncio lock queues this process's write transactions
-    (so none of them waits in SQLite's busy handler, which sleeps in growing steps). The
-    price: while another process holds SQLite's write lock (a retention purge), the event
-    loop waits with the transaction. On PostgreSQL, through ``run_sync`` on the async
-    engine, with no lock.
+    A transaction runs to its end without yielding, so this process's writes never meet in
+    SQLite's busy handler (which sleeps in growing steps). The price: while another
+    process holds SQLite's write lock (a retention purge), the event loop waits with the
+    transaction. On PostgreSQL, through ``run_sync`` on the async engine.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._lock: asyncio.Lock | None = None
         self._sync: Engine | None = None
         if engine.dialect.name == "sqlite":
-            self._lock = asyncio.Lock()
             self._sync = create_sync_engine(engine.url.set(drivername="sqlite"))
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "connect", _sqlite_explicit_transactions)
             event.listen(self._sync, "begin", _sqlite_begin_immediate)
 
-    @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        if self._lock is None:
-            yield
-            return
-        async with self._lock:
-            yield
-
     async def run(self, work: Callable[[Connection], T]) -> T:
         """``work`` in one transaction, committed when it returns, rolled back if it raises."""
-        async with self._turn():
-            if self._sync is not None:
-                with self._sync.begin() as conn:
-                    return work(conn)
-            async with self._engine.begin() as conn:
-                return await conn.run_sync(work)
+        if self._sync is not None:
+            with self._sync.begin() as conn:
+                return work(conn)
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(work)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """``work`` reading in a transaction of its own, outside the queue of writes (the

@@ -4,8 +4,8 @@ The replica that commits a change publishes the snapshot on ``prospect.updates.<
 (core NATS); each replica subscribes to all of them and hands each to the local queues of
 that job's watchers. On a connection without echo (the jobs service's), the replica hands
 its own snapshots to its watchers directly, saving them the round trip through the server.
-A slow watcher's queue drops its oldest entries, never the newest, so
-the terminal snapshot always gets through (DESIGN.md allows coalescing under load).
+A slow watcher's queue drops its oldest entries, never the newest, so the terminal
+snapshot always gets through (DESIGN.md allows coalescing under load).
 """
 
 from __future__ import annotations

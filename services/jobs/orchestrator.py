@@ -24,11 +24,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition
 from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs import store
@@ -113,7 +113,6 @@ class Orchestrator:
         self,
         settings: Settings,
         engine: AsyncEngine,
-        sessions: async_sessionmaker[AsyncSession],
         nc: NATS,
         js: JetStreamContext,
         fanout: Fanout,
@@ -123,7 +122,7 @@ class Orchestrator:
         self._js = js
         self._fanout = fanout
         self._writer = Writer(engine)
-        self.outbox = Outbox(sessions, js, self._writer)
+        self.outbox = Outbox(js, self._writer)
         self._submits = Submits(settings, self._writer, self.outbox)
 
     def close(self) -> None:
@@ -170,9 +169,7 @@ class Orchestrator:
         rows: list[JobRow] = []
 
         def change(unit: Unit) -> list[Applied]:
-            row = unit.job(job_id)
-            if row is None or row.user_id != user_id:
-                raise NotFound(f"job {job_id} not found")
+            row = store.owned(unit.job(job_id), user_id, job_id)
             state = state_of(row)
             if state.status.terminal:
                 raise FailedPrecondition(

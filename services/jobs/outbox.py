@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
-from typing import Any
 
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.jobs.db import Writer
-from services.jobs.models import OutboxRow, utcnow
+from services.jobs.models import OutboxRow, transient, utcnow
 from services.jobs.unit import OUTBOX
 
 log = logging.getLogger(__name__)
@@ -29,17 +27,16 @@ RELAY_BATCH = 500
 
 
 def outbox_row(msg_id: str, subject: str, message: Message) -> OutboxRow:
-    return OutboxRow(id=msg_id, subject=subject, payload=message.SerializeToString())
+    values = {"id": msg_id, "subject": subject, "payload": message.SerializeToString()}
+    return transient(OutboxRow, {**values, "created_at": utcnow()})
 
 
 class Outbox:
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
         js: JetStreamContext,
         writer: Writer,
     ) -> None:
-        self._sessions = sessions
         self._writer = writer
         self._js = js
         # Published, not yet deleted: deleted in batches by the relay loop, which saves a
@@ -87,14 +84,15 @@ class Outbox:
     async def relay_once(self) -> int:
         """Publish rows left behind by a crash or an earlier failure. Returns how many."""
         await self.forget_published()
-        async with self._sessions() as session:
-            query: Any = (
-                select(OutboxRow)
-                .where(OutboxRow.created_at < utcnow() - RELAY_MIN_AGE)
-                .order_by(OutboxRow.created_at)
-                .limit(RELAY_BATCH)
-            )
-            rows = list((await session.scalars(query)).all())
+        query = (
+            select(OUTBOX)
+            .where(OUTBOX.c.created_at < utcnow() - RELAY_MIN_AGE)
+            .order_by(OUTBOX.c.created_at)
+            .limit(RELAY_BATCH)
+        )
+        rows = await self._writer.read(
+            lambda conn: [transient(OutboxRow, row._mapping) for row in conn.execute(query)]
+        )
         if rows:
             log.info("outbox relay: re-publishing %d message(s)", len(rows))
             await self.publish(rows)

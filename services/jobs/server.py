@@ -97,7 +97,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, settings)
     fanout = Fanout(nc)
     await fanout.start()
-    orchestrator = Orchestrator(settings, engine, sessions, nc, js, fanout)
+    orchestrator = Orchestrator(settings, engine, nc, js, fanout)
     servicer = JobService(
         sessions,
         orchestrator,

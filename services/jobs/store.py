@@ -17,13 +17,19 @@ from services.jobs.validation import PageTokens
 _JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
 
 
+def owned(row: JobRow | None, user_id: str, job_id: str) -> JobRow:
+    """``row`` if it is ``user_id``'s job; NotFound otherwise (another user's job is
+    indistinguishable from a missing one)."""
+    if row is None or row.user_id != user_id:
+        raise NotFound(f"job {job_id} not found")
+    return row
+
+
 def job_of_user(conn: Connection, user_id: str, job_id: str) -> JobRow:
     """The job, read with a plain SELECT on a synchronous connection (every WatchJob starts
     here; see :meth:`services.jobs.db.Writer.read`)."""
     row = conn.execute(_JOB, {"job_id": job_id}).first()
-    if row is None or row.user_id != user_id:
-        raise NotFound(f"job {job_id} not found")
-    return transient(JobRow, row._mapping)
+    return owned(None if row is None else transient(JobRow, row._mapping), user_id, job_id)
 
 
 async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobRow:

@@ -17,7 +17,7 @@ cost a millisecond each), on PostgreSQL through ``run_sync`` over asyncpg.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 
@@ -27,12 +27,11 @@ from services.jobs.models import (
     CampaignRow,
     JobRow,
     LeadRow,
+    M,
     OutboxRow,
     transient,
     utcnow,
 )
-
-M = TypeVar("M", bound=Base)
 
 
 def _table(model: type[Base]) -> Table:
@@ -239,24 +238,16 @@ class Unit:
 
     def flush(self) -> None:
         """Write every change; :class:`Conflict` if a job changed under this unit."""
-        now = utcnow()
         conn = self._conn
         new_lead_ids = {lead.id for lead in self._new_leads}
         for table, rows in (
             (JOBS, self._new_jobs),
             (CAMPAIGNS, self._new_campaigns),
             (LEADS, self._new_leads),
+            (OUTBOX, self._outbox),
         ):
             if rows:
                 conn.execute(_INSERT[table], [_values(row, table) for row in rows])
-        if self._outbox:
-            conn.execute(
-                _INSERT[OUTBOX],
-                [
-                    {"id": r.id, "subject": r.subject, "payload": r.payload, "created_at": now}
-                    for r in self._outbox
-                ],
-            )
         if self._applied:
             conn.execute(_INSERT[APPLIED], self._applied)
         jobs = [
@@ -285,12 +276,11 @@ class Unit:
     def _update_jobs(self, params: list[dict[str, Any]]) -> None:
         """Each job's UPDATE guarded by the version it was loaded at; one executemany
         where the driver counts its rows (SQLite), one statement per job elsewhere."""
-        statement = _UPDATE_JOB
         if self._conn.dialect.supports_sane_multi_rowcount:
-            updated = (self._conn.execute(statement, params)).rowcount
+            updated = self._conn.execute(_UPDATE_JOB, params).rowcount
             if updated != len(params):
                 raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
             return
         for one in params:
-            if (self._conn.execute(statement, one)).rowcount != 1:
+            if self._conn.execute(_UPDATE_JOB, one).rowcount != 1:
                 raise Conflict(f"job {one['b_id']} changed under this transaction")

@@ -79,7 +79,7 @@ async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[H
             sessions,
             nc,
             js,
-            Orchestrator(settings, engine, sessions, nc, js, fanout),
+            Orchestrator(settings, engine, nc, js, fanout),
             PageTokens(b"test"),
         )
     finally:
