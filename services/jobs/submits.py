@@ -1,9 +1,9 @@
 """SubmitCampaign's write: group commit.
 
 Each submit is one small transaction (the idempotency lookup, the per-user limit, three
-inserts), and with SQLite every write waits its turn at the one write lock. So submits
-queue here, a batch waits a millisecond for company, and one transaction takes them all:
-one lock turn and one commit for the lot, with the same checks per submit. The caller is
+inserts), and a transaction's fixed cost (begin, statements, commit) outweighs its rows.
+So submits queue here, a batch waits a millisecond for company, and one transaction takes
+them all, with the same checks per submit. The caller is
 answered once its job is committed; the discovery task is published right after, without
 the caller waiting on JetStream (the row in the outbox makes it certain to go).
 """
