@@ -8,6 +8,7 @@ block the writer); PostgreSQL when DATABASE_URL says so.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,8 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from services.jobs.checkpoints import INTERVAL_S, Checkpointer
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -26,6 +29,7 @@ T = TypeVar("T")
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any fixed number: serializes migrations of jobs replicas starting together on PostgreSQL.
 _MIGRATION_LOCK_ID = 0x70726F73
+WAL_SIZE_LIMIT = 32 * 1024 * 1024
 
 
 def normalize_url(url: str) -> str:
@@ -71,6 +75,13 @@ def _sqlite_explicit_transactions(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # the driver's own BEGIN handling off: see below
 
 
+def _sqlite_no_checkpoints(dbapi_conn: Any, _record: Any) -> None:
+    # Checkpoints run on a thread of their own (services.jobs.checkpoints), not in a commit.
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
+    # When the log starts over, what it grew to past this is given back to the disk.
+    dbapi_conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+
+
 _READ_ONLY = "prospect_read_only"
 
 
@@ -92,22 +103,31 @@ class Writer:
     A transaction runs to its end without yielding, so this process's writes never meet in
     SQLite's busy handler (which sleeps in growing steps). The price: while another
     process holds SQLite's write lock (a retention purge), the event loop waits with the
-    transaction. On PostgreSQL, through ``run_sync`` on the async engine.
+    transaction. Its commits leave WAL checkpoints to a thread of its own. On PostgreSQL,
+    through ``run_sync`` on the async engine.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, checkpoint_interval_s: float = INTERVAL_S) -> None:
         self._engine = engine
         self._sync: Engine | None = None
+        self.checkpointer: Checkpointer | None = None  # on a SQLite file
+        # Held by each SQLite write transaction; the checkpointer takes it to catch up.
+        self._gate = threading.Lock()
         if engine.dialect.name == "sqlite":
             self._sync = create_sync_engine(engine.url.set(drivername="sqlite"))
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "connect", _sqlite_explicit_transactions)
             event.listen(self._sync, "begin", _sqlite_begin_immediate)
+            path = engine.url.database
+            if path and path != ":memory:":
+                event.listen(self._sync, "connect", _sqlite_no_checkpoints)
+                self.checkpointer = Checkpointer(path, self._gate, checkpoint_interval_s)
+                self.checkpointer.start()
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """``work`` in one transaction, committed when it returns, rolled back if it raises."""
         if self._sync is not None:
-            with self._sync.begin() as conn:
+            with self._gate, self._sync.begin() as conn:
                 return work(conn)
         async with self._engine.begin() as conn:
             return await conn.run_sync(work)
@@ -123,6 +143,9 @@ class Writer:
             return await conn.run_sync(work)
 
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         if self._sync is not None:
             self._sync.dispose()
 
