@@ -52,6 +52,7 @@ class Checkpointer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.rounds = 0  # checkpoints run so far
+        self._last: Checkpoint | None = None  # the log as the last round left it
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
@@ -66,6 +67,8 @@ class Checkpointer:
     def checkpoint(self, conn: sqlite3.Connection) -> Checkpoint:
         """Copy the whole log back, so that the next write starts it over."""
         result = _passive(conn)
+        if result == self._last:
+            return result  # nothing written since the last round: leave the writes be
         # Beside the writes while they keep adding much (each pass has only what came in
         # during the one before to copy), then the rest with them held off.
         for _ in range(UNGATED_PASSES):
@@ -78,7 +81,8 @@ class Checkpointer:
         if result.busy or result.log_frames == 0:
             return result
         with self._gate:
-            return _passive(conn)
+            self._last = _passive(conn)
+        return self._last
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None)

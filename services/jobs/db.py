@@ -103,7 +103,8 @@ class Writer:
     A transaction runs to its end without yielding, so this process's writes never meet in
     SQLite's busy handler (which sleeps in growing steps). The price: while another
     process holds SQLite's write lock (a retention purge), the event loop waits with the
-    transaction. Its commits leave WAL checkpoints to a thread of its own. On PostgreSQL,
+    transaction. Its commits leave WAL checkpoints to a thread of its own, which holds
+    them off for a moment each round (:mod:`services.jobs.checkpoints`). On PostgreSQL,
     through ``run_sync`` on the async engine.
     """
 

@@ -3,6 +3,7 @@ event loop, and the log still starts over under steady writes (a real SQLite fil
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.jobs import db
-from services.jobs.checkpoints import Checkpoint
+from services.jobs.checkpoints import Checkpoint, Checkpointer
 
 # Each row overflows its 4 KiB page, so every commit adds at least one page to the log.
 _INSERT = text("INSERT INTO t (x) VALUES (randomblob(5000))")
@@ -81,6 +82,28 @@ async def test_the_log_starts_over_while_writes_go_on(
     assert checkpointer.rounds >= 3
     # Every commit added a page or more: a log that never started over would hold them all.
     assert log.log_frames < commits
+
+
+async def test_a_round_with_nothing_new_leaves_the_writes_alone(
+    database: tuple[Path, AsyncEngine],
+) -> None:
+    """Idle, a round does not take the writers' gate (it would hold up a write for
+    nothing every half second)."""
+    path, engine = database
+    writer = db.Writer(engine, checkpoint_interval_s=3600)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await writer.run(lambda conn: conn.execute(text("CREATE TABLE t (x BLOB)")))
+        await writer.run(_insert)
+        gate = threading.Lock()
+        checkpointer = Checkpointer(str(path), gate)
+        first = checkpointer.checkpoint(conn)
+        with gate:  # held: a round that wanted it would wait for good
+            again = await asyncio.wait_for(asyncio.to_thread(checkpointer.checkpoint, conn), 30)
+    finally:
+        conn.close()
+        writer.dispose()
+    assert first.log_frames > 0 and again == first
 
 
 async def test_dispose_stops_the_checkpoint_thread(
