@@ -73,16 +73,11 @@ async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[H
     await bus.ensure_topology(js, settings)
     fanout = Fanout(nc)
     await fanout.start()
+    orchestrator = Orchestrator(settings, engine, nc, js, fanout)
     try:
-        yield Harness(
-            engine,
-            sessions,
-            nc,
-            js,
-            Orchestrator(settings, engine, nc, js, fanout),
-            PageTokens(b"test"),
-        )
+        yield Harness(engine, sessions, nc, js, orchestrator, PageTokens(b"test"))
     finally:
+        orchestrator.close()  # its writer's connections, and their checkpoint thread
         await fanout.stop()
         await nc.close()
         await engine.dispose()
