@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from services.jobs.checkpoints import INTERVAL_S, Checkpointer
@@ -51,13 +51,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_file(url: URL) -> str | None:
+    """The database file of a SQLite URL (None in memory)."""
+    path = url.database
+    return path if path and path != ":memory:" else None
+
+
 def create_engine(url: str) -> AsyncEngine:
     url = normalize_url(url)
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if path := _sqlite_file(parsed):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -119,8 +125,7 @@ class Writer:
             event.listen(self._sync, "connect", _sqlite_pragmas)
             event.listen(self._sync, "connect", _sqlite_explicit_transactions)
             event.listen(self._sync, "begin", _sqlite_begin_immediate)
-            path = engine.url.database
-            if path and path != ":memory:":
+            if path := _sqlite_file(engine.url):
                 event.listen(self._sync, "connect", _sqlite_no_checkpoints)
                 self.checkpointer = Checkpointer(path, self._gate, checkpoint_interval_s)
                 self.checkpointer.start()

@@ -37,8 +37,9 @@ from services.jobs.db import Writer
 from services.jobs.events import add_costs, event_of
 from services.jobs.fanout import Fanout
 from services.jobs.models import JobRow, LeadRow, OutboxRow, transient, utcnow
-from services.jobs.outbox import Outbox, outbox_row
-from services.jobs.submits import Submits, discovery_task_row, new_id
+from services.jobs.outbox import Outbox
+from services.jobs.submits import Submits
+from services.jobs.tasks import discovery_task_row, enrichment_task_row, new_id
 from services.jobs.unit import JOBS, UNFINISHED, Conflict, Unit
 
 log = logging.getLogger(__name__)
@@ -350,7 +351,7 @@ class Orchestrator:
                 rows = []
                 for lead in pending[:count]:
                     lead.state = "dispatched"
-                    rows.append(self._enrichment_task(job, lead, allowance, state.attempts))
+                    rows.append(enrichment_task_row(job, lead, allowance, state.attempts))
                 return rows
             case m.SkipPendingLeads():
                 for lead in unit.leads_of(job.id):
@@ -369,35 +370,13 @@ class Orchestrator:
             case m.RedispatchLeads():
                 allowance = state.metrics.lead_price_micros if state.budget_micros else 0
                 return [
-                    self._enrichment_task(job, lead, allowance, state.attempts)
+                    enrichment_task_row(job, lead, allowance, state.attempts)
                     for lead in unit.leads_of(job.id)
                     if lead.state == "dispatched"
                 ]
             case m.StopWork():
                 pass  # after commit: see _after_commit
         return []
-
-    @staticmethod
-    def _enrichment_task(
-        job: JobRow, lead: LeadRow, allowance_micros: int, attempt: int
-    ) -> OutboxRow:
-        task = work_pb2.EnrichmentTask(
-            job_id=job.id,
-            campaign_id=job.campaign_id,
-            lead_id=lead.id,
-            place=work_pb2.Place(
-                place_id=lead.place_id,
-                name=lead.business_name,
-                address=lead.address,
-                phone=lead.phone,
-                website=lead.website,
-                confidence_score=lead.confidence_score,
-            ),
-            verify_emails=bool(job.config.get("verify_emails", False)),
-            attempt=attempt,
-            budget_micros=allowance_micros,
-        )
-        return outbox_row(f"enrichment.{lead.id}.{attempt}", bus.ENRICHMENT_SUBJECT, task)
 
     async def _after_commit(self, *batch: Applied) -> None:
         """Publish what committed transactions caused: stop notices, the snapshots, then

@@ -5,16 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, or_, select
+from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.errors import NotFound
 from services.jobs.machine import Status
-from services.jobs.models import JobRow, LeadRow, transient
-from services.jobs.unit import JOBS
+from services.jobs.models import JobRow, LeadRow
+from services.jobs.unit import Unit
 from services.jobs.validation import PageTokens
-
-_JOB = select(JOBS).where(JOBS.c.id == bindparam("job_id"))
 
 
 def owned(row: JobRow | None, user_id: str, job_id: str) -> JobRow:
@@ -26,10 +24,9 @@ def owned(row: JobRow | None, user_id: str, job_id: str) -> JobRow:
 
 
 def job_of_user(conn: Connection, user_id: str, job_id: str) -> JobRow:
-    """The job, read with a plain SELECT on a synchronous connection (every WatchJob starts
-    here; see :meth:`services.jobs.db.Writer.read`)."""
-    row = conn.execute(_JOB, {"job_id": job_id}).first()
-    return owned(None if row is None else transient(JobRow, row._mapping), user_id, job_id)
+    """The job, loaded as a write transaction loads it, on a synchronous connection (every
+    WatchJob starts here; see :meth:`services.jobs.db.Writer.read`)."""
+    return owned(Unit(conn).job(job_id), user_id, job_id)
 
 
 async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobRow:

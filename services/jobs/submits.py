@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from prospect.v1 import jobs_pb2, work_pb2
-from services.common import bus
+from prospect.v1 import jobs_pb2
 from services.common.errors import ResourceExhausted
 from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs.convert import config_to_json
 from services.jobs.db import Writer
 from services.jobs.models import CampaignRow, JobRow, OutboxRow, transient, utcnow
-from services.jobs.outbox import Outbox, outbox_row
+from services.jobs.outbox import Outbox
+from services.jobs.tasks import discovery_task_row, new_id
 from services.jobs.unit import Unit
 
 log = logging.getLogger(__name__)
@@ -38,20 +37,6 @@ SUBMIT_BATCH = 64
 COLLECT_S = 0.001
 # A batch that collides with another replica on an idempotency key is read again this often.
 KEY_RACE_RETRIES = 3
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def discovery_task_row(job: JobRow, attempt: int) -> OutboxRow:
-    task = work_pb2.DiscoveryTask(
-        job_id=job.id,
-        campaign_id=job.campaign_id,
-        config=jobs_pb2.CampaignConfig(**job.config),
-        attempt=attempt,
-    )
-    return outbox_row(f"discovery.{job.id}.{attempt}", bus.DISCOVERY_SUBJECT, task)
 
 
 @dataclass
