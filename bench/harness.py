@@ -17,12 +17,13 @@ from bench.config import BenchConfig, log
 from bench.procstat import Sampler
 from services.cli.stack import Stack, wait_all_ready
 from services.common import bus
+from services.common.settings import Settings
 
 READY_TIMEOUT_S = 60.0
 _QUEUES = (
     (bus.WORK_STREAM, bus.DISCOVERY_CONSUMER),
     (bus.WORK_STREAM, bus.ENRICHMENT_CONSUMER),
-    (bus.EVENTS_STREAM, bus.JOBS_CONSUMER),
+    *((bus.EVENTS_STREAM, name) for name in bus.report_consumers(Settings().report_partitions)),
 )
 
 WorkerSpec = tuple[str, str, Mapping[str, str]]  # (service name, label, settings)

@@ -132,10 +132,11 @@ async def watch_until_done(
     """Watch ``job_id`` until its terminal snapshot, which is returned.
 
     ``on_update`` sees each update whose version is above every version seen before.
-    UNAVAILABLE, a broken stream or a stream that ends early reopens the watch with
-    ``after_version`` = the last version seen, after a backoff doubling from
-    ``first_backoff`` to ``max_backoff``. Other errors (NOT_FOUND, ...) are raised as they
-    are; :class:`WatchError` after ``retry_for`` seconds without a successful reconnect.
+    UNAVAILABLE (what a jobs replica shutting down ends its streams with), a broken stream
+    or a stream that ends early reopens the watch with ``after_version`` = the last version
+    seen, after a backoff doubling from ``first_backoff`` to ``max_backoff``. Other errors
+    (NOT_FOUND, ...) are raised as they are; :class:`WatchError` after ``retry_for``
+    seconds without a successful reconnect.
     """
     last_version = after_version
     backoff = first_backoff
@@ -159,8 +160,9 @@ async def watch_until_done(
             async for update in call:
                 if accept(update):
                     return update.job
-            # Ended without the terminal snapshot: a server shutting down, or a job that was
-            # already final at or below after_version. GetJob tells the two apart.
+            # Ended OK without the terminal snapshot: a job already final at or below
+            # after_version, or a server from before shutdowns ended streams UNAVAILABLE
+            # (which the except below resumes). GetJob tells the two apart.
             job = await stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
             if is_terminal(job.status):
                 if job.version > last_version:

@@ -28,7 +28,9 @@ from services.jobs.auth import mint_token
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 RPC_TIMEOUT = 30.0
-STATUS_CHOICES = ("pending", "processing", "completed", "failed", "cancelled")
+STATUS_CHOICES = (
+    "pending", "processing", "cancelling", "failing", "completed", "failed", "cancelled",
+)  # fmt: skip
 
 Command = Callable[[jobs_pb2_grpc.JobServiceStub, argparse.Namespace], Awaitable[int]]
 

@@ -57,7 +57,9 @@ def metrics_text(m: jobs_pb2.JobMetrics) -> str:
 def progress_line(update: jobs_pb2.JobUpdate, width: int = BAR_WIDTH) -> str:
     """One line for one update: bar, percent, stage (or final status), metrics, message."""
     job = update.job
-    phase = status_name(job.status) if is_terminal(job.status) else stage_name(job.stage)
+    stopping = job.status in (jobs_pb2.JOB_STATUS_CANCELLING, jobs_pb2.JOB_STATUS_FAILING)
+    shown = is_terminal(job.status) or stopping
+    phase = status_name(job.status) if shown else stage_name(job.stage)
     line = (
         f"{progress_bar(job.progress, width)} {job.progress:3d}%  {phase:<10} "
         f"{metrics_text(job.metrics)}"

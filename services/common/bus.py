@@ -1,12 +1,14 @@
 """NATS wiring shared by every service: connection, the JetStream topology, subjects.
 
-The topology (streams, durable consumers, the cancellation bucket) is declared here once,
-in code, and created idempotently by every process at start-up, so whichever starts first
-makes it and a changed setting is applied by an update (DESIGN.md, "NATS").
+The topology (streams, durable consumers, the cancellation and allowance buckets) is
+declared here once, in code, and created idempotently by every process at start-up, so
+whichever starts first makes it and a changed setting is applied by an update (DESIGN.md,
+"NATS").
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import nats
@@ -22,8 +24,9 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
-from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from services.common.settings import Settings
@@ -33,23 +36,54 @@ log = logging.getLogger(__name__)
 WORK_STREAM = "PROSPECT_WORK"
 EVENTS_STREAM = "PROSPECT_EVENTS"
 CANCEL_BUCKET = "PROSPECT_CANCELLED"
+# What each task has spent or reserved of its budget (services/common/allowance.py).
+ALLOWANCE_BUCKET = "PROSPECT_ALLOWANCES"
 
 DISCOVERY_SUBJECT = "prospect.work.discovery"
 ENRICHMENT_SUBJECT = "prospect.work.enrichment"
 DISCOVERY_CONSUMER = "discovery"
 ENRICHMENT_CONSUMER = "enrichment"
-JOBS_CONSUMER = "jobs"
+# The jobs service's consumers of the events stream: one per partition (see
+# services/jobs/partitions.py), and one draining reports stored before the stream had
+# partitions. The single shared consumer of earlier versions is removed at start-up.
+REPORTS_CONSUMER_PREFIX = "jobs-p"
+LEGACY_REPORTS_CONSUMER = "jobs-legacy"
+SHARED_REPORTS_CONSUMER = "jobs"
 CANCEL_SUBJECT = "prospect.control.cancel"
 
 # JetStream drops a publish whose Nats-Msg-Id it saw within this window: long enough to
 # cover an outbox re-publish after a crash and restart.
 DUPLICATE_WINDOW_S = 600.0
 CANCEL_TTL_S = 7 * 24 * 3600.0
+# A spend ledger outlives every redelivery and retry of the task it bounds.
+ALLOWANCE_TTL_S = 7 * 24 * 3600.0
 
 
 def events_subject(job_id: str) -> str:
-    """Subject of the worker reports about one job."""
+    """Subject a worker publishes its reports about one job on. The events stream stores
+    them under ``prospect.events.<partition>.<job_id>`` (a subject transform)."""
     return f"prospect.events.{job_id}"
+
+
+def report_consumer(partition: int) -> str:
+    """The durable consumer of one partition of the events stream."""
+    return f"{REPORTS_CONSUMER_PREFIX}{partition}"
+
+
+def report_consumers(partitions: int) -> list[str]:
+    """Every consumer of the events stream: one per partition, and the legacy one."""
+    return [*(report_consumer(p) for p in range(partitions)), LEGACY_REPORTS_CONSUMER]
+
+
+def job_of_report_subject(subject: str) -> str | None:
+    """The job id a stored report's subject names: ``prospect.events.<partition>.<job>``,
+    or ``prospect.events.<job>`` for one stored before partitions; None otherwise."""
+    tokens = subject.split(".")
+    if tokens[:2] != ["prospect", "events"] or len(tokens) not in (3, 4):
+        return None
+    if len(tokens) == 4 and not tokens[2].isdigit():
+        return None
+    return tokens[-1]
 
 
 def updates_subject(job_id: str) -> str:
@@ -95,6 +129,13 @@ async def connect(settings: Settings, name: str, *, no_echo: bool = False) -> NA
     )
 
 
+def _events_transform(partitions: int) -> SubjectTransform:
+    """``prospect.events.<job>`` stored as ``prospect.events.<partition>.<job>``: the server
+    hashes the job id, so one job's reports always land in one partition."""
+    dest = f"prospect.events.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"
+    return SubjectTransform(src="prospect.events.*", dest=dest)
+
+
 def _stream_configs(settings: Settings) -> list[StreamConfig]:
     common = dict(
         retention=RetentionPolicy.WORK_QUEUE,
@@ -105,7 +146,12 @@ def _stream_configs(settings: Settings) -> list[StreamConfig]:
     )
     return [
         StreamConfig(name=WORK_STREAM, subjects=["prospect.work.>"], **common),  # type: ignore[arg-type]
-        StreamConfig(name=EVENTS_STREAM, subjects=["prospect.events.>"], **common),  # type: ignore[arg-type]
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=["prospect.events.>"],
+            subject_transform=_events_transform(settings.report_partitions),
+            **common,  # type: ignore[arg-type]
+        ),
     ]
 
 
@@ -124,34 +170,52 @@ def _consumer_configs(settings: Settings) -> list[tuple[str, ConsumerConfig]]:
     return [
         (WORK_STREAM, durable(DISCOVERY_CONSUMER, DISCOVERY_SUBJECT, 1000)),
         (WORK_STREAM, durable(ENRICHMENT_CONSUMER, ENRICHMENT_SUBJECT, 10000)),
-        (EVENTS_STREAM, durable(JOBS_CONSUMER, "prospect.events.>", 10000)),
+        *(
+            (EVENTS_STREAM, durable(report_consumer(p), f"prospect.events.{p}.*", 10000))
+            for p in range(settings.report_partitions)
+        ),
+        (EVENTS_STREAM, durable(LEGACY_REPORTS_CONSUMER, "prospect.events.*", 1000)),
     ]
 
 
 async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update the streams, consumers and cancellation bucket. Idempotent."""
+    """Create or update the streams, consumers and key-value buckets. Idempotent."""
     for config in _stream_configs(settings):
         try:
             await js.add_stream(config)
         except BadRequestError:
             # Exists with other settings (e.g. replicas changed): bring it in line.
             await js.update_stream(config)
+    # The shared consumer of earlier versions reads every partition: a work-queue stream
+    # takes no consumer beside it. What it had not acked goes to the legacy consumer.
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(EVENTS_STREAM, SHARED_REPORTS_CONSUMER)
     for stream, consumer in _consumer_configs(settings):
         await js.add_consumer(stream, consumer)
-    await js.create_key_value(
-        KeyValueConfig(
-            bucket=CANCEL_BUCKET,
-            ttl=CANCEL_TTL_S,
-            history=1,
-            replicas=settings.stream_replicas,
-            storage=StorageType.FILE,
+    for bucket, ttl in ((CANCEL_BUCKET, CANCEL_TTL_S), (ALLOWANCE_BUCKET, ALLOWANCE_TTL_S)):
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket,
+                ttl=ttl,
+                history=1,
+                replicas=settings.stream_replicas,
+                storage=StorageType.FILE,
+            )
         )
-    )
 
 
 async def publish_proto(js: JetStreamContext, subject: str, message: Message, msg_id: str) -> None:
     """Publish a protobuf message to JetStream, de-duplicated by ``msg_id``."""
     await js.publish(subject, message.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
+
+
+async def publish_proto_no_ack(nc: NATS, subject: str, message: Message, msg_id: str) -> None:
+    """Publish a protobuf message on a subject a stream captures, without waiting for the
+    stream's ack: no round trip, so nothing learns whether it was stored (the stream stores
+    it, de-duplicated by ``msg_id``, when it arrives). Only for a message whose loss
+    something else makes good. Raises ``nats.errors.Error`` when the client cannot take it
+    (closed, or its reconnect buffer full)."""
+    await nc.publish(subject, message.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
 
 
 class CancelRegistry:

@@ -37,6 +37,17 @@ class ResourceExhausted(ProspectError):
     """A per-user limit is reached."""
 
 
+class AlreadyExists(ProspectError):
+    """What the request would create exists already, made by a request that differs from
+    this one (an idempotency key reused with another config): the caller needs a new key,
+    not a retry."""
+
+
+class Unavailable(ProspectError):
+    """This process cannot serve the request any more (it is shutting down); the same
+    request to another replica, or later, succeeds. The message says how to resume."""
+
+
 class ProviderError(ProspectError):
     """A provider call failed. ``retryable`` decides nak-with-delay versus fail fast."""
 

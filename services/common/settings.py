@@ -7,6 +7,7 @@ an explicit mapping instead of mutating the process environment.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -30,13 +31,14 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "job_max_attempts", "max_deliver", "sandbox_max_places", "provider_max_attempts",
             "rate_limit_google_places_burst", "rate_limit_hunter_burst",
             "rate_limit_neverbounce_burst", "max_active_jobs_per_user", "max_watches_per_user",
+            "report_partitions",
         ),
         lambda v: v >= 1,
         "be at least 1",
     ),
     (
         (
-            "ack_wait_s", "outbox_poll_s", "shutdown_grace_s", "stall_timeout_s",
+            "ack_wait_s", "outbox_poll_s", "shutdown_grace_s", "stall_timeout_s", "stop_timeout_s",
             "rate_limit_google_places_rps", "rate_limit_hunter_rps", "rate_limit_neverbounce_rps",
             "provider_timeout_s", "retention_days",
         ),
@@ -89,6 +91,12 @@ class Settings:
     outbox_poll_s: float = 1.0
     # An unfinished job with no change for this long is retried (or failed, out of attempts).
     stall_timeout_s: float = 600.0
+    # A cancelled or failing job waits at most this long for its work under way to report
+    # (CANCELLING, FAILING) before it is final; more than ACK_WAIT_S plus a provider call.
+    stop_timeout_s: float = 60.0
+    # Partitions of the events stream, each applied by one jobs replica at a time: at most
+    # this many replicas share the reports (see docs/design.md, "The report path").
+    report_partitions: int = 8
     retention_days: float = 90.0  # finished jobs older than this are deleted by retention
     # Workers
     discovery_concurrency: int = 4  # discovery tasks in flight per worker
@@ -132,8 +140,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: the process environment).
 
-        Each field reads the upper-cased field name; a value that does not parse is a
-        :class:`ConfigError` naming the variable.
+        Each field reads the upper-cased field name; a value that does not parse, or breaks
+        a rule of :meth:`validate`, is a :class:`ConfigError` naming the variable.
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -157,6 +165,14 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first variable that breaks its rule: every
+        float finite (``float()`` takes ``nan``, ``inf`` and ``1e999``, which would poison
+        prices and timeouts alike), numbers within their bounds, prices and sandbox costs
+        not negative, and the auth, TLS and address settings consistent."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name.upper()} must be a finite number")
         if self.stream_replicas not in (1, 3, 5):
             raise ConfigError("STREAM_REPLICAS must be 1, 3 or 5")
         for names, ok, rule in _BOUNDS:

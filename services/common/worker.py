@@ -1,5 +1,6 @@
-"""What both workers share: the pull loop over a durable consumer, heartbeats, reporting,
-and the process start-up around them.
+"""What both workers share: running tasks off a durable consumer (the one pull loop of
+services.common.pull), heartbeats, reporting, metering and allowances, and the process
+start-up around them.
 
 Each message's fate is explicit (nats.py style): the handler acks after its report is
 published, naks with a delay to retry, or terms a message that can never succeed. While a
@@ -18,24 +19,28 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import nats.errors
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from prospect.v1 import work_pb2
 from services.common import bus, heap
+from services.common.allowance import Allowance
 from services.common.health import HealthServer
 from services.common.logs import lifecycle, setup_logging
 from services.common.providers import Charge, Providers, open_providers
-from services.common.providers.metering import Meter, current_meter
+from services.common.providers.metering import Meter, charge_proto, current_meter
+from services.common.pull import pull_batches
 from services.common.settings import Settings
 from services.common.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
-T = TypeVar("T", bound=Message)
+T = TypeVar("T", work_pb2.DiscoveryTask, work_pb2.EnrichmentTask)
 
 
 def retry_delay(delivery: int, base: float = 1.0, cap: float = 30.0) -> float:
@@ -44,17 +49,21 @@ def retry_delay(delivery: int, base: float = 1.0, cap: float = 30.0) -> float:
 
 
 def charges_proto(charges: list[Charge]) -> list[work_pb2.Charge]:
-    return [
-        work_pb2.Charge(provider=c.provider, operation=c.operation, cost_usd=c.cost_usd)
-        for c in charges
-    ]
+    return [charge_proto(c) for c in charges]
+
+
+def stamp(report: work_pb2.WorkerReport) -> work_pb2.WorkerReport:
+    """Set ``report.published_at`` to now; returns the report."""
+    now = Timestamp()
+    now.FromNanoseconds(time.time_ns())
+    report.published_at.CopyFrom(now)
+    return report
 
 
 async def publish_report(js: JetStreamContext, report: work_pb2.WorkerReport) -> None:
-    """Stamp and publish a report; its report_id is the Nats-Msg-Id."""
-    stamp = Timestamp()
-    stamp.FromNanoseconds(time.time_ns())
-    report.published_at.CopyFrom(stamp)
+    """Stamp and publish a report, waiting for the events stream's ack; its report_id is
+    the Nats-Msg-Id."""
+    stamp(report)
     await bus.publish_proto(js, bus.events_subject(report.job_id), report, report.report_id)
 
 
@@ -62,33 +71,37 @@ def add_charges(report: work_pb2.WorkerReport, meter: Meter, charges: list[Charg
     """Put on ``report`` what it must carry for ``charges`` (see Meter.reportable)."""
     reportable, intents = meter.reportable(charges)
     report.charges.extend(charges_proto(reportable))
-    report.intents.extend(
-        work_pb2.Intent(report_id=report_id, charge=charges_proto([charge])[0])
-        for report_id, charge in intents
-    )
+    report.intents.extend(intents)
 
 
 def start_meter(
-    js: JetStreamContext,
+    nc: NATS,
     cancels: bus.CancelRegistry,
     job_id: str,
     report_prefix: str,
+    attempt: int,
     lead_id: str = "",
 ) -> Meter:
-    """A meter for the running task: each paid call's intent is published as a report of
-    its own (``<report_prefix>.call<n>``) before the call is made, and no call is made once
-    the job is cancelled or failed."""
+    """A meter for the running task: each paid request's intent is a report of its own
+    (``<report_prefix>.call<n>``), published at the request's slot without waiting for an
+    ack, and no request leaves once the job is cancelled or failed."""
     numbers = itertools.count(1)
+    subject = bus.events_subject(job_id)
 
     async def publish_intent(charge: Charge) -> str:
         note = f"{charge.provider} {charge.operation} under way"
         report = work_pb2.WorkerReport(
             report_id=f"{report_prefix}.call{next(numbers)}",
             job_id=job_id,
+            attempt=attempt,
             charges=charges_proto([charge]),
             charges_only=work_pb2.ChargesOnly(note=note, lead_id=lead_id),
         )
-        await publish_report(js, report)
+        try:
+            await bus.publish_proto_no_ack(nc, subject, stamp(report), report.report_id)
+        except nats.errors.Error as exc:
+            # The copy on the task's next report puts the request on the books.
+            log.warning("intent %s not published: %r", report.report_id, exc)
         return report.report_id
 
     meter = Meter(publish_intent, stopped=lambda: cancels.is_cancelled(job_id))
@@ -117,33 +130,32 @@ class TaskRunner:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event, grace: float) -> None:
-        psub = await self._js.pull_subscribe_bind(self._consumer, self._stream)
+        """Pull and run tasks until ``stop``; then give those in flight ``grace`` seconds
+        and cancel the rest (each is handed back with a nak)."""
         stopping = asyncio.ensure_future(stop.wait())
-        while not stop.is_set():
-            free = self._concurrency - len(self._tasks)
-            if free <= 0:
-                # Every slot busy: wait for one to free up, or for SIGTERM.
-                await asyncio.wait({*self._tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                msgs = await psub.fetch(free, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue  # idle, not an error
-            except Exception as exc:  # disconnected: the client reconnects by itself
-                log.warning("fetch from %s failed: %r", self._consumer, exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                task = asyncio.create_task(self._run_one(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        stopping.cancel()
+        batches = pull_batches(self._js, self._stream, self._consumer, stop, self._free)
+        try:
+            async for msgs in batches:
+                for msg in msgs:
+                    task = asyncio.create_task(self._run_one(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                # Every slot busy: no fetch until one frees up, or SIGTERM.
+                while self._free() <= 0 and not stop.is_set():
+                    busy = {*self._tasks, stopping}
+                    await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
         # Shutdown: no new fetches; give in-flight tasks the grace period.
         if self._tasks:
             log.info("waiting for %d in-flight task(s)", len(self._tasks))
             _, pending = await asyncio.wait(self._tasks, timeout=grace)
             for task in pending:
                 task.cancel()
+
+    def _free(self) -> int:
+        """Tasks that may start now."""
+        return self._concurrency - len(self._tasks)
 
     async def _run_one(self, msg: Msg) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(msg))
@@ -171,20 +183,26 @@ class TaskRunner:
 class TaskWorker(Generic[T]):
     """Base of the two workers: what a worker needs, where its tasks come from, and what
     happens to every task before the work: undecodable ones are termed, those of a
-    cancelled job acked and dropped."""
+    cancelled (or failed) job reported stopped, acked and dropped.
+
+    Every report a worker publishes says the task's attempt; its id is deterministic per
+    task delivery (from :meth:`delivery_id`), so the jobs service applies it once."""
 
     name: str  # "discovery" or "enrichment"
     consumer: str  # the durable consumer on the work stream
     task_type: type[T]
+    _allowances: KeyValue  # the spend ledgers (opened by start)
 
     def __init__(
         self,
         settings: Settings,
+        nc: NATS,
         js: JetStreamContext,
         cancels: bus.CancelRegistry,
         providers: Providers,
     ) -> None:
         self._settings = settings
+        self._nc = nc
         self._js = js
         self._cancels = cancels
         self._providers = providers
@@ -194,8 +212,22 @@ class TaskWorker(Generic[T]):
         """Tasks this worker runs at once."""
         raise NotImplementedError
 
+    def delivery_id(self, task: T, delivery: int) -> str:
+        """The prefix of every report id of the ``delivery``-th delivery of ``task``."""
+        raise NotImplementedError
+
+    def lead_of(self, task: T) -> str:
+        """The lead ``task`` is about, "" when none (discovery)."""
+        return ""
+
+    def provider_names(self) -> dict[str, str]:
+        """Capability -> provider name, for the worker's reports."""
+        raise NotImplementedError
+
     async def start(self) -> None:
-        """Open what the worker needs beyond the constructor's (before the first task)."""
+        """Open what the worker needs beyond the constructor's (before the first task);
+        an override calls this first."""
+        self._allowances = await self._js.key_value(bus.ALLOWANCE_BUCKET)
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -204,14 +236,41 @@ class TaskWorker(Generic[T]):
             log.error("undecodable %s task dropped", self.name)
             await msg.term()
             return
-        if await self._cancels.refresh(task.job_id):  # type: ignore[attr-defined]
-            await msg.ack()  # queued task of a cancelled job: drop it
+        if await self._cancels.refresh(task.job_id):
+            # Queued task of a stopped job: say so (the job waits for every task's word
+            # before it ends), then drop it.
+            report_id = f"{self.delivery_id(task, msg.metadata.num_delivered)}.stopped"
+            report = self.new_report(task, report_id)
+            note = f"{self.name} task dropped: the job is stopped"
+            stopped = work_pb2.TaskStopped(lead_id=self.lead_of(task), note=note)
+            report.task_stopped.CopyFrom(stopped)
+            await publish_report(self._js, report)
+            await msg.ack()
             return
         await self.run(task, msg)
 
     async def run(self, task: T, msg: Msg) -> None:
         """Do one task; ack, nak with a delay, or term its message."""
         raise NotImplementedError
+
+    def new_report(self, task: T, report_id: str) -> work_pb2.WorkerReport:
+        """A report about ``task`` without a body: its job, attempt and providers."""
+        return work_pb2.WorkerReport(
+            report_id=report_id,
+            job_id=task.job_id,
+            attempt=task.attempt,
+            providers=self.provider_names(),
+        )
+
+    def start_meter(self, task: T, report_prefix: str) -> Meter:
+        """The meter of one delivery of ``task`` (see :func:`start_meter`)."""
+        return start_meter(
+            self._nc, self._cancels, task.job_id, report_prefix, task.attempt, self.lead_of(task)
+        )
+
+    def allowance(self, key: str, cap_micros: int) -> Allowance:
+        """The spend ledger ``key`` with budget ``cap_micros`` (0: no budget)."""
+        return Allowance(self._allowances, key, cap_micros)
 
 
 def worker_main(kind: type[TaskWorker]) -> None:
@@ -235,7 +294,7 @@ async def _work(kind: type[TaskWorker], settings: Settings, stop: asyncio.Event)
     await bus.ensure_topology(js, settings)
     cancels = await bus.CancelRegistry.open(nc, js)
     providers = await open_providers(settings, js)
-    worker = kind(settings, js, cancels, providers)
+    worker = kind(settings, nc, js, cancels, providers)
     await worker.start()
     log.info("providers: %s", ", ".join(f"{k}={v}" for k, v in providers.names().items()))
     concurrency = kind.concurrency(settings)

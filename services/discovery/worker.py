@@ -3,23 +3,32 @@
 One task per job. Reports go to the jobs service as they happen (search started: 0; search
 done: 10; details done: 30, these two left out when they would follow the previous report
 within PROGRESS_MIN_INTERVAL_S; the qualified places), each carrying the charges of the
-calls made since the last report. Paid calls are on the books before they are made (see
+calls made since the last report. Paid requests are on the books as they leave (see
 metering), so every billable call is accounted for whatever happens next.
+
+With a ``budget_limit``, every paid call of the job's discovery goes through the shared
+ledger ``job.<job_id>`` (services/common/allowance.py): a redelivered or retried discovery
+spends only what earlier tries left of the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
+from services.common.allowance import Allowance
 from services.common.errors import PermanentProviderError, ProviderError
-from services.common.providers import Charge, PlaceDetails
+from services.common.money import usd_to_micros
+from services.common.providers import Charge, PlaceDetails, SearchPage
 from services.common.providers.metering import Meter, WorkStopped
 from services.common.settings import Settings
 from services.common.worker import (
@@ -27,7 +36,6 @@ from services.common.worker import (
     add_charges,
     publish_report,
     retry_delay,
-    start_meter,
     worker_main,
 )
 from services.discovery.scoring import qualify, score_place
@@ -64,21 +72,20 @@ class _Run:
     """One delivery of one discovery task, and the charges not yet reported."""
 
     task: work_pb2.DiscoveryTask
+    prefix: str  # of every report id of this delivery
     delivery: int
     meter: Meter
+    allowance: Allowance  # the job's budget, shared by every try of its discovery
     unreported: list[Charge] = field(default_factory=list)
-    spent: float = 0.0
     reports: int = 0
     last_report: float = 0.0  # time.monotonic() of the last report published
 
     def charge(self, charges: list[Charge]) -> None:
         self.unreported += charges
-        self.spent += sum(c.cost_usd for c in charges)
 
     def next_report_id(self, what: str) -> str:
         self.reports += 1
-        t = self.task
-        return f"discovery.{t.job_id}.{t.attempt}.{self.delivery}.{self.reports}.{what}"
+        return f"{self.prefix}.{self.reports}.{what}"
 
 
 class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
@@ -90,13 +97,18 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
     def concurrency(cls, settings: Settings) -> int:
         return settings.discovery_concurrency
 
-    async def _report(self, run: _Run, what: str, **body: object) -> None:
-        report = work_pb2.WorkerReport(
-            report_id=run.next_report_id(what),
-            job_id=run.task.job_id,
-            providers={"places": self._providers.places.name},
-            **body,  # type: ignore[arg-type]
-        )
+    def delivery_id(self, task: work_pb2.DiscoveryTask, delivery: int) -> str:
+        return f"discovery.{task.job_id}.{task.attempt}.{delivery}"
+
+    def provider_names(self) -> dict[str, str]:
+        return {"places": self._providers.places.name}
+
+    async def _report(self, run: _Run, what: str, **body: Message) -> None:
+        """Publish the report ``what`` with ``body`` (its oneof field by name) and the
+        charges and intents not reported yet."""
+        report = self.new_report(run.task, run.next_report_id(what))
+        for name, message in body.items():
+            getattr(report, name).CopyFrom(message)
         add_charges(report, run.meter, run.unreported)
         await publish_report(self._js, report)
         run.unreported = []
@@ -108,13 +120,15 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
 
     async def run(self, task: work_pb2.DiscoveryTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
-        prefix = f"discovery.{task.job_id}.{task.attempt}.{delivery}"
-        run = _Run(task, delivery, start_meter(self._js, self._cancels, task.job_id, prefix))
+        prefix = self.delivery_id(task, delivery)
+        budget = self.allowance(f"job.{task.job_id}", usd_to_micros(task.config.budget_limit))
+        run = _Run(task, prefix, delivery, self.start_meter(task, prefix), budget)
         try:
             await self._discover(run)
         except WorkStopped:
-            if run.unreported or run.meter.pending:
-                await self._charges_only(run, "Calls made before the cancel reached discovery")
+            # The job waits for this word before it ends; it carries what was spent.
+            note = "Discovery stopped: the job is stopped"
+            await self._report(run, "stopped", task_stopped=work_pb2.TaskStopped(note=note))
             await msg.ack()
             return
         except ProviderError as exc:
@@ -133,13 +147,11 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 await msg.ack()
             else:
                 if run.unreported or run.meter.pending:
-                    await self._charges_only(run, f"Discovery interrupted ({exc}); retrying")
+                    note = f"Discovery interrupted ({exc}); retrying"
+                    await self._report(run, "charges", charges_only=work_pb2.ChargesOnly(note=note))
                 await msg.nak(delay=exc.retry_after or retry_delay(run.delivery))
             return
         await msg.ack()
-
-    async def _charges_only(self, run: _Run, note: str) -> None:
-        await self._report(run, "charges", charges_only=work_pb2.ChargesOnly(note=note))
 
     async def _progress(self, run: _Run, progress: int, found: int, message: str) -> None:
         if run.reports and time.monotonic() - run.last_report < PROGRESS_MIN_INTERVAL_S:
@@ -157,24 +169,10 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
 
     async def _discover(self, run: _Run) -> None:
         config = run.task.config
-        places = self._providers.places
         await self._progress(
             run, 0, 0, f"Searching for {config.business_type} in {config.location}"
         )
-        limit = min(SEARCH_MAX, max(SEARCH_MIN, 2 * config.max_results))
-        budget = config.budget_limit
-        if budget:
-            # Each billed search call returns up to page_size places: ask for no more pages
-            # than the budget pays for.
-            price = places.price("text_search")
-            if price > budget:
-                raise PermanentProviderError(
-                    places.name,
-                    f"budget_limit ${budget:.2f} is below the price of one search (${price:.3f})",
-                )
-            if price > 0:
-                limit = min(limit, int(budget // price) * places.page_size)
-        page = await places.search(config.business_type, config.location, limit)
+        page = await self._search(run, min(SEARCH_MAX, max(SEARCH_MIN, 2 * config.max_results)))
         run.charge(page.charges)
         found = len(page.places)
         await self._progress(run, 10, found, f"Found {found} businesses")
@@ -192,26 +190,55 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             ),
         )
 
+    async def _search(self, run: _Run, limit: int) -> SearchPage:
+        """Up to ``limit`` places, in no more pages than the budget still pays for.
+
+        Each billed search call (a page) returns up to ``page_size`` places: the pages'
+        price is reserved in the job's ledger before the search, fewer pages when the
+        budget left cannot pay them all. Raises PermanentProviderError when it cannot
+        pay one."""
+        config, places = run.task.config, self._providers.places
+        price = usd_to_micros(places.price("text_search"))
+        pages = math.ceil(limit / places.page_size)
+        cap = run.allowance.cap_micros
+        if cap and price:
+            if price > cap:
+                raise PermanentProviderError(
+                    places.name,
+                    f"budget_limit ${config.budget_limit:.2f} is below the price of one search "
+                    f"(${places.price('text_search'):.3f})",
+                )
+            pages = min(pages, cap // price)
+        for n in range(pages, 0, -1):
+            search = functools.partial(
+                places.search,
+                config.business_type,
+                config.location,
+                min(limit, n * places.page_size),
+            )
+            page = await run.allowance.spend(n * price, search, lambda page: page.charges)
+            if page is not None:
+                return page
+        raise PermanentProviderError(
+            places.name,
+            f"budget_limit ${config.budget_limit:.2f} was spent by earlier tries of this "
+            "discovery: nothing left for a search",
+        )
+
     async def _details(self, run: _Run, place_ids: list[str]) -> list[PlaceDetails]:
         """Details for each place, a bounded number at a time, within the budget."""
-        budget = run.task.config.budget_limit
         places = self._providers.places
         gate = asyncio.Semaphore(self._settings.details_concurrency)
         results: dict[str, PlaceDetails] = {}
-        reserved = 0.0  # prices of calls under way, so parallel calls cannot overspend
 
         async def one(place_id: str) -> None:
-            nonlocal reserved
             async with gate:
                 self._check_cancelled(run)
-                price = places.details_price(place_id)
-                if budget and run.spent + reserved + price > budget:
+                price = usd_to_micros(places.details_price(place_id))
+                call = functools.partial(places.details, place_id)
+                result = await run.allowance.spend(price, call, lambda result: result.charges)
+                if result is None:
                     return  # over budget: this place goes unscored
-                reserved += price
-                try:
-                    result = await places.details(place_id)
-                finally:
-                    reserved -= price
                 run.charge(result.charges)
                 results[place_id] = result.details
 

@@ -1,5 +1,9 @@
 """Enrichment worker: one lead per task. Find a contact email for the business's domain,
-verify it when the campaign asks, and report the result with the cost of each call."""
+verify it when the campaign asks, and report the result with the cost of each call.
+
+A lead's paid calls fit in its allowance (``EnrichmentTask.budget_micros``), kept in the
+shared ledger ``lead.<lead_id>`` (services/common/allowance.py), so a redelivered task
+spends only what its predecessors left."""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ from services.common.worker import (
     add_charges,
     publish_report,
     retry_delay,
-    start_meter,
     worker_main,
 )
 
@@ -38,33 +41,40 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
     def concurrency(cls, settings: Settings) -> int:
         return settings.enrichment_concurrency
 
+    def delivery_id(self, task: work_pb2.EnrichmentTask, delivery: int) -> str:
+        return f"enrichment.{task.lead_id}.{task.attempt}.{delivery}"
+
+    def lead_of(self, task: work_pb2.EnrichmentTask) -> str:
+        return task.lead_id
+
+    def provider_names(self) -> dict[str, str]:
+        return {
+            "email_finder": self._providers.email_finder.name,
+            "email_verifier": self._providers.email_verifier.name,
+        }
+
     async def start(self) -> None:
+        await super().start()
         self._cache = await EnrichmentCache.open(
             self._js, self._settings.enrichment_cache_days, self._settings.stream_replicas
         )
 
     async def run(self, task: work_pb2.EnrichmentTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
-        report_id = f"enrichment.{task.lead_id}.{task.attempt}.{delivery}"
-        meter = start_meter(self._js, self._cancels, task.job_id, report_id, task.lead_id)
-        report = work_pb2.WorkerReport(
-            report_id=report_id,
-            job_id=task.job_id,
-            providers={
-                "email_finder": self._providers.email_finder.name,
-                "email_verifier": self._providers.email_verifier.name,
-            },
-        )
+        report_id = self.delivery_id(task, delivery)
+        meter = self.start_meter(task, report_id)
+        report = self.new_report(task, report_id)
         charges: list[Charge] = []
         try:
             result = await self._enrich(task, charges)
         except WorkStopped:
-            # Cancelled or failed meanwhile: account for what was spent, make no more calls.
-            if charges or meter.pending:
-                note = "Calls made before the job stopped"
-                report.charges_only.CopyFrom(work_pb2.ChargesOnly(note=note, lead_id=task.lead_id))
-                add_charges(report, meter, charges)
-                await publish_report(self._js, report)
+            # Cancelled or failed meanwhile: account for what was spent, make no more calls,
+            # and say the lead stopped (the job waits for it).
+            report.report_id = f"{report_id}.stopped"
+            note = "Stopped before its next paid call: the job is stopped"
+            report.task_stopped.CopyFrom(work_pb2.TaskStopped(lead_id=task.lead_id, note=note))
+            add_charges(report, meter, charges)
+            await publish_report(self._js, report)
             await msg.ack()
             return
         except ProviderError as exc:
@@ -95,21 +105,14 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
         await publish_report(self._js, report)
         await msg.ack()
 
-    def _affordable(
-        self, task: work_pb2.EnrichmentTask, charges: list[Charge], price: float
-    ) -> bool:
-        """Whether a call of ``price`` fits in what this task may still spend."""
-        if task.budget_micros == 0:
-            return True
-        spent = sum(usd_to_micros(c.cost_usd) for c in charges)
-        return spent + usd_to_micros(price) <= task.budget_micros
-
     async def _enrich(
         self, task: work_pb2.EnrichmentTask, charges: list[Charge]
     ) -> work_pb2.EnrichmentResult:
         """Find and verify; ``charges`` collects each billable call as it is made. The cache
-        answers first; a paid call is made only if the task's allowance covers its price."""
+        answers first; a paid call is made only if the lead's allowance, shared by every
+        delivery of it, still covers its price."""
         finder, verifier = self._providers.email_finder, self._providers.email_verifier
+        allowance = self.allowance(f"lead.{task.lead_id}", task.budget_micros)
         search_price = finder.price("email_search")
         verify_price = verifier.price("verify") if task.verify_emails else 0.0
         result = work_pb2.EnrichmentResult(
@@ -122,32 +125,41 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
         cached = await self._cache.email(finder.name, domain)
         if cached is not None:
             result.from_cache = True
-        elif not self._affordable(task, charges, search_price):
-            result.email_status = "skipped_budget"
-            return result
         else:
-            found = await finder.find_email(domain, task.place.name)
+            found = await allowance.spend(
+                usd_to_micros(search_price),
+                lambda: finder.find_email(domain, task.place.name),
+                lambda found: found.charges,
+            )
+            if found is None:
+                result.email_status = "skipped_budget"
+                return result
             charges.extend(found.charges)
             cached = CachedEmail(found.email, found.confidence)
             await self._cache.store_email(finder.name, domain, cached)
-        if not cached.email:
+        email = cached.email
+        if not email:
             result.email_status = "not_found"
             return result
-        result.email = cached.email
+        result.email = email
         if not task.verify_emails or self._cancels.is_cancelled(task.job_id):
             result.email_status = "unverified"
             return result
-        verified = await self._cache.verification(verifier.name, cached.email)
+        verified = await self._cache.verification(verifier.name, email)
         if verified is not None:
             result.from_cache = True
-        elif not self._affordable(task, charges, verify_price):
-            result.email_status = "unverified"  # found, but the budget stops at verifying
-            return result
         else:
-            verification = await verifier.verify(cached.email)
+            verification = await allowance.spend(
+                usd_to_micros(verify_price),
+                lambda: verifier.verify(email),
+                lambda verification: verification.charges,
+            )
+            if verification is None:
+                result.email_status = "unverified"  # found, but the budget stops at verifying
+                return result
             charges.extend(verification.charges)
             verified = CachedVerification(verification.status)
-            await self._cache.store_verification(verifier.name, cached.email, verified)
+            await self._cache.store_verification(verifier.name, email, verified)
         result.email_status = verified.status
         result.verified = True
         return result

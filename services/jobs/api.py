@@ -17,19 +17,21 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.common.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     ProspectError,
     ResourceExhausted,
+    Unavailable,
 )
 from services.jobs import store, validation
 from services.jobs.auth import current_principal
+from services.jobs.commands import Commands
 from services.jobs.convert import job_proto, lead_proto, status_from_proto
 from services.jobs.fanout import Fanout
 from services.jobs.machine import Status
-from services.jobs.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ _CODES: dict[type[ProspectError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 R = TypeVar("R")
@@ -119,7 +123,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        orchestrator: Orchestrator,
+        commands: Commands,
         fanout: Fanout,
         tokens: validation.PageTokens,
         *,
@@ -128,14 +132,16 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self._max_watches = max_watches_per_user
         self._watches: dict[str, int] = {}
         self._sessions = sessions
-        self._orchestrator = orchestrator
+        self._commands = commands
         self._fanout = fanout
         self._tokens = tokens
         self._closing = asyncio.Event()
 
     def begin_shutdown(self) -> None:
-        """Open watch streams send their latest snapshot and end; clients resume elsewhere
-        with ``after_version``."""
+        """Open watch streams send the job's latest snapshot (when newer than the client's)
+        and end with UNAVAILABLE naming the ``after_version`` to resume from, so a client's
+        ordinary retry continues on another replica; a stream that reached its job's
+        terminal snapshot ends OK as always."""
         self._closing.set()
 
     @unary
@@ -143,7 +149,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitCampaignResponse:
         config, key = validation.validate_submit(request)
-        job = await self._orchestrator.submit(_owner_of(request), config, key)
+        job = await self._commands.submit(_owner_of(request), config, key)
         return jobs_pb2.SubmitCampaignResponse(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -155,7 +161,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         job_id = validation.validate_job_id(request.job_id)
-        return job_proto(await self._orchestrator.job(_user(), job_id))
+        return job_proto(await self._commands.job(_user(), job_id))
 
     @unary
     async def ListJobs(
@@ -174,7 +180,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         job_id = validation.validate_job_id(request.job_id)
-        return job_proto(await self._orchestrator.cancel(_user(), job_id))
+        return job_proto(await self._commands.cancel(_user(), job_id))
 
     @unary
     async def ListLeads(
@@ -192,7 +198,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         )
 
     async def _snapshot(self, user: str, job_id: str) -> jobs_pb2.JobUpdate:
-        row = await self._orchestrator.job(user, job_id)
+        row = await self._commands.job(user, job_id)
         return jobs_pb2.JobUpdate(job=job_proto(row), message=row.message)
 
     async def _next_update(
@@ -237,21 +243,28 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def _watch(
         self, user: str, job_id: str, after_version: int
     ) -> AsyncIterator[jobs_pb2.JobUpdate]:
+        """Snapshots of ``job_id`` newer than ``after_version``, ending OK after the terminal
+        one; on shutdown, the latest snapshot then :class:`Unavailable`."""
         # Listen before reading the snapshot, so no change falls between the two.
         async with self._fanout.watch(job_id) as queue:
             update = await self._snapshot(user, job_id)
             last = after_version
+            latest_read_on_closing = False
             while True:
                 if update.job.version > last:
                     last = update.job.version
                     yield update
-                    if _terminal(update.job):
-                        return
-                elif _terminal(update.job):
-                    return  # the caller already has the terminal snapshot
+                if _terminal(update.job):
+                    return  # sent now, or the caller had it already
+                if latest_read_on_closing:
+                    # Not OK: a client reads OK as "the job is done"; UNAVAILABLE is what its
+                    # retry logic resumes on, at another replica.
+                    raise Unavailable(
+                        f"jobs service shutting down; watch again with after_version={last}"
+                    )
                 if self._closing.is_set():
+                    # A fresh read: the queue may hold an older snapshot than the database.
+                    latest_read_on_closing = True
                     update = await self._snapshot(user, job_id)
-                    if update.job.version > last:
-                        yield update
-                    return
-                update = await self._next_update(queue, user, job_id)
+                else:
+                    update = await self._next_update(queue, user, job_id)

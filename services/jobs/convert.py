@@ -54,6 +54,8 @@ def store_state(row: JobRow, state: JobState, message: str, now: datetime) -> No
     """Write ``state`` onto ``row``, stamping started/completed times on the way."""
     if state.status != Status.PENDING and row.started_at is None:
         row.started_at = now
+    if state.status.stopping and row.stopping_since is None:
+        row.stopping_since = now
     if state.status.terminal and row.completed_at is None:
         row.completed_at = now
     row.status = state.status.value

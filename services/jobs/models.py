@@ -88,9 +88,11 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+    # When the job began CANCELLING or FAILING: the stop deadline counts from here.
+    stopping_since: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
 
     # Optimistic concurrency: several jobs replicas apply reports; an UPDATE that finds the
-    # version changed under it raises StaleDataError and the report is applied again.
+    # version changed under it is a Conflict and the transaction runs again.
     __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
 
 
@@ -130,8 +132,8 @@ class LeadRow(Base):
     review_count: Mapped[int] = mapped_column(Integer, default=0)
     confidence_score: Mapped[int] = mapped_column(Integer)
     email: Mapped[str] = mapped_column(String(320), default="")
+    # services.jobs.machine.EmailStatus and LeadState values.
     email_status: Mapped[str] = mapped_column(String(32), default="pending")
-    # pending -> dispatched -> enriched | skipped (budget) | failed
     state: Mapped[str] = mapped_column(String(16), default="pending")
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     # The same cost per provider: {"google_places": 1750, "hunter": 24500, ...}

@@ -26,8 +26,9 @@ RELAY_MIN_AGE = timedelta(seconds=2)
 RELAY_BATCH = 500
 
 
-def outbox_row(msg_id: str, subject: str, message: Message) -> OutboxRow:
-    values = {"id": msg_id, "subject": subject, "payload": message.SerializeToString()}
+def outbox_row(msg_id: str, subject: str, message: Message | bytes) -> OutboxRow:
+    payload = message if isinstance(message, bytes) else message.SerializeToString()
+    values = {"id": msg_id, "subject": subject, "payload": payload}
     return transient(OutboxRow, {**values, "created_at": utcnow()})
 
 

@@ -20,9 +20,16 @@ from services.common.signals import stop_on_signals
 from services.jobs import db
 from services.jobs.api import JobService
 from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
+from services.jobs.changes import Changes
+from services.jobs.commands import Commands
 from services.jobs.fanout import Fanout
-from services.jobs.orchestrator import Orchestrator
+from services.jobs.outbox import Outbox
+from services.jobs.partitions import Membership
+from services.jobs.publishing import Publisher
+from services.jobs.report_consumer import ReportConsumer
+from services.jobs.submits import Submits
 from services.jobs.validation import PageTokens
+from services.jobs.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +104,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, settings)
     fanout = Fanout(nc)
     await fanout.start()
-    orchestrator = Orchestrator(settings, engine, nc, js, fanout)
+    writer = db.Writer(engine)
+    outbox = Outbox(js, writer)
+    changes = Changes(writer, Publisher(nc, fanout, outbox))
+    commands = Commands(writer, changes, Submits(settings, writer, outbox))
+    membership = Membership(js, settings.report_partitions, settings.stream_replicas)
+    reports = ReportConsumer(settings, js, changes, membership)
+    watchdog = Watchdog(settings, writer, changes)
     servicer = JobService(
         sessions,
-        orchestrator,
+        commands,
         fanout,
         PageTokens(settings.page_token_secret.encode()),
         max_watches_per_user=settings.max_watches_per_user,
@@ -110,11 +123,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     loops = [
-        asyncio.create_task(orchestrator.run_report_consumer(stop), name="reports"),
-        asyncio.create_task(
-            orchestrator.outbox.run_relay(stop, settings.outbox_poll_s), name="outbox"
-        ),
-        asyncio.create_task(orchestrator.run_watchdog(stop), name="watchdog"),
+        asyncio.create_task(reports.run(stop), name="reports"),
+        asyncio.create_task(outbox.run_relay(stop, settings.outbox_poll_s), name="outbox"),
+        asyncio.create_task(watchdog.run(stop), name="watchdog"),
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
     tls = " with TLS" if settings.grpc_tls_cert else ""
@@ -129,13 +140,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), 5)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(orchestrator.outbox.settle(), 5)
+        await asyncio.wait_for(outbox.settle(), 5)
     await fanout.stop()
     # Every publish was already acknowledged and no fetch is outstanding, so a plain close
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 5)
-    orchestrator.close()
+    writer.dispose()
     await engine.dispose()
     lifecycle.info("jobs stopped")
 

@@ -18,10 +18,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from prospect.v1 import jobs_pb2
-from services.common.errors import ResourceExhausted
+from services.common.errors import AlreadyExists, ResourceExhausted
 from services.common.settings import Settings
 from services.jobs import machine as m
-from services.jobs.convert import config_to_json
+from services.jobs.convert import config_from_json, config_to_json
 from services.jobs.db import Writer
 from services.jobs.models import CampaignRow, JobRow, OutboxRow, transient, utcnow
 from services.jobs.outbox import Outbox
@@ -103,7 +103,10 @@ class Submits:
     def _record(
         self, unit: Unit, batch: list[_Submit]
     ) -> tuple[list[JobRow | Exception], list[OutboxRow]]:
-        """Check and insert each submit of ``batch``; its answers and the rows to publish."""
+        """Check and insert each submit of ``batch``; its answers and the rows to publish.
+
+        A (user, idempotency key) already used answers its first job when the config is the
+        same, and :class:`AlreadyExists` when it is not; within the batch as across it."""
         limit = self._settings.max_active_jobs_per_user
         known = unit.jobs_by_keys((r.user_id, r.key) for r in batch if r.key)
         active = unit.active_jobs(r.user_id for r in batch)
@@ -112,7 +115,7 @@ class Submits:
         for request in batch:
             existing = known.get((request.user_id, request.key)) if request.key else None
             if existing is not None:
-                answers.append(existing)
+                answers.append(_answer_for_known_key(existing, request))
                 continue
             if active[request.user_id] >= limit:
                 answers.append(
@@ -159,6 +162,7 @@ class Submits:
                 "started_at": None,
                 "completed_at": None,
                 "updated_at": now,
+                "stopping_since": None,
             },
         )
         campaign = transient(
@@ -178,3 +182,18 @@ class Submits:
             },
         )
         return job, campaign
+
+
+def _answer_for_known_key(existing: JobRow, request: _Submit) -> JobRow | AlreadyExists:
+    """``existing`` when ``request`` repeats the submit that made it; otherwise the error.
+
+    Answering the first job to a different config would tell the caller their campaign
+    was accepted when another one runs in its place.
+    """
+    # Both through the message, so a config stored before a field was added still matches.
+    if config_to_json(config_from_json(existing.config)) == config_to_json(request.config):
+        return existing
+    return AlreadyExists(
+        f"idempotency_key {request.key!r} was used for job {existing.id} with a different "
+        "config; use a new key"
+    )

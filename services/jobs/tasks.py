@@ -1,6 +1,6 @@
 """The work the jobs service queues: ids for new rows, and the outbox rows that carry a
-discovery or an enrichment task to the workers (their message ids make a re-publish a
-duplicate JetStream drops)."""
+discovery or an enrichment task, or a stop notice, to the workers (their message ids make a
+re-publish a duplicate JetStream drops)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,11 @@ def enrichment_task_row(
         budget_micros=allowance_micros,
     )
     return outbox_row(f"enrichment.{lead.id}.{attempt}", bus.ENRICHMENT_SUBJECT, task)
+
+
+def stop_row(job_id: str) -> OutboxRow:
+    """The job's entry in the cancellation bucket, which workers read before each task: in
+    the outbox, so it is certain to be written once the stop commits."""
+    # The subject a KeyValue.put of ``job_id`` publishes on (nats.js.kv).
+    subject = f"$KV.{bus.CANCEL_BUCKET}.{job_id}"
+    return outbox_row(f"stop.{job_id}", subject, b"1")

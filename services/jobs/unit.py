@@ -59,6 +59,7 @@ _JOB_CHANGES = (
     "started_at",
     "completed_at",
     "updated_at",
+    "stopping_since",
 )
 _LEAD_CHANGES = (
     "state",
@@ -69,7 +70,11 @@ _LEAD_CHANGES = (
     "cost_by_provider",
     "updated_at",
 )
-UNFINISHED = ("PENDING", "PROCESSING")
+# Jobs at work (they count against MAX_ACTIVE_JOBS_PER_USER), jobs stopping (no new work
+# starts for them: a cancel frees its slot at once), and both: the jobs not final yet.
+ACTIVE = ("PENDING", "PROCESSING")
+STOPPING = ("CANCELLING", "FAILING")
+UNFINISHED = ACTIVE + STOPPING
 
 # Statements built once: SQLAlchemy caches a statement's compiled form under a key it derives
 # by walking the statement, and remembers that key on the object, so a statement reused is
@@ -89,7 +94,7 @@ _ACTIVE_JOBS = (
     select(JOBS.c.user_id, func.count())
     .where(
         JOBS.c.user_id.in_(bindparam("users", expanding=True)),
-        JOBS.c.status.in_(UNFINISHED),
+        JOBS.c.status.in_(ACTIVE),
     )
     .group_by(JOBS.c.user_id)
 )
@@ -210,7 +215,7 @@ class Unit:
         }
 
     def active_jobs(self, user_ids: Iterable[str]) -> dict[str, int]:
-        """Unfinished jobs per user."""
+        """PENDING and PROCESSING jobs per user."""
         users = list(set(user_ids))
         counts = {user: 0 for user in users}
         rows = self._conn.execute(_ACTIVE_JOBS, {"users": users}).all()

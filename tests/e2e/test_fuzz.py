@@ -37,6 +37,7 @@ ALLOWED = {
     Code.PERMISSION_DENIED,
     Code.FAILED_PRECONDITION,
     Code.RESOURCE_EXHAUSTED,
+    Code.ALREADY_EXISTS,  # an idempotency key the fuzzer reused with another config
 }
 # INVALID_ARGUMENT names the field and the rule.
 FIELD = re.compile(

@@ -230,11 +230,16 @@ async def test_cancel_a_running_job(tmp_path: Path) -> None:
             stub = jobs_pb2_grpc.JobServiceStub(channel)
             submitted = await stub.SubmitCampaign(jobs_pb2.SubmitCampaignRequest(config=campaign()))
             cancelled = await stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=submitted.job_id))
-            assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLED
+            # Answered at once; final once the discovery task has said it stopped.
+            assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLING
             updates = await watch_all(stub, submitted.job_id)
             assert updates[-1].job.status == jobs_pb2.JOB_STATUS_CANCELLED
+            statuses = [u.job.status for u in updates]
+            assert jobs_pb2.JOB_STATUS_COMPLETED not in statuses
             got = await stub.GetJob(jobs_pb2.GetJobRequest(job_id=submitted.job_id))
-            assert got.status == jobs_pb2.JOB_STATUS_CANCELLED
+            assert got == updates[-1].job  # final: nothing changed after the last update
+            leads = await stub.ListLeads(jobs_pb2.ListLeadsRequest(job_id=submitted.job_id))
+            assert {lead.email_status for lead in leads.leads} <= {"skipped_cancelled"}
 
 
 async def test_health_and_reflection(stack: Stack) -> None:

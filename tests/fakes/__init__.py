@@ -162,6 +162,10 @@ class FakeProviders:
         this call at the earliest); False when ``timeout`` ran out first."""
         return wait_quiet(self.fakes, quiet_s, timeout)
 
+    def in_flight(self) -> list[tuple[FakeServer, RequestRecord]]:
+        """(fake, request) of every request received and not yet answered, all fakes."""
+        return [(fake, req) for fake in self.fakes for req in fake.in_flight()]
+
     def requests_for(self, job_key: str) -> list[tuple[str, RequestRecord]]:
         """(provider name, request) of every request made for ``job_key``, in arrival order."""
         found = [(f.name, r) for f in self.fakes for r in f.requests_for(job_key)]

@@ -19,6 +19,12 @@ recorded and billed, but its handler waits before answering until :meth:`FakeSer
 With the fakes held and quiet (:meth:`FakeServer.wait_quiet`), every task of a worker is
 either blocked inside a request the provider has billed or has not reached a provider: a
 ``kill -9`` then leaves no call half-made, so a job's cost stays exactly predictable.
+
+For chaos tests, which kill at any moment instead: every request carries the caller's TCP
+port and a sequence number, :meth:`FakeServer.in_flight` lists the requests read but not yet
+answered, :meth:`FakeServer.answered_at` says when an answer went out, and every bill names
+its request and what it bought (``Bill.subject``), so a test can tell which process had
+which calls under way when it died and which purchases were made twice.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar
@@ -59,6 +65,8 @@ class RequestRecord:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes
+    client_port: int = 0  # the caller's TCP port: tells which process sent the request
+    seq: int = 0  # 1, 2, ... in arrival order, per fake (see FakeServer.answered_at)
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
@@ -73,6 +81,8 @@ class Bill:
     price_usd: float
     job_key: str  # the job (text query) the billed data belongs to; "" when unknown
     price_micros: int = 0
+    subject: str = ""  # what was bought: "domain:<domain>", "email:<address>", ...
+    request_seq: int = 0  # RequestRecord.seq of the request billed (0: billed outside one)
 
 
 @dataclass(slots=True)
@@ -129,6 +139,10 @@ class FakeServer:
         self._released.set()
         self._held = 0
         self._last_request_at = 0.0
+        self._seq = 0
+        self._open: dict[int, RequestRecord] = {}  # by seq: read, answer not yet written
+        self._answered: dict[int, float] = {}  # seq -> time.monotonic() the answer was sent
+        self._current = threading.local()  # the request a handler thread is billing for
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -233,11 +247,23 @@ class FakeServer:
             best = max(best, end - start + 1)
         return best
 
+    def in_flight(self) -> list[RequestRecord]:
+        """Requests received whose answer has not been written yet (held ones included)."""
+        with self._lock:
+            return list(self._open.values())
+
+    def answered_at(self, seq: int) -> float | None:
+        """``time.monotonic()`` when the answer to request ``seq`` was written (or the write
+        failed); None while it is in flight."""
+        with self._lock:
+            return self._answered.get(seq)
+
     def reset(self) -> None:
         """Forget requests, operations, pending faults and the rate-limit count."""
         with self._lock:
             self._requests.clear()
             self._operations.clear()
+            self._answered.clear()
             self._faults.clear()
             self._rate_limited = 0
 
@@ -310,11 +336,13 @@ class FakeServer:
         """The provider's own answer for fault ``kind`` ("rate_limit" for the bucket)."""
         raise NotImplementedError
 
-    def bill(self, operation: str, micros: int, job_key: str) -> None:
+    def bill(self, operation: str, micros: int, job_key: str, subject: str = "") -> None:
+        """Record a successful operation of the request being handled on this thread."""
+        req: RequestRecord | None = getattr(self._current, "req", None)
+        bill = Bill(time.monotonic(), operation, micros / MICROS_PER_USD, job_key, micros,
+                    subject, req.seq if req is not None else 0)  # fmt: skip
         with self._lock:
-            self._operations.append(
-                Bill(time.monotonic(), operation, micros / MICROS_PER_USD, job_key, micros)
-            )
+            self._operations.append(bill)
 
     # -- request processing ----------------------------------------------------------------
 
@@ -331,6 +359,7 @@ class FakeServer:
         return reply
 
     def _answer(self, req: RequestRecord) -> Reply:
+        self._current.req = req
         with self._lock:
             self._requests.append(req)
             self._last_request_at = max(self._last_request_at, req.ts)
@@ -365,6 +394,19 @@ class FakeServer:
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
             (self._conns.add if add else self._conns.discard)(conn)
+
+    def _opened(self, req: RequestRecord) -> RequestRecord:
+        """Number ``req`` and count it in flight until :meth:`_closed`."""
+        with self._lock:
+            self._seq += 1
+            req = replace(req, seq=self._seq)
+            self._open[req.seq] = req
+        return req
+
+    def _closed(self, req: RequestRecord) -> None:
+        with self._lock:
+            self._open.pop(req.seq, None)
+            self._answered[req.seq] = time.monotonic()
 
 
 def wait_quiet(fakes: Iterable[FakeServer], quiet_s: float = 0.3, timeout: float = 10.0) -> bool:
@@ -409,14 +451,23 @@ def _make_handler(fake: FakeServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length > 0 else b""
             parts = urlsplit(self.path)
-            req = RequestRecord(
-                ts=time.monotonic(),
-                method=self.command,
-                path=parts.path,
-                query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-                headers={k.lower(): v for k, v in self.headers.items()},
-                body=body,
+            req = fake._opened(
+                RequestRecord(
+                    ts=time.monotonic(),
+                    method=self.command,
+                    path=parts.path,
+                    query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                    client_port=int(self.client_address[1]),
+                )
             )
+            try:
+                self._reply(req)
+            finally:
+                fake._closed(req)
+
+        def _reply(self, req: RequestRecord) -> None:
             try:
                 reply = fake._process(req)
             except Exception:  # a bug in the fake: say so instead of dropping the connection

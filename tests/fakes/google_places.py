@@ -224,7 +224,7 @@ class FakeGooglePlaces(FakeServer):
             token = json.dumps({"o": offset + size, "s": signature}).encode()
             answer["nextPageToken"] = base64.urlsafe_b64encode(token).decode().rstrip("=")
         _, price = text_search_sku(fields)
-        self.bill("text_search", _micros(price), query)
+        self.bill("text_search", _micros(price), query, f"text_search:{query}@{offset}")
         return json_reply(200, answer)
 
     @staticmethod
@@ -270,7 +270,8 @@ class FakeGooglePlaces(FakeServer):
         if place is None:
             return google_error(404, "NOT_FOUND", "Requested entity was not found.")
         _, price = details_sku({"*"} if "*" in paths else set(tree))
-        self.bill("place_details", _micros(price), self.world.job_of_place(place_id))
+        job = self.world.job_of_place(place_id)
+        self.bill("place_details", _micros(price), job, f"place_details:{place_id}")
         return json_reply(200, _project(place, tree))
 
     # -- errors ----------------------------------------------------------------------------

@@ -159,7 +159,8 @@ class FakeHunter(FakeServer):
             "params": {"domain": domain or None, "company": company, "type": kind, **filters},
         }
         credits = math.ceil(len(page) / EMAILS_PER_CREDIT)
-        self.bill("domain_search", credits * CREDIT_MICROS, self.world.job_of_domain(domain))
+        job = self.world.job_of_domain(domain)
+        self.bill("domain_search", credits * CREDIT_MICROS, job, f"domain_search:{domain}")
         return json_reply(200, {"data": data, "meta": meta})
 
     def _email_finder(self, req: RequestRecord) -> Reply:
@@ -207,7 +208,8 @@ class FakeHunter(FakeServer):
             "max_duration": None,
         }
         job = self.world.job_of_domain(domain)
-        self.bill("email_finder", CREDIT_MICROS if hit else 0, job)
+        subject = f"email_finder:{domain}:{first.lower()} {last.lower()}"
+        self.bill("email_finder", CREDIT_MICROS if hit else 0, job, subject)
         return json_reply(200, {"data": data, "meta": {"params": params}})
 
     # -- errors ----------------------------------------------------------------------------

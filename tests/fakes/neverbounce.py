@@ -153,7 +153,8 @@ class FakeNeverBounce(FakeServer):
                 "free_credits_remaining": 0,
             }
         answer["execution_time"] = self._rng.randint(120, 900)
-        self.bill("single_check", CHECK_MICROS, self.world.job_of_email(email))
+        job = self.world.job_of_email(email)
+        self.bill("single_check", CHECK_MICROS, job, f"single_check:{email.lower()}")
         return json_reply(200, answer)
 
     def job_of_request(self, req: RequestRecord) -> str:

@@ -5,20 +5,15 @@ idempotent report application, exact costs, scoped listing with signed page toke
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 from sqlalchemy import Connection, func, inspect, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from prospect.v1 import jobs_pb2, work_pb2
-from services.cli.stack import NatsServer
+from prospect.v1 import work_pb2
 from services.common import bus
 from services.common.errors import (
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -26,92 +21,9 @@ from services.common.errors import (
 )
 from services.common.settings import Settings
 from services.jobs import db, store
-from services.jobs.fanout import Fanout
-from services.jobs.models import JobRow, LeadRow, OutboxRow, utcnow
-from services.jobs.orchestrator import Orchestrator
+from services.jobs.models import JobRow, OutboxRow, utcnow
 from services.jobs.unit import JOBS, Conflict, Unit
-from services.jobs.validation import PageTokens
-
-
-@dataclass
-class Harness:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    nc: NATS
-    js: JetStreamContext
-    orchestrator: Orchestrator
-    tokens: PageTokens
-
-    async def job(self, job_id: str) -> JobRow:
-        async with self.sessions() as session:
-            row = await session.get(JobRow, job_id)
-            assert row is not None
-            return row
-
-    async def leads(self, job_id: str) -> list[LeadRow]:
-        async with self.sessions() as session:
-            query = select(LeadRow).where(LeadRow.job_id == job_id).order_by(LeadRow.rank)
-            return list((await session.scalars(query)).all())
-
-    async def take(self, consumer: str, n: int) -> list[bytes]:
-        psub = await self.js.pull_subscribe_bind(consumer, bus.WORK_STREAM)
-        msgs = await psub.fetch(n, timeout=5)
-        for msg in msgs:
-            await msg.ack()
-        await psub.unsubscribe()
-        return [msg.data for msg in msgs]
-
-
-@pytest.fixture
-async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[Harness]:
-    settings = Settings(nats_url=nats_server.url, database_url=database_url)
-    engine = db.create_engine(database_url)
-    await db.migrate(engine)
-    sessions = db.sessionmaker(engine)
-    nc = await bus.connect(settings, "test")
-    js = nc.jetstream()
-    await bus.ensure_topology(js, settings)
-    fanout = Fanout(nc)
-    await fanout.start()
-    orchestrator = Orchestrator(settings, engine, nc, js, fanout)
-    try:
-        yield Harness(engine, sessions, nc, js, orchestrator, PageTokens(b"test"))
-    finally:
-        orchestrator.close()  # its writer's connections, and their checkpoint thread
-        await fanout.stop()
-        await nc.close()
-        await engine.dispose()
-
-
-def config(**overrides: object) -> jobs_pb2.CampaignConfig:
-    values: dict[str, object] = dict(
-        business_type="coffee shop",
-        location="Seattle, WA",
-        max_results=5,
-        min_confidence_score=50,
-        verify_emails=True,
-    )
-    values.update(overrides)
-    return jobs_pb2.CampaignConfig(**values)  # type: ignore[arg-type]
-
-
-def report(job_id: str, report_id: str, cost: float = 0.0, **body: object) -> work_pb2.WorkerReport:
-    charges = [work_pb2.Charge(provider="sandbox", operation="call", cost_usd=cost)] if cost else []
-    return work_pb2.WorkerReport(
-        report_id=report_id,
-        job_id=job_id,
-        charges=charges,
-        providers={"places": "sandbox"},
-        **body,  # type: ignore[arg-type]
-    )
-
-
-def places(n: int) -> list[work_pb2.Place]:
-    return [
-        work_pb2.Place(place_id=f"p{i}", name=f"Cafe {i}", website=f"https://cafe{i}.example",
-                       confidence_score=90 - i)
-        for i in range(n)
-    ]  # fmt: skip
+from tests.integration.harness import Harness, config, places, report
 
 
 async def test_migrations_create_the_schema_and_are_idempotent(harness: Harness) -> None:
@@ -122,28 +34,30 @@ async def test_migrations_create_the_schema_and_are_idempotent(harness: Harness)
 
 
 async def test_submit_records_the_job_and_queues_discovery(harness: Harness) -> None:
-    job = await harness.orchestrator.submit("alice", config(), "")
+    job = await harness.commands.submit("alice", config(), "")
     row = await harness.job(job.id)
     assert (row.status, row.stage, row.progress, row.version) == ("PENDING", "QUEUED", 0, 1)
     [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
     task = work_pb2.DiscoveryTask.FromString(data)
     assert task.job_id == job.id and task.config.business_type == "coffee shop"
-    assert await harness.orchestrator.outbox.forget_published() == 1
+    assert await harness.outbox.forget_published() == 1
     async with harness.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(OutboxRow)) == 0
 
 
 async def test_idempotency_key_is_per_user(harness: Harness) -> None:
-    first = await harness.orchestrator.submit("alice", config(), "key-1")
-    again = await harness.orchestrator.submit("alice", config(location="Elsewhere"), "key-1")
-    other = await harness.orchestrator.submit("bob", config(), "key-1")
+    first = await harness.commands.submit("alice", config(), "key-1")
+    again = await harness.commands.submit("alice", config(), "key-1")
+    other = await harness.commands.submit("bob", config(), "key-1")
     assert again.id == first.id
     assert other.id != first.id
+    with pytest.raises(AlreadyExists, match="key-1"):
+        await harness.commands.submit("alice", config(location="Elsewhere"), "key-1")
 
 
 async def test_reports_apply_once_and_costs_add_up(harness: Harness) -> None:
-    job = await harness.orchestrator.submit("alice", config(max_results=3), "")
-    apply = harness.orchestrator.apply_report
+    job = await harness.commands.submit("alice", config(max_results=3), "")
+    apply = harness.apply
     progress = report(job.id, "r1", 0.032, discovery_progress=work_pb2.DiscoveryProgress(
         progress=10, businesses_found=4, message="Found 4"))  # fmt: skip
     await apply(progress)
@@ -179,25 +93,27 @@ async def test_reports_apply_once_and_costs_add_up(harness: Harness) -> None:
 
 
 async def test_a_task_run_twice_bills_twice_but_counts_once(harness: Harness) -> None:
-    job = await harness.orchestrator.submit("alice", config(max_results=1), "")
-    await harness.orchestrator.apply_report(report(job.id, "d", 0.1, discovery_result=(
-        work_pb2.DiscoveryResult(businesses_found=1, qualified=places(1)))))  # fmt: skip
-    [lead] = await harness.leads(job.id)
-    for delivery in (1, 2):  # the worker died after its calls; JetStream redelivered
-        await harness.orchestrator.apply_report(report(
+    job = await harness.commands.submit("alice", config(max_results=2), "")
+    await harness.apply(report(job.id, "d", 0.1, discovery_result=(
+        work_pb2.DiscoveryResult(businesses_found=2, qualified=places(2)))))  # fmt: skip
+    first, second = await harness.leads(job.id)
+    for lead, delivery in ((first, 1), (first, 2), (second, 1)):
+        # The first lead's worker died after its calls; JetStream redelivered its task.
+        await harness.apply(report(
             job.id, f"enrichment.{lead.id}.1.{delivery}", 0.042,
             enrichment_result=work_pb2.EnrichmentResult(lead_id=lead.id, email_status="not_found"),
         ))  # fmt: skip
     row = await harness.job(job.id)
-    assert row.metrics["leads_enriched"] == 1
-    assert row.metrics["total_cost_micros"] == 100_000 + 2 * 42_000
-    [lead] = await harness.leads(job.id)
-    assert lead.cost_micros == row.metrics["total_cost_micros"]
+    assert row.status == "COMPLETED" and row.metrics["leads_enriched"] == 2
+    assert row.metrics["total_cost_micros"] == 100_000 + 3 * 42_000
+    first, second = await harness.leads(job.id)
+    assert first.cost_micros == 50_000 + 2 * 42_000
+    assert first.cost_micros + second.cost_micros == row.metrics["total_cost_micros"]
 
 
 async def test_listing_is_scoped_paged_and_tokens_are_checked(harness: Harness) -> None:
-    ids = [(await harness.orchestrator.submit("alice", config(), "")).id for _ in range(5)]
-    await harness.orchestrator.submit("bob", config(), "")
+    ids = [(await harness.commands.submit("alice", config(), "")).id for _ in range(5)]
+    await harness.commands.submit("bob", config(), "")
     seen: list[str] = []
     token = ""
     async with harness.sessions() as session:
@@ -218,15 +134,22 @@ async def test_listing_is_scoped_paged_and_tokens_are_checked(harness: Harness) 
 
 
 async def test_cancel_then_cancel_again(harness: Harness) -> None:
-    job = await harness.orchestrator.submit("alice", config(), "")
+    job = await harness.commands.submit("alice", config(), "")
     with pytest.raises(NotFound):
-        await harness.orchestrator.cancel("bob", job.id)
-    cancelled = await harness.orchestrator.cancel("alice", job.id)
-    assert cancelled.status == "CANCELLED"
+        await harness.commands.cancel("bob", job.id)
+    cancelled = await harness.commands.cancel("alice", job.id)
+    # Its discovery task is queued: the job waits for it to report (or STOP_TIMEOUT_S).
+    assert cancelled.status == "CANCELLING"
+    again = await harness.commands.cancel("alice", job.id)
+    assert again.status == "CANCELLING" and again.version == cancelled.version
+    await harness.outbox.settle()
     kv = await harness.js.key_value(bus.CANCEL_BUCKET)
     assert (await kv.get(job.id)).value == b"1"
+    stopped = work_pb2.TaskStopped(note="dropped: the job is cancelled")
+    await harness.apply(report(job.id, f"discovery.{job.id}.1.1.stopped", task_stopped=stopped))
+    assert (await harness.job(job.id)).status == "CANCELLED"
     with pytest.raises(FailedPrecondition):
-        await harness.orchestrator.cancel("alice", job.id)
+        await harness.commands.cancel("alice", job.id)
 
 
 async def test_outbox_relay_publishes_what_a_crash_left_behind(harness: Harness) -> None:
@@ -235,21 +158,21 @@ async def test_outbox_relay_publishes_what_a_crash_left_behind(harness: Harness)
         session.add(OutboxRow(id="discovery.left-behind.1", subject=bus.DISCOVERY_SUBJECT,
                               payload=task.SerializeToString(),
                               created_at=utcnow() - timedelta(minutes=1)))  # fmt: skip
-    assert await harness.orchestrator.outbox.relay_once() == 1
+    assert await harness.outbox.relay_once() == 1
     [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
     assert work_pb2.DiscoveryTask.FromString(data).job_id == task.job_id
-    assert await harness.orchestrator.outbox.relay_once() == 0
+    assert await harness.outbox.relay_once() == 0
 
 
 async def test_stalled_jobs_are_retried_by_the_watchdog(harness: Harness) -> None:
-    job = await harness.orchestrator.submit("alice", config(), "")
+    job = await harness.commands.submit("alice", config(), "")
     [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)  # the first task, then lost
-    assert await harness.orchestrator.check_stalled() == 0  # not stale yet
+    assert await harness.watchdog.check_stalled() == 0  # not stale yet
     async with harness.sessions() as session, session.begin():
         row = await session.get(JobRow, job.id)
         assert row is not None
         row.updated_at = utcnow() - timedelta(hours=1)
-    assert await harness.orchestrator.check_stalled() == 1
+    assert await harness.watchdog.check_stalled() == 1
     [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
     assert work_pb2.DiscoveryTask.FromString(data).attempt == 2
     row = await harness.job(job.id)
@@ -259,13 +182,17 @@ async def test_stalled_jobs_are_retried_by_the_watchdog(harness: Harness) -> Non
 async def test_retention_deletes_only_old_finished_jobs(harness: Harness) -> None:
     from services.jobs.retention import purge
 
-    old = await harness.orchestrator.submit("alice", config(max_results=1), "")
-    await harness.orchestrator.apply_report(report(old.id, "d", 0.1, discovery_result=(
+    old = await harness.commands.submit("alice", config(max_results=1), "")
+    await harness.apply(report(old.id, "d", 0.1, discovery_result=(
         work_pb2.DiscoveryResult(businesses_found=1, qualified=places(1)))))  # fmt: skip
-    await harness.orchestrator.cancel("alice", old.id)
-    recent = await harness.orchestrator.submit("alice", config(), "")
-    await harness.orchestrator.cancel("alice", recent.id)
-    running = await harness.orchestrator.submit("alice", config(), "")
+    await harness.commands.cancel("alice", old.id)
+    [lead] = await harness.leads(old.id)
+    stopped = work_pb2.TaskStopped(lead_id=lead.id)
+    await harness.apply(report(old.id, "stopped", task_stopped=stopped))
+    assert (await harness.job(old.id)).status == "CANCELLED"
+    recent = await harness.commands.submit("alice", config(), "")
+    await harness.commands.cancel("alice", recent.id)
+    running = await harness.commands.submit("alice", config(), "")
     async with harness.sessions() as session, session.begin():
         for job_id in (old.id, running.id):
             row = await session.get(JobRow, job_id)
@@ -284,13 +211,17 @@ async def test_retention_deletes_only_old_finished_jobs(harness: Harness) -> Non
 async def test_submits_arriving_together_keep_their_own_checks(harness: Harness) -> None:
     """Concurrent submits share a transaction (group commit), yet each is checked on its
     own: one job per idempotency key and user, and the per-user limit counts the batch."""
-    submit = harness.orchestrator.submit
+    submit = harness.commands.submit
     keyed = await asyncio.gather(
+        submit("alice", config(), "same"),
         submit("alice", config(), "same"),
         submit("alice", config(location="Elsewhere"), "same"),
         submit("bob", config(), "same"),
+        return_exceptions=True,
     )
-    assert keyed[0].id == keyed[1].id != keyed[2].id
+    assert isinstance(keyed[0], JobRow) and isinstance(keyed[1], JobRow)
+    assert isinstance(keyed[3], JobRow) and keyed[0].id == keyed[1].id != keyed[3].id
+    assert isinstance(keyed[2], AlreadyExists)
     limit = Settings().max_active_jobs_per_user
     outcomes = await asyncio.gather(
         *(submit("carol", config(), "") for _ in range(limit + 3)), return_exceptions=True
@@ -306,8 +237,8 @@ async def test_submits_arriving_together_keep_their_own_checks(harness: Harness)
 
 async def test_a_job_changed_since_it_was_read_is_not_overwritten(harness: Harness) -> None:
     """The version guard: a unit whose job another replica changed meanwhile raises
-    Conflict and writes nothing (the orchestrator then reads the job again)."""
-    job = await harness.orchestrator.submit("alice", config(), "")
+    Conflict and writes nothing (the change then runs again)."""
+    job = await harness.commands.submit("alice", config(), "")
     writer = db.Writer(harness.engine)
 
     def stale_write(conn: Connection) -> None:

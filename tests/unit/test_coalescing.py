@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.jobs import machine as m
 from services.jobs.models import JobRow, transient, utcnow
-from services.jobs.orchestrator import Applied, coalesced
+from services.jobs.publishing import Applied, coalesced
 
 
 def job(job_id: str) -> JobRow:

@@ -3,7 +3,8 @@
 Every call of an adapter goes through :func:`send`, which
 
 - waits on the provider's shared :class:`~services.common.providers.base.RateLimiter` before
-  every attempt;
+  every attempt, then awaits the caller's ``on_slot`` hook (where the meter books the
+  request) right before sending it;
 - lets a provider-specific ``classify(response)`` decide what the answer means: an
   :class:`Outcome` that is ``ok`` (with the parsed value), ``retry`` (transient),
   ``rate_limited`` (the provider said "too many requests") or ``permanent``;
@@ -41,7 +42,7 @@ import httpx
 
 from services.common.errors import PermanentProviderError, TransientProviderError
 from services.common.providers.base import Charge, RateLimiter
-from services.common.providers.metering import current_meter
+from services.common.providers.metering import Request, current_meter
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -172,27 +173,23 @@ async def send(
     policy: RetryPolicy,
     *,
     secrets: Iterable[str] = (),
-    before_first_request: Callable[[], Awaitable[None]] | None = None,
-    on_slot: Callable[[], None] | None = None,
+    on_slot: Callable[[], Awaitable[None]] | None = None,
 ) -> T:
     """Send the request ``build_request()`` makes until ``classify`` calls the answer OK.
 
     Returns the OK outcome's value. Raises :class:`PermanentProviderError` on a permanent
     answer and :class:`TransientProviderError` when the attempts run out; both name
-    ``provider`` and the cause, never a secret. ``before_first_request`` runs before the
-    first request waits for its rate-limit slot; ``on_slot`` runs each time a slot comes,
-    right before the request leaves (it may raise to send nothing). Nothing with a round
-    trip sits between a slot and its request: its varying latency would bunch requests
-    up on the way, and the provider would count some over its limit.
+    ``provider`` and the cause, never a secret. ``on_slot`` is awaited each time a slot
+    comes, every attempt, right before the request leaves (it may raise to send nothing).
+    It must not make a round trip: its varying latency between slot and request would
+    bunch requests up on the way, and the provider would count some over its limit.
     """
     secrets = tuple(s for s in secrets if s)
     outcome: Outcome[T] = retry("no attempt made")
     for attempt in range(1, max(1, policy.max_attempts) + 1):
-        if attempt == 1 and before_first_request is not None:
-            await before_first_request()
         await limiter.acquire()
         if on_slot is not None:
-            on_slot()
+            await on_slot()
         try:
             response = await client.send(build_request())
         except httpx.TransportError as exc:
@@ -262,46 +259,50 @@ class HttpProvider:
         classify: Callable[[httpx.Response], Outcome[T]],
         billed: Callable[[T], float] | None = None,
     ) -> tuple[T, list[Charge]]:
-        """One billable request, metered: its value and its charge (none when the provider
+        """One billable call, metered: its value and its charge (none when the provider
         bills nothing for it). ``billed(value)`` is what the provider bills for an answer
-        (default: the list ``price``); a failed request is not billed.
+        (default: the list ``price``); a failed attempt is not billed.
 
-        With a meter running (workers always run one), the call's intent is published
-        before the request waits for its rate-limit slot, and the job is checked again
-        when the slot comes: the meter may refuse (the job was cancelled or failed), and
-        then no request is made (a call refused after its intent is settled at zero).
+        With a meter running (workers always run one), each attempt is one request on the
+        books: when its rate-limit slot comes, the meter may refuse (the job was cancelled
+        or failed: WorkStopped, nothing sent, nothing booked), else it opens the request's
+        intent at list ``price``; once the attempt ends, the intent is settled at what the
+        provider bills for it (see services.common.providers.metering).
         """
         meter = current_meter.get()
-        opened = False
+        under_way: Request | None = None  # the attempt sent last, not settled yet
 
-        async def open_call() -> None:
-            nonlocal opened
-            if meter is not None:
-                await meter.open(self.name, operation, price)
-                opened = True
+        async def on_slot() -> None:
+            nonlocal under_way
+            if meter is None:
+                return
+            if under_way is not None:  # another attempt: the last one failed, unbilled
+                meter.settle(under_way, 0.0)
+                under_way = None
+            under_way = await meter.open(self.name, operation, price)
 
-        def on_slot() -> None:
-            if meter is not None:
-                meter.check(self.name, operation)
-
-        actual = 0.0
         try:
-            value = await self._send(build_request, classify, open_call, on_slot)
-            actual = price if billed is None else billed(value)
-        finally:
-            if opened and meter is not None:
-                meter.settle(self.name, operation, price, actual)
-        charges = [Charge(self.name, operation, actual, metered=opened)] if actual else []
-        return value, charges
+            value = await self._send(build_request, classify, on_slot)
+        except Exception:
+            # No answer: the attempt under way failed (a cancelled task settles nothing: its
+            # intent stands at list price, as if its worker had been killed).
+            if meter is not None and under_way is not None:
+                meter.settle(under_way, 0.0)
+            raise
+        actual = price if billed is None else billed(value)
+        if meter is not None and under_way is not None:
+            meter.settle(under_way, actual)
+        if not actual:
+            return value, []
+        return value, [Charge(self.name, operation, actual, metered=meter is not None)]
 
     async def _send(
         self,
         build_request: Callable[[], httpx.Request],
         classify: Callable[[httpx.Response], Outcome[T]],
-        before_first_request: Callable[[], Awaitable[None]] | None = None,
-        on_slot: Callable[[], None] | None = None,
+        on_slot: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         return await send(
             self._client, self._limiter, self.name, build_request, classify, self._policy,
-            secrets=(self._key,), before_first_request=before_first_request, on_slot=on_slot,
+            secrets=(self._key,), on_slot=on_slot,
         )  # fmt: skip

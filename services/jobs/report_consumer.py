@@ -1,0 +1,213 @@
+"""The report consumer: worker reports from the events stream, applied exactly once.
+
+Reports come in partitions of the events stream, each read by one jobs replica at a time
+(:mod:`services.jobs.partitions`), one pull loop per partition. Each fetch's reports are
+applied in one transaction (each job loaded once, one commit). A message is acked only
+after a commit that contains its report, so every report is either applied or still on the
+stream. A report that breaks the rules of its shape (:func:`services.jobs.reports.check`),
+or whose subject is not its job's, is refused on its own: logged once and terminated on the
+stream. If a batch fails for any other reason, its reports are applied one by one, so one
+report's trouble holds up nobody else's; a report that still fails is handed back with a
+delay, and terminated (logged) at its last delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from prospect.v1 import work_pb2
+from services.common import bus
+from services.common.pull import pull_batches
+from services.common.settings import Settings
+from services.jobs import machine as m
+from services.jobs import reports
+from services.jobs.changes import Changes, apply_event
+from services.jobs.partitions import Membership
+from services.jobs.publishing import Applied
+from services.jobs.reports import BadReport
+from services.jobs.unit import Unit
+
+log = logging.getLogger(__name__)
+
+# Reports applied in one transaction at most: whatever has arrived, up to this many.
+REPORT_BATCH = 32
+RETRY_DELAY_S = 1.0
+
+
+def _lead_ref(unit: Unit, job_id: str, lead_id: str) -> m.LeadRef | None:
+    lead = unit.lead(lead_id) if lead_id else None
+    if lead is None or lead.job_id != job_id:
+        return None
+    return m.LeadRef(lead.id, m.LeadState(lead.state))
+
+
+def _apply_one(unit: Unit, report: work_pb2.WorkerReport) -> Applied | None:
+    """Apply one checked report in ``unit``; None when it changes nothing."""
+    if report.report_id in unit.applied_ids:
+        return None  # applied before: its own id is recorded
+    job = unit.job(report.job_id)
+    cost, intents = reports.bookings(report, unit.applied_ids)
+    for report_id in (report.report_id, *intents):
+        unit.mark_applied(report_id, report.job_id)
+    if job is None:
+        log.warning("report %s for unknown job %s dropped", report.report_id, report.job_id)
+        return None
+    lead = _lead_ref(unit, job.id, reports.lead_id_of(report))
+    event = reports.read(report, cost, lead)
+    applied, result = apply_event(unit, job, event)
+    if result.refused:
+        # Terminal means final: money arriving later is not added (see the README's
+        # failure semantics for the bound this leaves between the books and the bill).
+        level = logging.WARNING if cost.micros else logging.DEBUG
+        log.log(level, "report %s refused: %s", report.report_id, result.refused)
+    applied.stamp = report.published_at
+    return applied
+
+
+def apply_reports(unit: Unit, batch: list[work_pb2.WorkerReport]) -> list[Applied]:
+    """Apply checked reports in one transaction's ``unit``, in order."""
+    # Three queries load what the batch looks at: which of its report ids (intents
+    # included) were applied already, its jobs and the leads it is about.
+    unit.load_applied(
+        [r.report_id for r in batch] + [i.report_id for r in batch for i in r.intents]
+    )
+    unit.load_jobs(r.job_id for r in batch)
+    unit.load_leads({reports.lead_id_of(r) for r in batch} - {""})
+    done = []
+    for report in batch:
+        applied = _apply_one(unit, report)
+        if applied is not None:
+            done.append(applied)
+    return done
+
+
+def _decode(msg: Msg) -> work_pb2.WorkerReport:
+    """The checked report ``msg`` carries; :class:`BadReport` otherwise."""
+    try:
+        report = work_pb2.WorkerReport.FromString(msg.data)
+    except DecodeError:
+        raise BadReport("undecodable") from None
+    reports.check(report)
+    if bus.job_of_report_subject(msg.subject) != report.job_id:
+        raise BadReport(f"published on {msg.subject[:80]}, not on its job's subject")
+    return report
+
+
+def consumers_of(partitions: frozenset[int]) -> set[str]:
+    """The durable consumers a replica owning ``partitions`` reads (the owner of partition
+    0 also drains what was published before the events stream had partitions)."""
+    names = {bus.report_consumer(p) for p in partitions}
+    if 0 in partitions:
+        names.add(bus.LEGACY_REPORTS_CONSUMER)
+    return names
+
+
+class ReportConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        changes: Changes,
+        membership: Membership,
+    ) -> None:
+        self._settings = settings
+        self._js = js
+        self._changes = changes
+        self._membership = membership
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply the reports of the partitions this replica owns, following them as they
+        move, until ``stop``."""
+        loops: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        try:
+            async for owned in self._membership.assignments(stop):
+                wanted = consumers_of(owned)
+                for name in set(loops) - wanted:
+                    leave, task = loops.pop(name)
+                    leave.set()
+                    await task  # its batch under way is finished, then acked
+                for name in sorted(wanted - set(loops)):
+                    leave = asyncio.Event()
+                    task = asyncio.create_task(self._consume(name, leave), name=name)
+                    loops[name] = (leave, task)
+        finally:
+            for leave, _ in loops.values():
+                leave.set()
+            await asyncio.gather(*(task for _, task in loops.values()), return_exceptions=True)
+
+    async def _consume(self, consumer: str, leave: asyncio.Event) -> None:
+        while not leave.is_set():
+            try:
+                batches = pull_batches(
+                    self._js, bus.EVENTS_STREAM, consumer, leave, lambda: REPORT_BATCH
+                )
+                async for msgs in batches:
+                    await self.take(msgs)
+            except Exception:
+                # Binding failed (NATS down at that moment): the loop must not die with it.
+                log.exception("reading %s failed; starting again", consumer)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(leave.wait(), 1.0)
+
+    async def take(self, msgs: list[Msg]) -> None:
+        """Apply the reports of one fetch and give every message its fate."""
+        batch: list[tuple[Msg, work_pb2.WorkerReport]] = []
+        for msg in msgs:
+            try:
+                batch.append((msg, _decode(msg)))
+            except BadReport as exc:
+                await self._refuse(msg, exc)
+        if not batch:
+            return
+        try:
+            await self.apply([report for _, report in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                await self._failed(*batch[0], exc)
+                return
+            log.info("a batch of %d reports failed (%r); applying them one by one", len(batch), exc)
+            for msg, report in batch:
+                await self._take_one(msg, report)
+            return
+        for msg, _ in batch:
+            await msg.ack()
+
+    async def apply(self, batch: list[work_pb2.WorkerReport]) -> None:
+        """Apply checked reports in one change (committed when this returns)."""
+        await self._changes.run(lambda unit: apply_reports(unit, batch))
+
+    async def _take_one(self, msg: Msg, report: work_pb2.WorkerReport) -> None:
+        try:
+            await self.apply([report])
+        except Exception as exc:
+            await self._failed(msg, report, exc)
+            return
+        await msg.ack()
+
+    async def _refuse(self, msg: Msg, exc: BadReport) -> None:
+        log.error("report on %s refused: %s", msg.subject[:80], exc)
+        with contextlib.suppress(Exception):
+            await msg.term()
+
+    async def _failed(self, msg: Msg, report: work_pb2.WorkerReport, exc: Exception) -> None:
+        if isinstance(exc, BadReport):
+            await self._refuse(msg, exc)
+            return
+        delivery = msg.metadata.num_delivered
+        if delivery >= self._settings.max_deliver:
+            log.error(
+                "report %s of job %s dropped after %d failed deliveries: %r",
+                report.report_id, report.job_id, delivery, exc,
+            )  # fmt: skip
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
+        log.warning("report %s not applied (%r); will retry", report.report_id, exc)
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=RETRY_DELAY_S * delivery)

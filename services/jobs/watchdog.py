@@ -1,0 +1,101 @@
+"""The watchdog: no job stays unfinished forever.
+
+A PENDING or PROCESSING job with no change for STALL_TIMEOUT_S is retried (discovery again,
+or its unsettled leads queued again; what was paid for is not paid again: the workers'
+caches and allowance ledger answer for it) or, out of attempts, FAILED. A CANCELLING or
+FAILING job whose work under way has not all reported within STOP_TIMEOUT_S of the stop
+becomes final all the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from services.common.settings import Settings
+from services.jobs import machine as m
+from services.jobs.changes import Changes, apply_event
+from services.jobs.db import Writer
+from services.jobs.models import JobRow, utcnow
+from services.jobs.publishing import Applied
+from services.jobs.unit import ACTIVE, JOBS, STOPPING, Unit
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+
+
+class Watchdog:
+    def __init__(self, settings: Settings, writer: Writer, changes: Changes) -> None:
+        self._settings = settings
+        self._writer = writer
+        self._changes = changes
+
+    async def _each(
+        self,
+        statuses: tuple[str, ...],
+        since: Callable[[JobRow], datetime | None],
+        column: str,
+        timeout_s: float,
+        event: Callable[[float], m.Event],
+    ) -> int:
+        """Apply ``event(seconds waited)`` to every job in ``statuses`` whose ``column``
+        is older than ``timeout_s``, each in its own change (re-checked inside it)."""
+        cutoff = utcnow() - timedelta(seconds=timeout_s)
+        query = (
+            select(JOBS.c.id)
+            .where(JOBS.c.status.in_(statuses), JOBS.c[column] < cutoff)
+            .limit(BATCH)
+        )
+        job_ids = await self._writer.read(lambda conn: list(conn.scalars(query).all()))
+
+        def change(job_id: str) -> Callable[[Unit], list[Applied]]:
+            def run(unit: Unit) -> list[Applied]:
+                job = unit.job(job_id)
+                moment = since(job) if job is not None else None
+                if job is None or job.status not in statuses or moment is None:
+                    return []
+                if moment >= cutoff:
+                    return []  # it moved meanwhile
+                waited = (utcnow() - moment).total_seconds()
+                log.warning("job %s: %s in %s for %.0fs", job_id, job.status, job.stage, waited)
+                applied, _ = apply_event(unit, job, event(waited))
+                return [applied]
+
+            return run
+
+        for job_id in job_ids:
+            await self._changes.run(change(job_id))
+        return len(job_ids)
+
+    async def check_stalled(self) -> int:
+        """Retry or fail every active job unchanged for STALL_TIMEOUT_S; how many."""
+        return await self._each(
+            ACTIVE, lambda job: job.updated_at, "updated_at", self._settings.stall_timeout_s,
+            m.Stalled,
+        )  # fmt: skip
+
+    async def check_stopping(self) -> int:
+        """Finish every job stopping for longer than STOP_TIMEOUT_S; how many."""
+        return await self._each(
+            STOPPING, lambda job: job.stopping_since, "stopping_since",
+            self._settings.stop_timeout_s, m.StopTimedOut,
+        )  # fmt: skip
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check now and then until ``stop``."""
+        s = self._settings
+        interval = min(30.0, s.stall_timeout_s / 4, s.stop_timeout_s / 4)
+        while not stop.is_set():
+            try:
+                await self.check_stopping()
+                await self.check_stalled()
+            except Exception:
+                log.exception("watchdog check failed; trying again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)

@@ -1,0 +1,197 @@
+"""Metered provider calls on a real nats-server and the fake Hunter: a request is on the
+books (one intent report on the events stream) exactly when it leaves the process.
+
+The rate limiter is a gate the test opens slot by slot, so "the task waits for its slot"
+is a state the test sees, not a timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from prospect.v1 import work_pb2
+from services.cli.stack import NatsServer
+from services.common import bus
+from services.common.providers import EmailCandidate
+from services.common.providers.http import RetryPolicy, make_client
+from services.common.providers.hunter import Hunter
+from services.common.providers.metering import Meter, WorkStopped
+from services.common.settings import Settings
+from services.common.worker import publish_report, start_meter
+from tests.fakes import HUNTER_CREDIT_USD, FakeProviders
+
+QUERY = "bakery in Meterville"
+JOB_ID = "job_" + "0" * 32
+LEAD_ID = "lead_0123"
+PREFIX = f"enrichment.{LEAD_ID}.2.1"  # attempt 2, first delivery
+FAST = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05)
+
+
+class GateLimiter:
+    """A RateLimiter whose slots the test hands out one at a time."""
+
+    def __init__(self) -> None:
+        self._slots = asyncio.Semaphore(0)
+        self._arrived = asyncio.Condition()
+        self.waiting = 0  # acquisitions begun
+
+    async def acquire(self) -> None:
+        async with self._arrived:
+            self.waiting += 1
+            self._arrived.notify_all()
+        await self._slots.acquire()
+
+    async def penalize(self, seconds: float) -> None:
+        pass
+
+    def grant(self, slots: int = 1) -> None:
+        for _ in range(slots):
+            self._slots.release()
+
+    async def until_waiting(self, n: int) -> None:
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: self.waiting >= n)
+
+
+@pytest.fixture
+def fakes() -> Iterator[FakeProviders]:
+    with FakeProviders(places_per_query=5, every_domain_has_emails=True) as running:
+        yield running
+
+
+@pytest.fixture
+async def nats(nats_server: NatsServer) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
+    settings = Settings(nats_url=nats_server.url)
+    nc = await bus.connect(settings, "test")
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js, settings)
+        yield nc, js
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def client(fakes: FakeProviders) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(Settings.from_env(fakes.env())) as http:
+        yield http
+
+
+async def events(js: JetStreamContext) -> list[work_pb2.WorkerReport]:
+    """Every report on the events stream so far. A sentinel published with an ack after
+    them marks the end: the stream stores one connection's messages in order."""
+    await publish_report(js, work_pb2.WorkerReport(report_id="sentinel", job_id=JOB_ID))
+    psub = await js.pull_subscribe_bind(bus.JOBS_CONSUMER, bus.EVENTS_STREAM)
+    reports: list[work_pb2.WorkerReport] = []
+    while True:
+        for msg in await psub.fetch(10, timeout=5):
+            await msg.ack()
+            report = work_pb2.WorkerReport.FromString(msg.data)
+            if report.report_id == "sentinel":
+                return reports
+            reports.append(report)
+
+
+class Task:
+    """One enrichment task's email search, metered as a worker meters it."""
+
+    def __init__(self, nc: NATS, cancels: bus.CancelRegistry, hunter: Hunter) -> None:
+        self.meter: Meter | None = None
+        self._nc, self._cancels, self._hunter = nc, cancels, hunter
+
+    async def find_email(self, domain: str) -> EmailCandidate:
+        self.meter = start_meter(self._nc, self._cancels, JOB_ID, PREFIX, 2, LEAD_ID)
+        return await self._hunter.find_email(domain, "")
+
+
+async def test_a_call_stopped_at_its_slot_leaves_nothing(
+    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, client: httpx.AsyncClient
+) -> None:
+    nc, js = nats
+    cancels = await bus.CancelRegistry.open(nc, js)
+    limiter = GateLimiter()
+    settings = Settings.from_env(fakes.env())
+    task = Task(nc, cancels, Hunter(client, settings, limiter, retry_policy=FAST))
+    call = asyncio.create_task(task.find_email(fakes.world.domains_for(QUERY)[0]))
+
+    await limiter.until_waiting(1)  # waiting for its slot when the job is cancelled
+    await bus.CancelRegistry.announce(nc, js, JOB_ID)
+    assert await cancels.refresh(JOB_ID)
+    limiter.grant()
+    with pytest.raises(WorkStopped):
+        await call
+
+    assert fakes.hunter.requests == []
+    assert await events(js) == []  # no intent
+    assert task.meter is not None and task.meter.reportable([]) == ([], [])
+
+
+async def test_every_attempt_sent_is_one_intent(
+    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, client: httpx.AsyncClient
+) -> None:
+    nc, js = nats
+    cancels = await bus.CancelRegistry.open(nc, js)
+    limiter = GateLimiter()
+    limiter.grant(3)
+    settings = Settings.from_env(fakes.env())
+    task = Task(nc, cancels, Hunter(client, settings, limiter, retry_policy=FAST))
+    fakes.hunter.fail_next(2, "server_error")
+
+    found = await task.find_email(fakes.world.domains_for(QUERY)[0])
+    assert found.email
+    assert len(fakes.hunter.requests) == 3
+
+    published = await events(js)
+    assert [r.report_id for r in published] == [f"{PREFIX}.call{n}" for n in (1, 2, 3)]
+    for report in published:
+        assert report.job_id == JOB_ID and report.attempt == 2
+        assert report.WhichOneof("body") == "charges_only"
+        assert report.charges_only.lead_id == LEAD_ID
+        assert [(c.provider, c.operation, c.cost_usd) for c in report.charges] == [
+            ("hunter", "domain_search", HUNTER_CREDIT_USD)
+        ]
+    # The task's next report settles them: two failed attempts are free, the answer is
+    # billed one credit, which is what Hunter billed.
+    assert task.meter is not None
+    charges, intents = task.meter.reportable(found.charges)
+    assert charges == []
+    assert [(i.report_id, i.settled, i.billed_usd) for i in intents] == [
+        (f"{PREFIX}.call1", True, 0.0),
+        (f"{PREFIX}.call2", True, 0.0),
+        (f"{PREFIX}.call3", True, HUNTER_CREDIT_USD),
+    ]
+    assert sum(i.billed_usd for i in intents) == pytest.approx(fakes.hunter.bill_for(QUERY))
+
+
+async def test_a_retry_stopped_at_its_slot_leaves_only_the_attempt_sent(
+    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, client: httpx.AsyncClient
+) -> None:
+    nc, js = nats
+    cancels = await bus.CancelRegistry.open(nc, js)
+    limiter = GateLimiter()
+    settings = Settings.from_env(fakes.env())
+    task = Task(nc, cancels, Hunter(client, settings, limiter, retry_policy=FAST))
+    fakes.hunter.fail_next(1, "server_error")
+    call = asyncio.create_task(task.find_email(fakes.world.domains_for(QUERY)[0]))
+
+    limiter.grant()
+    await limiter.until_waiting(2)  # the first attempt failed; the retry waits
+    await bus.CancelRegistry.announce(nc, js, JOB_ID)
+    assert await cancels.refresh(JOB_ID)
+    limiter.grant()
+    with pytest.raises(WorkStopped):
+        await call
+
+    assert len(fakes.hunter.requests) == 1
+    assert [r.report_id for r in await events(js)] == [f"{PREFIX}.call1"]
+    assert task.meter is not None
+    _, intents = task.meter.reportable([])
+    assert [(i.report_id, i.settled, i.billed_usd) for i in intents] == [
+        (f"{PREFIX}.call1", True, 0.0)
+    ]

@@ -1,0 +1,183 @@
+"""The report path on a real database and a real nats-server: every report applied exactly
+once under a race between jobs replicas, a bad report refused on its own, and a final job
+that never changes again."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Connection, func, select, text, update
+
+from prospect.v1 import work_pb2
+from services.cli.stack import NatsServer
+from services.common import bus
+from services.common.settings import Settings
+from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, utcnow
+from services.jobs.report_consumer import apply_reports
+from services.jobs.unit import Unit
+from tests.conftest import TEST_DATABASE_URL
+from tests.integration.harness import Harness, config, jobs_service, places, report
+
+
+def discovered(job_id: str, n: int, report_id: str = "result") -> work_pb2.WorkerReport:
+    result = work_pb2.DiscoveryResult(businesses_found=n, qualified=places(n))
+    return report(job_id, report_id, 0.1, discovery_result=result)
+
+
+async def consume(harness: Harness, until: int) -> None:
+    """Run the report consumer until its consumers have ``until`` messages acked or
+    terminated (nothing pending, nothing waiting for an ack)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(harness.consumer.run(stop))
+    names = bus.report_consumers(Settings().report_partitions)
+    try:
+        for _ in range(600):
+            infos = [await harness.js.consumer_info(bus.EVENTS_STREAM, n) for n in names]
+            taken = sum(info.delivered.consumer_seq for info in infos)
+            waiting = sum(info.num_pending + info.num_ack_pending for info in infos)
+            if taken >= until and waiting == 0:
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail(f"reports not all taken: {infos}")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_bad_report_is_refused_alone_and_holds_up_nobody(harness: Harness) -> None:
+    jobs = [await harness.commands.submit("alice", config(max_results=2), "") for _ in range(3)]
+    poisoned = discovered(jobs[0].id, 2, "poisoned")
+    poisoned.charges[0].cost_usd = math.nan
+    forged = discovered(jobs[1].id, 2, "forged")  # published on another job's subject
+    await harness.js.publish(bus.events_subject(jobs[0].id), poisoned.SerializeToString())
+    await harness.js.publish(bus.events_subject(jobs[2].id), forged.SerializeToString())
+    await harness.js.publish(bus.events_subject(jobs[0].id), b"\xff not protobuf")
+    for i, job in enumerate(jobs):
+        await harness.js.publish(
+            bus.events_subject(job.id), discovered(job.id, 2, f"good{i}").SerializeToString()
+        )
+    await consume(harness, until=6)
+    for job in jobs:  # every good report applied, in the same fetch as the bad ones
+        row = await harness.job(job.id)
+        assert row.stage == "ENRICHING" and row.metrics["total_cost_micros"] == 100_000
+    async with harness.sessions() as session:
+        applied = set((await session.scalars(select(AppliedReportRow.report_id))).all())
+    assert applied == {"good0", "good1", "good2"}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"] if TEST_DATABASE_URL else [], indirect=True)
+async def test_two_replicas_racing_on_one_job_both_apply_their_reports(
+    database_url: str, nats_server: NatsServer
+) -> None:
+    """One replica applies an intent; the other, at the same moment, the discovery result
+    that repeats the intent's id. The second's transaction collides with the first's on
+    that id: it must run again and apply the result, not count it as applied (PostgreSQL:
+    two writers; SQLite serializes its writers, so one replica is all it runs)."""
+    async with (
+        jobs_service(database_url, nats_server.url) as a,
+        jobs_service(database_url, nats_server.url) as b,
+    ):
+        job = await a.commands.submit("alice", config(max_results=2), "")
+        intent = report(job.id, "discovery.call1", 0.035, charges_only=work_pb2.ChargesOnly())
+        result = discovered(job.id, 2, "discovery.result")
+        result.charges.pop()
+        result.intents.append(
+            work_pb2.Intent(
+                report_id="discovery.call1",
+                charge=work_pb2.Charge(provider="sandbox", operation="search", cost_usd=0.035),
+                settled=True,
+                billed_usd=0.035,
+            )
+        )
+        async with a.engine.connect() as conn:
+            # Replica A applies the intent and holds its transaction open...
+            await conn.begin()
+
+            def apply_intent(sync: Connection) -> None:
+                unit = Unit(sync)
+                apply_reports(unit, [intent])
+                unit.flush()
+
+            await conn.run_sync(apply_intent)
+            # ... while replica B applies the result, which waits on A's row.
+            racing = asyncio.create_task(b.consumer.apply([result]))
+            for _ in range(400):
+                waiting = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                )
+                if waiting:
+                    break
+                assert not racing.done(), racing
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("replica B never waited on replica A's transaction")
+            await conn.commit()
+        await racing
+        row = await a.job(job.id)
+        assert row.stage == "ENRICHING", row.message  # the result was applied
+        assert row.metrics["total_cost_micros"] == 35_000  # the intent once, as billed
+        assert [lead.place_id for lead in await a.leads(job.id)] == ["p0", "p1"]
+
+
+async def test_a_final_job_and_its_leads_never_change_again(harness: Harness) -> None:
+    job = await harness.commands.submit("alice", config(max_results=2), "")
+    await harness.apply(discovered(job.id, 2))
+    first, second = await harness.leads(job.id)
+    found = work_pb2.EnrichmentResult(lead_id=first.id, email="a@x.example", email_status="valid")
+    await harness.apply(report(job.id, "e1", 0.03, enrichment_result=found))
+    cancelling = await harness.commands.cancel("alice", job.id)
+    assert cancelling.status == "CANCELLING"  # the second lead's task is under way
+    stopped = work_pb2.TaskStopped(lead_id=second.id)
+    await harness.apply(report(job.id, "s2", 0.02, task_stopped=stopped))
+    final = await harness.job(job.id)
+    assert final.status == "CANCELLED"
+    assert final.metrics["total_cost_micros"] == 100_000 + 30_000 + 20_000
+    leads = await harness.leads(job.id)
+    assert [lead.email_status for lead in leads] == ["valid", "skipped_cancelled"]
+
+    # Reports arriving after the job is final: refused, nothing changes.
+    late = work_pb2.EnrichmentResult(lead_id=second.id, email="b@x.example", email_status="valid")
+    await harness.apply(report(job.id, "late1", 0.5, enrichment_result=late))
+    await harness.apply(report(job.id, "late2", 0.7, charges_only=work_pb2.ChargesOnly()))
+    after = await harness.job(job.id)
+    assert (after.version, after.metrics, after.status) == (
+        final.version,
+        final.metrics,
+        final.status,
+    )
+    assert [(lead.email, lead.cost_micros) for lead in await harness.leads(job.id)] == [
+        (lead.email, lead.cost_micros) for lead in leads
+    ]
+    async with harness.sessions() as session:
+        campaign = await session.get(CampaignRow, final.campaign_id)
+    assert campaign is not None and campaign.status == "CANCELLED"
+    assert campaign.total_cost_micros == final.metrics["total_cost_micros"]
+    assert sum(lead.cost_micros for lead in leads) == final.metrics["total_cost_micros"]
+
+
+async def test_a_stopping_job_is_final_after_the_stop_timeout(harness: Harness) -> None:
+    job = await harness.commands.submit("alice", config(max_results=2), "")
+    await harness.apply(discovered(job.id, 2))
+    await harness.commands.cancel("alice", job.id)
+    assert await harness.watchdog.check_stopping() == 0  # not yet
+    async with harness.sessions() as session, session.begin():
+        await session.execute(
+            update(JobRow)
+            .where(JobRow.id == job.id)
+            .values(stopping_since=utcnow() - timedelta(minutes=5))
+        )
+    assert await harness.watchdog.check_stopping() == 1
+    row = await harness.job(job.id)
+    assert row.status == "CANCELLED" and "did not report" in row.message
+    assert {lead.state for lead in await harness.leads(job.id)} == {"stopped"}
+    async with harness.sessions() as session:
+        unfinished = await session.scalar(
+            select(func.count()).select_from(JobRow).where(JobRow.status == "CANCELLING")
+        )
+    assert unfinished == 0
