@@ -1,9 +1,9 @@
 """NATS wiring shared by every service: connection, the JetStream topology, subjects.
 
-The topology (streams, durable consumers, the cancellation and allowance buckets) is
-declared here once, in code, and created idempotently by every process at start-up, so
-whichever starts first makes it and a changed setting is applied by an update (DESIGN.md,
-"NATS").
+The topology (streams, durable consumers, the cancellation, allowance and discovery
+buckets) is declared here once, in code, and created idempotently by every process at
+start-up, so whichever starts first makes it and a changed setting is applied by an update
+(docs/design.md, "NATS").
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ EVENTS_STREAM = "PROSPECT_EVENTS"
 CANCEL_BUCKET = "PROSPECT_CANCELLED"
 # What each task has spent or reserved of its budget (services/common/allowance.py).
 ALLOWANCE_BUCKET = "PROSPECT_ALLOWANCES"
+# What each job's discovery got from its paid calls, and who is making them
+# (services/discovery/memo.py).
+DISCOVERY_BUCKET = "PROSPECT_DISCOVERY"
 
 DISCOVERY_SUBJECT = "prospect.work.discovery"
 ENRICHMENT_SUBJECT = "prospect.work.enrichment"
@@ -57,6 +60,8 @@ DUPLICATE_WINDOW_S = 600.0
 CANCEL_TTL_S = 7 * 24 * 3600.0
 # A spend ledger outlives every redelivery and retry of the task it bounds.
 ALLOWANCE_TTL_S = 7 * 24 * 3600.0
+# A discovery memo outlives the stall timeout and every retry of its job's discovery.
+DISCOVERY_TTL_S = 24 * 3600.0
 
 
 def events_subject(job_id: str) -> str:
@@ -192,7 +197,12 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         await js.delete_consumer(EVENTS_STREAM, SHARED_REPORTS_CONSUMER)
     for stream, consumer in _consumer_configs(settings):
         await js.add_consumer(stream, consumer)
-    for bucket, ttl in ((CANCEL_BUCKET, CANCEL_TTL_S), (ALLOWANCE_BUCKET, ALLOWANCE_TTL_S)):
+    buckets = (
+        (CANCEL_BUCKET, CANCEL_TTL_S),
+        (ALLOWANCE_BUCKET, ALLOWANCE_TTL_S),
+        (DISCOVERY_BUCKET, DISCOVERY_TTL_S),
+    )
+    for bucket, ttl in buckets:
         await js.create_key_value(
             KeyValueConfig(
                 bucket=bucket,

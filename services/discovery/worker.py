@@ -9,6 +9,12 @@ metering), so every billable call is accounted for whatever happens next.
 With a ``budget_limit``, every paid call of the job's discovery goes through the shared
 ledger ``job.<job_id>`` (services/common/allowance.py): a redelivered or retried discovery
 spends only what earlier tries left of the budget.
+
+Every delivery and attempt of a job's discovery shares what its predecessors got (the
+job's memo, services/discovery/memo.py) and pays only for what it lacks; one with nothing
+left to pay for scores and reports at once. Paid calls are made by one delivery at a time,
+the holder of the job's lease: another that finds it held comes back later (a nak with a
+delay), when the memo is complete or the lease expired with its holder.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
 from services.common.allowance import Allowance
 from services.common.errors import PermanentProviderError, ProviderError
 from services.common.money import usd_to_micros
-from services.common.providers import Charge, PlaceDetails, SearchPage
+from services.common.providers import Charge, SearchPage
 from services.common.providers.metering import Meter, WorkStopped
 from services.common.settings import Settings
 from services.common.worker import (
@@ -38,6 +45,7 @@ from services.common.worker import (
     retry_delay,
     worker_main,
 )
+from services.discovery.memo import DiscoveryBusy, Lease, Memo, hold_lease, to_place
 from services.discovery.scoring import qualify, score_place
 
 log = logging.getLogger(__name__)
@@ -49,22 +57,6 @@ SEARCH_MIN, SEARCH_MAX = 20, 60
 # the next one): with providers answering in milliseconds, nobody watching sees the step,
 # and every report is a transaction for the jobs service.
 PROGRESS_MIN_INTERVAL_S = 0.1
-
-
-def to_place(details: PlaceDetails, score: int) -> work_pb2.Place:
-    return work_pb2.Place(
-        place_id=details.place_id,
-        name=details.name,
-        address=details.address,
-        phone=details.phone,
-        website=details.website,
-        rating=details.rating,
-        review_count=details.review_count,
-        business_status=details.business_status,
-        types=list(details.types),
-        confidence_score=score,
-        address_complete=details.address_complete,
-    )
 
 
 @dataclass
@@ -92,6 +84,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
     name = "discovery"
     task_type = work_pb2.DiscoveryTask
     consumer = bus.DISCOVERY_CONSUMER
+    _discoveries: KeyValue  # every job's memo and lease (opened by start)
 
     @classmethod
     def concurrency(cls, settings: Settings) -> int:
@@ -102,6 +95,10 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
 
     def provider_names(self) -> dict[str, str]:
         return {"places": self._providers.places.name}
+
+    async def start(self) -> None:
+        await super().start()
+        self._discoveries = await self._js.key_value(bus.DISCOVERY_BUCKET)
 
     async def _report(self, run: _Run, what: str, **body: Message) -> None:
         """Publish the report ``what`` with ``body`` (its oneof field by name) and the
@@ -114,6 +111,12 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         run.unreported = []
         run.last_report = time.monotonic()
 
+    async def _report_charges(self, run: _Run, note: str) -> None:
+        """Report the calls made and not reported yet, if any: the delivery ends without
+        its result and will be tried again."""
+        if run.unreported or run.meter.pending:
+            await self._report(run, "charges", charges_only=work_pb2.ChargesOnly(note=note))
+
     def _check_cancelled(self, run: _Run) -> None:
         if self._cancels.is_cancelled(run.task.job_id):
             raise WorkStopped("discovery stopped: the job is cancelled or failed")
@@ -124,7 +127,14 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         budget = self.allowance(f"job.{task.job_id}", usd_to_micros(task.config.budget_limit))
         run = _Run(task, prefix, delivery, self.start_meter(task, prefix), budget)
         try:
-            await self._discover(run)
+            await self._discover_alone(run)
+        except DiscoveryBusy as busy:
+            # Another delivery is paying for this job's discovery: come back when it is
+            # done (the memo then holds everything) or gone (its lease expired).
+            await self._report_charges(run, f"Discovery paused ({busy}); retrying")
+            log.info("%s: %s; again in %.1fs", prefix, busy, busy.retry_after)
+            await msg.nak(delay=busy.retry_after)
+            return
         except WorkStopped:
             # The job waits for this word before it ends; it carries what was spent.
             note = "Discovery stopped: the job is stopped"
@@ -146,9 +156,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 )
                 await msg.ack()
             else:
-                if run.unreported or run.meter.pending:
-                    note = f"Discovery interrupted ({exc}); retrying"
-                    await self._report(run, "charges", charges_only=work_pb2.ChargesOnly(note=note))
+                await self._report_charges(run, f"Discovery interrupted ({exc}); retrying")
                 await msg.nak(delay=exc.retry_after or retry_delay(run.delivery))
             return
         await msg.ack()
@@ -167,28 +175,69 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             ),
         )
 
+    async def _discover_alone(self, run: _Run) -> None:
+        """:meth:`_discover`, retried in place while another delivery holds the lease when
+        this is the task's last delivery: JetStream would not deliver it again after a
+        nak, and the task's heartbeats keep it meanwhile. Raises DiscoveryBusy on any
+        other delivery."""
+        while True:
+            try:
+                await self._discover(run)
+                return
+            except DiscoveryBusy as busy:
+                if run.delivery < self._settings.max_deliver:
+                    raise
+                await self._report_charges(run, f"Discovery paused ({busy})")
+                log.info("%s: %s; last delivery, waiting %.1fs", run.prefix, busy, busy.retry_after)
+                await asyncio.sleep(busy.retry_after)
+                self._check_cancelled(run)
+
     async def _discover(self, run: _Run) -> None:
+        """Report the job's qualified places, paying only for what its memo lacks, with
+        the job's lease held while paying. Raises DiscoveryBusy when another delivery
+        holds the lease."""
+        job_id = run.task.job_id
+        memo = await Memo.load(self._discoveries, job_id)
+        if not memo.complete:
+            ttl = self._settings.ack_wait_s  # renewed alongside the task's heartbeats
+            async with hold_lease(self._discoveries, job_id, run.prefix, ttl) as lease:
+                # What the delivery that held the lease before saved until it let go.
+                memo = await Memo.load(self._discoveries, job_id)
+                await self._pay_for_lacking(run, memo, lease)
         config = run.task.config
-        await self._progress(
-            run, 0, 0, f"Searching for {config.business_type} in {config.location}"
-        )
-        page = await self._search(run, min(SEARCH_MAX, max(SEARCH_MIN, 2 * config.max_results)))
-        run.charge(page.charges)
-        found = len(page.places)
-        await self._progress(run, 10, found, f"Found {found} businesses")
-
-        details = await self._details(run, [p.place_id for p in page.places])
-        await self._progress(run, 30, found, f"Fetched details for {len(details)} businesses")
-
-        scored = [(d, score_place(d, config.business_type)) for d in details]
+        scored = [(d, score_place(d, config.business_type)) for d in memo.details()]
         kept = qualify(scored, config.min_confidence_score, config.max_results)
         await self._report(
             run,
             "result",
             discovery_result=work_pb2.DiscoveryResult(
-                businesses_found=found, qualified=[to_place(d, s) for d, s in kept]
+                businesses_found=len(memo.found), qualified=[to_place(d, s) for d, s in kept]
             ),
         )
+
+    async def _pay_for_lacking(self, run: _Run, memo: Memo, lease: Lease) -> None:
+        """The search, unless the memo has it, then the details the memo lacks; each
+        answer goes into the memo."""
+        config, places = run.task.config, self._providers.places
+        if not memo.searched:
+            await self._progress(
+                run, 0, 0, f"Searching for {config.business_type} in {config.location}"
+            )
+            lease.check()
+            page = await self._search(run, min(SEARCH_MAX, max(SEARCH_MIN, 2 * config.max_results)))
+            run.charge(page.charges)
+            memo.note_search(page.places)
+            # The details the search page carried cost nothing: saved with the search, so
+            # a delivery that comes after this one has them too.
+            free = [p.place_id for p in page.places if not places.details_price(p.place_id)]
+            await self._details(run, memo, lease, free)
+            found = len(memo.found)
+            await self._progress(run, 10, found, f"Found {found} businesses")
+        lacking = memo.lacking()
+        if lacking:
+            await self._details(run, memo, lease, lacking)
+            found, detailed = len(memo.found), len(memo.details())
+            await self._progress(run, 30, found, f"Fetched details for {detailed} businesses")
 
     async def _search(self, run: _Run, limit: int) -> SearchPage:
         """Up to ``limit`` places, in no more pages than the budget still pays for.
@@ -225,28 +274,34 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             "discovery: nothing left for a search",
         )
 
-    async def _details(self, run: _Run, place_ids: list[str]) -> list[PlaceDetails]:
-        """Details for each place, a bounded number at a time, within the budget."""
+    async def _details(self, run: _Run, memo: Memo, lease: Lease, place_ids: list[str]) -> None:
+        """Details of each place into the memo, a bounded number at a time, within the
+        budget (a place the budget cannot pay for stays without). The memo is saved after
+        each paid answer and on the way out."""
         places = self._providers.places
         gate = asyncio.Semaphore(self._settings.details_concurrency)
-        results: dict[str, PlaceDetails] = {}
 
         async def one(place_id: str) -> None:
             async with gate:
                 self._check_cancelled(run)
+                lease.check()
                 price = usd_to_micros(places.details_price(place_id))
                 call = functools.partial(places.details, place_id)
                 result = await run.allowance.spend(price, call, lambda result: result.charges)
                 if result is None:
                     return  # over budget: this place goes unscored
                 run.charge(result.charges)
-                results[place_id] = result.details
+                memo.note_details(result.details)
+            if result.charges:  # out of the gate: the next call need not wait for it
+                await memo.save()
 
-        outcomes = await asyncio.gather(*(one(p) for p in place_ids), return_exceptions=True)
+        try:
+            outcomes = await asyncio.gather(*(one(p) for p in place_ids), return_exceptions=True)
+        finally:
+            await memo.save()
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return [results[p] for p in place_ids if p in results]
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ The replica that commits a change publishes the snapshot on ``prospect.updates.<
 that job's watchers. On a connection without echo (the jobs service's), the replica hands
 its own snapshots to its watchers directly, saving them the round trip through the server.
 A slow watcher's queue drops its oldest entries, never the newest, so the terminal
-snapshot always gets through (DESIGN.md allows coalescing under load).
+snapshot always gets through (docs/design.md allows coalescing under load).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The transactional outbox (DESIGN.md flow step 1).
+"""The transactional outbox (docs/design.md, "Flow", step 1).
 
 Messages to JetStream are written as rows in the same transaction as the state change that
 causes them, published after commit and then deleted. If the process dies in between, the

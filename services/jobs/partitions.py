@@ -25,12 +25,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger(__name__)
@@ -79,41 +79,72 @@ class Membership:
             )
         )
 
-    async def _members(self, kv: KeyValue) -> set[str]:
-        await kv.put(self.member, b"1")
-        try:
-            return set(await kv.keys())
-        except NoKeysError:
-            return set()
-
     async def assignments(self, stop: asyncio.Event) -> AsyncIterator[frozenset[int]]:
         """The partitions this replica owns: now, then again each time they change, until
-        ``stop``. While NATS cannot be reached, the last assignment stands."""
+        ``stop``. While NATS cannot be reached, the last assignment stands.
+
+        Members are followed with one watch of the bucket (not a listing per look): a
+        member is live while its last heartbeat arrived less than MEMBER_TTL_S ago here,
+        and gone at once when it deletes its entry on leaving."""
         kv: KeyValue | None = None
+        watcher: KeyValue.KeyWatcher | None = None
+        seen: dict[str, float] = {}  # member -> when its last heartbeat arrived
         owned: frozenset[int] | None = None
+        failing = False
         try:
             while not stop.is_set():
+                deadline = time.monotonic() + HEARTBEAT_S
                 try:
-                    kv = kv or await self._bucket()
-                    members = await self._members(kv)
+                    if kv is None or watcher is None:
+                        kv = await self._bucket()
+                        watcher = await kv.watchall()
+                    await kv.put(self.member, b"1")
+                    await _follow(watcher, seen, deadline)
+                    failing = False
                 except Exception as exc:
-                    log.warning("replica membership not renewed: %r", exc)
-                    members = None
-                if owned is None and members is None:
-                    members = set()  # start alone rather than not at all
-                if members is not None:
-                    now = owned_by(self.member, members, self._partitions)
-                    if now != owned:
-                        owned = now
+                    if not failing:  # once per outage
+                        log.warning("replica membership not renewed: %r", exc)
+                    failing = True
+                    # The bucket lives in memory: a restarted nats-server has lost it.
+                    await _stopped(watcher)
+                    kv = watcher = None
+                now = time.monotonic()
+                live = {m for m, at in seen.items() if now - at < MEMBER_TTL_S} | {self.member}
+                if not failing or owned is None:
+                    mine = owned_by(self.member, live, self._partitions)
+                    if mine != owned:
+                        owned = mine
                         log.info(
                             "%s applies reports of partition(s) %s (%d replica(s) live)",
-                            self.member, sorted(owned) or "none", len(members | {self.member}),
+                            self.member, sorted(owned) or "none", len(live),
                         )  # fmt: skip
                         yield owned
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), HEARTBEAT_S)
+                    await asyncio.wait_for(stop.wait(), max(0.0, deadline - time.monotonic()))
         finally:
+            await _stopped(watcher)
             if kv is not None:
                 # Leaving: the others take this replica's partitions at their next look.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(kv.delete(self.member), 2)
+
+
+async def _follow(watcher: KeyValue.KeyWatcher, seen: dict[str, float], until: float) -> None:
+    """Take the bucket's updates into ``seen`` until the monotonic time ``until``."""
+    while (left := until - time.monotonic()) > 0:
+        try:
+            entry = await watcher.updates(timeout=left)
+        except TimeoutError:
+            return
+        if entry is None:  # the end of the entries present when the watch began
+            continue
+        if entry.operation in ("DEL", "PURGE"):
+            seen.pop(entry.key, None)
+        else:
+            seen[entry.key] = time.monotonic()
+
+
+async def _stopped(watcher: KeyValue.KeyWatcher | None) -> None:
+    if watcher is not None:
+        with contextlib.suppress(Exception):
+            await watcher.stop()

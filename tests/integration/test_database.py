@@ -166,12 +166,16 @@ async def test_outbox_relay_publishes_what_a_crash_left_behind(harness: Harness)
 
 async def test_stalled_jobs_are_retried_by_the_watchdog(harness: Harness) -> None:
     job = await harness.commands.submit("alice", config(), "")
-    [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)  # the first task, then lost
+    await harness.outbox.settle()
     assert await harness.watchdog.check_stalled() == 0  # not stale yet
     async with harness.sessions() as session, session.begin():
         row = await session.get(JobRow, job.id)
         assert row is not None
         row.updated_at = utcnow() - timedelta(hours=1)
+    # Quiet, but its task waits in the queue (workers busy or down): not queued again.
+    assert await harness.watchdog.check_stalled() == 1
+    assert (await harness.job(job.id)).attempts == 1
+    [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)  # the only task, then lost
     assert await harness.watchdog.check_stalled() == 1
     [data] = await harness.take(bus.DISCOVERY_CONSUMER, 1)
     assert work_pb2.DiscoveryTask.FromString(data).attempt == 2

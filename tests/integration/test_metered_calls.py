@@ -67,7 +67,8 @@ def fakes() -> Iterator[FakeProviders]:
 
 @pytest.fixture
 async def nats(nats_server: NatsServer) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
-    settings = Settings(nats_url=nats_server.url)
+    # One partition of the events stream: every report in one consumer, in stream order.
+    settings = Settings(nats_url=nats_server.url, report_partitions=1)
     nc = await bus.connect(settings, "test")
     try:
         js = nc.jetstream()
@@ -87,7 +88,7 @@ async def events(js: JetStreamContext) -> list[work_pb2.WorkerReport]:
     """Every report on the events stream so far. A sentinel published with an ack after
     them marks the end: the stream stores one connection's messages in order."""
     await publish_report(js, work_pb2.WorkerReport(report_id="sentinel", job_id=JOB_ID))
-    psub = await js.pull_subscribe_bind(bus.JOBS_CONSUMER, bus.EVENTS_STREAM)
+    psub = await js.pull_subscribe_bind(bus.report_consumer(0), bus.EVENTS_STREAM)
     reports: list[work_pb2.WorkerReport] = []
     while True:
         for msg in await psub.fetch(10, timeout=5):

@@ -35,8 +35,14 @@ def fakes() -> Iterator[FakeProviders]:
 
 @pytest.fixture
 def settings(nats_server: NatsServer, fakes: FakeProviders) -> Settings:
-    # No cache: a lead coming again must pay again, so only its allowance can stop it.
-    env = {**fakes.env(), "NATS_URL": nats_server.url, "ENRICHMENT_CACHE_DAYS": "0"}
+    # No cache: a lead coming again must pay again, so only its allowance can stop it. One
+    # partition of the events stream: every report in one consumer, in stream order.
+    env = {
+        **fakes.env(),
+        "NATS_URL": nats_server.url,
+        "ENRICHMENT_CACHE_DAYS": "0",
+        "REPORT_PARTITIONS": "1",
+    }
     return Settings.from_env(env)
 
 
@@ -63,7 +69,7 @@ async def reports(js: JetStreamContext) -> list[work_pb2.WorkerReport]:
     """Every report on the events stream so far (up to a sentinel published after them)."""
     sentinel = work_pb2.WorkerReport(report_id="sentinel", job_id=JOB_ID)
     await bus.publish_proto(js, bus.events_subject(JOB_ID), sentinel, "sentinel")
-    psub = await js.pull_subscribe_bind(bus.JOBS_CONSUMER, bus.EVENTS_STREAM)
+    psub = await js.pull_subscribe_bind(bus.report_consumer(0), bus.EVENTS_STREAM)
     found: list[work_pb2.WorkerReport] = []
     while True:
         for msg in await psub.fetch(10, timeout=5):

@@ -339,3 +339,13 @@ def test_a_job_stalled_in_enrichment_requeues_its_unsettled_leads() -> None:
     assert effects == [m.RedispatchLeads(2, 50_000)]
     state, _, _ = run(state, enriched(n=1))
     assert state.status == m.Status.COMPLETED
+
+
+def test_leads_queued_again_under_a_budget_never_get_an_unlimited_allowance() -> None:
+    state, _, effects = run(m.JobState(budget_micros=300_000), *discovered([90, 80]))
+    assert m.DispatchLeads(1, 200_000, 1) in effects  # no price known yet
+    _, _, effects = run(state, m.Stalled(700))
+    assert effects == [m.RedispatchLeads(2, 200_000)]  # what is left, not 0 (no limit)
+    spent = replace(state, metrics=replace(state.metrics, total_cost_micros=300_000))
+    _, _, effects = run(spent, m.Stalled(700))
+    assert effects == [m.RedispatchLeads(2, 1)]  # nothing left: pays for nothing

@@ -455,6 +455,19 @@ def _report(state: JobState, event: ReportEvent) -> Transition:
 # Commands and the watchdog -----------------------------------------------------------------
 
 
+def _redispatch_allowance(state: JobState) -> int:
+    """What each lead queued again may spend: as when first queued (its price, or a share
+    of what is left while no lead has reported its price). Under a budget never 0, which
+    a task reads as "no limit": with nothing left, 1 micro-dollar, which pays for nothing."""
+    if not state.budget_micros:
+        return 0
+    m = state.metrics
+    if m.lead_price_micros:
+        return m.lead_price_micros
+    left = state.budget_micros - m.total_cost_micros
+    return max(1, left // max(1, m.leads_in_flight))
+
+
 def _stalled(state: JobState, event: Stalled) -> Transition:
     b = _Builder(state)
     idle = f"No progress for {event.idle_s:.0f}s in {state.stage.value}"
@@ -466,8 +479,7 @@ def _stalled(state: JobState, event: Stalled) -> Transition:
     if state.stage in DISCOVERY_STAGES:
         b.effects.append(RetryDiscovery(attempt))
     else:
-        allowance = state.metrics.lead_price_micros if state.budget_micros else 0
-        b.effects.append(RedispatchLeads(attempt, allowance))
+        b.effects.append(RedispatchLeads(attempt, _redispatch_allowance(state)))
     b.step(f"{idle}; retrying (attempt {attempt}/{state.max_attempts})", attempts=attempt)
     return b.result()
 
