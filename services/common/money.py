@@ -16,3 +16,10 @@ def usd_to_micros(usd: float) -> int:
 
 def micros_to_usd(micros: int) -> float:
     return micros / MICROS_PER_USD
+
+
+def split_micros(total: int, parts: int) -> list[int]:
+    """``total`` micro-dollars in ``parts`` exact shares (they add up to ``total``), the
+    first ones larger by one where it does not divide evenly."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]

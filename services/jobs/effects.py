@@ -11,17 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+from services.common.money import split_micros
 from services.jobs import machine as m
 from services.jobs.convert import store_state
 from services.jobs.models import JobRow, LeadRow, OutboxRow, transient
 from services.jobs.tasks import discovery_task_row, enrichment_task_row, new_id, stop_row
 from services.jobs.unit import Unit
-
-
-def _share(total: int, parts: int) -> list[int]:
-    """Split ``total`` micro-dollars into ``parts`` exact shares, the first ones larger."""
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
 def add_costs(lead: LeadRow, by_provider: Mapping[str, int]) -> None:
@@ -112,7 +107,7 @@ def _carry_out(unit: Unit, job: JobRow, effect: m.Effect, now: datetime) -> list
             leads = unit.leads_of(job.id)
             if leads:
                 for provider, micros in by_provider.items():
-                    for lead, share in zip(leads, _share(micros, len(leads)), strict=True):
+                    for lead, share in zip(leads, split_micros(micros, len(leads)), strict=True):
                         if share:
                             add_costs(lead, {provider: share})
         case m.FinalizeCampaign():

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.common import bus, heap
@@ -93,6 +97,32 @@ def build_grpc_server(
     return server, port, health_servicer
 
 
+@dataclass(frozen=True)
+class Parts:
+    """The jobs service's collaborators, built once at start-up and passed in."""
+
+    writer: db.Writer
+    outbox: Outbox
+    changes: Changes
+    commands: Commands
+    reports: ReportConsumer
+    watchdog: Watchdog
+
+
+def assemble(
+    settings: Settings, engine: AsyncEngine, nc: NATS, js: JetStreamContext, fanout: Fanout
+) -> Parts:
+    """Build the collaborators over a migrated ``engine`` and a connected ``nc``."""
+    writer = db.Writer(engine)
+    outbox = Outbox(js, writer)
+    changes = Changes(writer, Publisher(nc, fanout, outbox))
+    commands = Commands(writer, changes, Submits(settings, writer, outbox))
+    membership = Membership(js, settings.report_partitions, settings.stream_replicas)
+    reports = ReportConsumer(settings, js, changes, membership)
+    watchdog = Watchdog(settings, writer, changes, js)
+    return Parts(writer, outbox, changes, commands, reports, watchdog)
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     set_local_user(settings.local_user)
     engine = db.create_engine(settings.effective_database_url)
@@ -104,16 +134,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await bus.ensure_topology(js, settings)
     fanout = Fanout(nc)
     await fanout.start()
-    writer = db.Writer(engine)
-    outbox = Outbox(js, writer)
-    changes = Changes(writer, Publisher(nc, fanout, outbox))
-    commands = Commands(writer, changes, Submits(settings, writer, outbox))
-    membership = Membership(js, settings.report_partitions, settings.stream_replicas)
-    reports = ReportConsumer(settings, js, changes, membership)
-    watchdog = Watchdog(settings, writer, changes, js)
+    parts = assemble(settings, engine, nc, js, fanout)
+    outbox = parts.outbox
     servicer = JobService(
         sessions,
-        commands,
+        parts.commands,
         fanout,
         PageTokens(settings.page_token_secret.encode()),
         max_watches_per_user=settings.max_watches_per_user,
@@ -123,9 +148,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     loops = [
-        asyncio.create_task(reports.run(stop), name="reports"),
+        asyncio.create_task(parts.reports.run(stop), name="reports"),
         asyncio.create_task(outbox.run_relay(stop, settings.outbox_poll_s), name="outbox"),
-        asyncio.create_task(watchdog.run(stop), name="watchdog"),
+        asyncio.create_task(parts.watchdog.run(stop), name="watchdog"),
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
     tls = " with TLS" if settings.grpc_tls_cert else ""
@@ -146,7 +171,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).
     with contextlib.suppress(Exception):
         await asyncio.wait_for(nc.close(), 5)
-    writer.dispose()
+    parts.writer.dispose()
     await engine.dispose()
     lifecycle.info("jobs stopped")
 

@@ -29,6 +29,7 @@ from services.cli.stack import NatsServer, ServiceProcess
 from services.common import bus
 from services.common.settings import Settings
 from tests.fakes import FakeProviders
+from tests.nats_helpers import connected
 
 pytestmark = pytest.mark.e2e
 
@@ -55,14 +56,8 @@ def env(nats_server: NatsServer, fakes: FakeProviders) -> dict[str, str]:
 
 @pytest.fixture
 async def nats(env: dict[str, str]) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
-    settings = Settings.from_env(env)
-    nc = await bus.connect(settings, "test")
-    try:
-        js = nc.jetstream()
-        await bus.ensure_topology(js, settings)
-        yield nc, js
-    finally:
-        await nc.close()
+    async with connected(Settings.from_env(env)) as running:
+        yield running
 
 
 @contextlib.asynccontextmanager

@@ -17,17 +17,15 @@ from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
 from services.common.settings import Settings
 from services.jobs import db, reports
-from services.jobs.changes import Changes
 from services.jobs.commands import Commands
 from services.jobs.fanout import Fanout
 from services.jobs.models import JobRow, LeadRow
 from services.jobs.outbox import Outbox
-from services.jobs.partitions import Membership
-from services.jobs.publishing import Publisher
 from services.jobs.report_consumer import ReportConsumer
-from services.jobs.submits import Submits
+from services.jobs.server import assemble
 from services.jobs.validation import PageTokens
 from services.jobs.watchdog import Watchdog
+from tests.nats_helpers import connected
 
 
 @dataclass
@@ -59,10 +57,12 @@ class Harness:
             return list((await session.scalars(query)).all())
 
     async def take(self, consumer: str, n: int) -> list[bytes]:
+        """Take ``n`` tasks off a work consumer, as a worker would, and ack them (the
+        server confirms each ack before this returns)."""
         psub = await self.js.pull_subscribe_bind(consumer, bus.WORK_STREAM)
         msgs = await psub.fetch(n, timeout=5)
         for msg in msgs:
-            await msg.ack()
+            await msg.ack_sync()
         await psub.unsubscribe()
         return [msg.data for msg in msgs]
 
@@ -72,28 +72,22 @@ async def jobs_service(database_url: str, nats_url: str) -> AsyncIterator[Harnes
     """One jobs replica's parts on ``database_url`` (migrated) and ``nats_url``."""
     settings = Settings(nats_url=nats_url, database_url=database_url)
     engine = db.create_engine(database_url)
-    await db.migrate(engine)
-    sessions = db.sessionmaker(engine)
-    nc = await bus.connect(settings, "test")
-    js = nc.jetstream()
-    await bus.ensure_topology(js, settings)
-    fanout = Fanout(nc)
-    await fanout.start()
-    writer = db.Writer(engine)
-    outbox = Outbox(js, writer)
-    changes = Changes(writer, Publisher(nc, fanout, outbox))
-    commands = Commands(writer, changes, Submits(settings, writer, outbox))
-    membership = Membership(js, settings.report_partitions)
-    consumer = ReportConsumer(settings, js, changes, membership)
-    watchdog = Watchdog(settings, writer, changes, js)
     try:
-        yield Harness(
-            engine, sessions, nc, js, commands, outbox, consumer, watchdog, PageTokens(b"test")
-        )
+        await db.migrate(engine)
+        sessions = db.sessionmaker(engine)
+        async with connected(settings) as (nc, js):
+            fanout = Fanout(nc)
+            await fanout.start()
+            parts = assemble(settings, engine, nc, js, fanout)
+            try:
+                yield Harness(
+                    engine, sessions, nc, js, parts.commands, parts.outbox, parts.reports,
+                    parts.watchdog, PageTokens(b"test"),
+                )  # fmt: skip
+            finally:
+                parts.writer.dispose()  # its connections, and their checkpoint thread
+                await fanout.stop()
     finally:
-        writer.dispose()  # its connections, and their checkpoint thread
-        await fanout.stop()
-        await nc.close()
         await engine.dispose()
 
 

@@ -21,18 +21,13 @@ from services.common.allowance import Allowance
 from services.common.errors import PermanentProviderError, TransientProviderError
 from services.common.providers import Charge
 from services.common.settings import Settings
+from tests.nats_helpers import connected
 
 
 @pytest.fixture
 async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
-    settings = Settings(nats_url=nats_server.url)
-    nc = await bus.connect(settings, "test")
-    try:
-        js = nc.jetstream()
-        await bus.ensure_topology(js, settings)
+    async with connected(Settings(nats_url=nats_server.url)) as (_, js):
         yield js
-    finally:
-        await nc.close()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from services.common.providers import open_providers
 from services.common.settings import Settings
 from services.discovery.worker import DiscoveryWorker
 from tests.fakes import FakeProviders
+from tests.nats_helpers import connected, reports_so_far
 
 QUERY = "bakery in Memoville"
 JOB_ID = "job_" + "2" * 32
@@ -49,13 +50,8 @@ def settings(nats_server: NatsServer, fakes: FakeProviders) -> Settings:
 
 @pytest.fixture
 async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
-    nc = await bus.connect(settings, "test")
-    try:
-        js = nc.jetstream()
-        await bus.ensure_topology(js, settings)
+    async with connected(settings) as (_, js):
         yield js
-    finally:
-        await nc.close()
 
 
 @asynccontextmanager
@@ -106,22 +102,11 @@ async def take(js: JetStreamContext, n: int = 1) -> list[Msg]:
         await psub.unsubscribe()
 
 
-async def reports(js: JetStreamContext) -> list[work_pb2.WorkerReport]:
-    """Every report on the events stream so far (up to a sentinel published after them)."""
-    sentinel = work_pb2.WorkerReport(report_id=f"sentinel.{time.time_ns()}", job_id=JOB_ID)
-    await bus.publish_proto(js, bus.events_subject(JOB_ID), sentinel, sentinel.report_id)
-    psub = await js.pull_subscribe_bind(bus.report_consumer(0), bus.EVENTS_STREAM)
-    found: list[work_pb2.WorkerReport] = []
-    try:
-        while True:
-            for msg in await psub.fetch(10, timeout=5):
-                await msg.ack()
-                report = work_pb2.WorkerReport.FromString(msg.data)
-                if report.report_id == sentinel.report_id:
-                    return found
-                found.append(report)
-    finally:
-        await psub.unsubscribe()
+async def handle_attempt(js: JetStreamContext, worker: DiscoveryWorker, attempt: int) -> None:
+    """Queue the job's discovery task of ``attempt`` and have ``worker`` handle it."""
+    await queue(js, discovery_task(attempt))
+    [msg] = await take(js)
+    await worker.handle(msg)
 
 
 def results(published: list[work_pb2.WorkerReport]) -> list[work_pb2.WorkerReport]:
@@ -175,7 +160,7 @@ async def test_two_attempts_started_together_pay_for_the_search_once(
         waiter = one if again.data == first.data else two
         await waiter.handle(again)
 
-    published = await reports(js)
+    published = await reports_so_far(js, JOB_ID)
     assert sorted(r.attempt for r in results(published)) == [1, 2]
     a, b = (r.discovery_result for r in results(published))
     assert a == b and len(a.qualified) == 5 and a.businesses_found == 20
@@ -190,17 +175,13 @@ async def test_a_stall_retry_after_a_lost_result_starts_from_the_memo(
     settings: Settings, js: JetStreamContext, fakes: FakeProviders
 ) -> None:
     async with discovery_workers(settings, 2) as (first_worker, second_worker):
-        await queue(js, discovery_task(1))
-        [first] = await take(js)
-        await first_worker.handle(first)
-        lost = await reports(js)  # attempt 1's result never reaches the jobs service
+        await handle_attempt(js, first_worker, 1)
+        lost = await reports_so_far(js, JOB_ID)  # attempt 1's result never reaches the jobs service
 
         # The watchdog's attempt 2, taken by another worker.
-        await queue(js, discovery_task(2))
-        [second] = await take(js)
-        await second_worker.handle(second)
+        await handle_attempt(js, second_worker, 2)
 
-    published = await reports(js)
+    published = await reports_so_far(js, JOB_ID)
     [result] = results(published)
     assert result.attempt == 2 and result.report_id.startswith(f"discovery.{JOB_ID}.2.1.")
     assert result.discovery_result == results(lost)[0].discovery_result
@@ -213,10 +194,8 @@ async def test_a_later_try_pays_only_for_what_the_memo_lacks(
     settings: Settings, js: JetStreamContext, fakes: FakeProviders
 ) -> None:
     async with discovery_workers(settings, 2) as (first_worker, second_worker):
-        await queue(js, discovery_task(1))
-        [first] = await take(js)
-        await first_worker.handle(first)
-        before = results(await reports(js))[0].discovery_result
+        await handle_attempt(js, first_worker, 1)
+        before = results(await reports_so_far(js, JOB_ID))[0].discovery_result
         # The memo as a try killed half-way through the details would have left it.
         kv = await discovery_kv(js)
         memo = work_pb2.DiscoveryMemo.FromString((await kv.get(f"memo.{JOB_ID}")).value or b"")
@@ -226,11 +205,9 @@ async def test_a_later_try_pays_only_for_what_the_memo_lacks(
         memo.details.extend(kept)
         await kv.put(f"memo.{JOB_ID}", memo.SerializeToString())
 
-        await queue(js, discovery_task(2))
-        [second] = await take(js)
-        await second_worker.handle(second)
+        await handle_attempt(js, second_worker, 2)
 
-    published = await reports(js)
+    published = await reports_so_far(js, JOB_ID)
     [result] = results(published)
     assert result.discovery_result == before
     assert fakes.google.calls("text_search") == 1 and fakes.google.calls("place_details") == 3
@@ -245,16 +222,14 @@ async def test_a_live_lease_sends_the_task_back_and_an_expired_one_is_taken_over
 ) -> None:
     await put_lease(js, "discovery.other.1.1~dead", time.time() + 60)
     async with discovery_worker(settings) as worker:
-        await queue(js, discovery_task(1))
-        [msg] = await take(js)
-        await worker.handle(msg)
-        assert fakes.google.requests == [] and not await reports(js)
+        await handle_attempt(js, worker, 1)
+        assert fakes.google.requests == [] and not await reports_so_far(js, JOB_ID)
 
         await put_lease(js, "discovery.other.1.1~dead", time.time() - 1)  # its holder died
         [again] = await take(js)
         await worker.handle(again)
 
-    [result] = results(await reports(js))
+    [result] = results(await reports_so_far(js, JOB_ID))
     assert result.report_id.startswith(f"discovery.{JOB_ID}.1.2.")
     assert fakes.google.calls("text_search") == 1
     lease = work_pb2.DiscoveryLease.FromString(
@@ -285,6 +260,6 @@ async def test_the_last_delivery_waits_for_the_lease_in_place(
         finally:
             handling.cancel()
 
-    [result] = results(await reports(js))
+    [result] = results(await reports_so_far(js, JOB_ID))
     assert result.report_id.startswith(f"discovery.{JOB_ID}.1.1.")
     assert fakes.google.calls("text_search") == 1

@@ -15,7 +15,6 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from prospect.v1 import work_pb2
 from services.cli.stack import NatsServer
 from services.common import bus
 from services.common.providers import EmailCandidate
@@ -23,8 +22,9 @@ from services.common.providers.http import RetryPolicy, make_client
 from services.common.providers.hunter import Hunter
 from services.common.providers.metering import Meter, WorkStopped
 from services.common.settings import Settings
-from services.common.worker import publish_report, start_meter
+from services.common.worker import start_meter
 from tests.fakes import HUNTER_CREDIT_USD, FakeProviders
+from tests.nats_helpers import connected, reports_so_far
 
 QUERY = "bakery in Meterville"
 JOB_ID = "job_" + "0" * 32
@@ -68,14 +68,8 @@ def fakes() -> Iterator[FakeProviders]:
 @pytest.fixture
 async def nats(nats_server: NatsServer) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
     # One partition of the events stream: every report in one consumer, in stream order.
-    settings = Settings(nats_url=nats_server.url, report_partitions=1)
-    nc = await bus.connect(settings, "test")
-    try:
-        js = nc.jetstream()
-        await bus.ensure_topology(js, settings)
-        yield nc, js
-    finally:
-        await nc.close()
+    async with connected(Settings(nats_url=nats_server.url, report_partitions=1)) as running:
+        yield running
 
 
 @pytest.fixture
@@ -84,71 +78,70 @@ async def client(fakes: FakeProviders) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def events(js: JetStreamContext) -> list[work_pb2.WorkerReport]:
-    """Every report on the events stream so far. A sentinel published with an ack after
-    them marks the end: the stream stores one connection's messages in order."""
-    await publish_report(js, work_pb2.WorkerReport(report_id="sentinel", job_id=JOB_ID))
-    psub = await js.pull_subscribe_bind(bus.report_consumer(0), bus.EVENTS_STREAM)
-    reports: list[work_pb2.WorkerReport] = []
-    while True:
-        for msg in await psub.fetch(10, timeout=5):
-            await msg.ack()
-            report = work_pb2.WorkerReport.FromString(msg.data)
-            if report.report_id == "sentinel":
-                return reports
-            reports.append(report)
-
-
 class Task:
-    """One enrichment task's email search, metered as a worker meters it."""
+    """One enrichment task's email search, metered as a worker meters it, through a Hunter
+    whose rate limiter is ``limiter``."""
 
-    def __init__(self, nc: NATS, cancels: bus.CancelRegistry, hunter: Hunter) -> None:
+    def __init__(
+        self,
+        nats: tuple[NATS, JetStreamContext],
+        cancels: bus.CancelRegistry,
+        hunter: Hunter,
+        limiter: GateLimiter,
+    ) -> None:
         self.meter: Meter | None = None
-        self._nc, self._cancels, self._hunter = nc, cancels, hunter
+        self.limiter = limiter
+        (self._nc, self._js), self._cancels, self._hunter = nats, cancels, hunter
 
     async def find_email(self, domain: str) -> EmailCandidate:
         self.meter = start_meter(self._nc, self._cancels, JOB_ID, PREFIX, 2, LEAD_ID)
         return await self._hunter.find_email(domain, "")
 
+    async def stop_job(self) -> None:
+        """Cancel the job as the jobs service does; the task's cancel registry knows it."""
+        await bus.CancelRegistry.announce(self._nc, self._js, JOB_ID)
+        assert await self._cancels.refresh(JOB_ID)
+
+
+@pytest.fixture
+async def task(
+    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, client: httpx.AsyncClient
+) -> Task:
+    cancels = await bus.CancelRegistry.open(*nats)
+    limiter = GateLimiter()
+    hunter = Hunter(client, Settings.from_env(fakes.env()), limiter, retry_policy=FAST)
+    return Task(nats, cancels, hunter, limiter)
+
 
 async def test_a_call_stopped_at_its_slot_leaves_nothing(
-    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, client: httpx.AsyncClient
+    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, task: Task
 ) -> None:
-    nc, js = nats
-    cancels = await bus.CancelRegistry.open(nc, js)
-    limiter = GateLimiter()
-    settings = Settings.from_env(fakes.env())
-    task = Task(nc, cancels, Hunter(client, settings, limiter, retry_policy=FAST))
+    _, js = nats
     call = asyncio.create_task(task.find_email(fakes.world.domains_for(QUERY)[0]))
 
-    await limiter.until_waiting(1)  # waiting for its slot when the job is cancelled
-    await bus.CancelRegistry.announce(nc, js, JOB_ID)
-    assert await cancels.refresh(JOB_ID)
-    limiter.grant()
+    await task.limiter.until_waiting(1)  # waiting for its slot when the job is cancelled
+    await task.stop_job()
+    task.limiter.grant()
     with pytest.raises(WorkStopped):
         await call
 
     assert fakes.hunter.requests == []
-    assert await events(js) == []  # no intent
+    assert await reports_so_far(js, JOB_ID) == []  # no intent
     assert task.meter is not None and task.meter.reportable([]) == ([], [])
 
 
 async def test_every_attempt_sent_is_one_intent(
-    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, client: httpx.AsyncClient
+    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, task: Task
 ) -> None:
-    nc, js = nats
-    cancels = await bus.CancelRegistry.open(nc, js)
-    limiter = GateLimiter()
-    limiter.grant(3)
-    settings = Settings.from_env(fakes.env())
-    task = Task(nc, cancels, Hunter(client, settings, limiter, retry_policy=FAST))
+    _, js = nats
+    task.limiter.grant(3)
     fakes.hunter.fail_next(2, "server_error")
 
     found = await task.find_email(fakes.world.domains_for(QUERY)[0])
     assert found.email
     assert len(fakes.hunter.requests) == 3
 
-    published = await events(js)
+    published = await reports_so_far(js, JOB_ID)
     assert [r.report_id for r in published] == [f"{PREFIX}.call{n}" for n in (1, 2, 3)]
     for report in published:
         assert report.job_id == JOB_ID and report.attempt == 2
@@ -171,26 +164,21 @@ async def test_every_attempt_sent_is_one_intent(
 
 
 async def test_a_retry_stopped_at_its_slot_leaves_only_the_attempt_sent(
-    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, client: httpx.AsyncClient
+    nats: tuple[NATS, JetStreamContext], fakes: FakeProviders, task: Task
 ) -> None:
-    nc, js = nats
-    cancels = await bus.CancelRegistry.open(nc, js)
-    limiter = GateLimiter()
-    settings = Settings.from_env(fakes.env())
-    task = Task(nc, cancels, Hunter(client, settings, limiter, retry_policy=FAST))
+    _, js = nats
     fakes.hunter.fail_next(1, "server_error")
     call = asyncio.create_task(task.find_email(fakes.world.domains_for(QUERY)[0]))
 
-    limiter.grant()
-    await limiter.until_waiting(2)  # the first attempt failed; the retry waits
-    await bus.CancelRegistry.announce(nc, js, JOB_ID)
-    assert await cancels.refresh(JOB_ID)
-    limiter.grant()
+    task.limiter.grant()
+    await task.limiter.until_waiting(2)  # the first attempt failed; the retry waits
+    await task.stop_job()
+    task.limiter.grant()
     with pytest.raises(WorkStopped):
         await call
 
     assert len(fakes.hunter.requests) == 1
-    assert [r.report_id for r in await events(js)] == [f"{PREFIX}.call1"]
+    assert [r.report_id for r in await reports_so_far(js, JOB_ID)] == [f"{PREFIX}.call1"]
     assert task.meter is not None
     _, intents = task.meter.reportable([])
     assert [(i.report_id, i.settled, i.billed_usd) for i in intents] == [

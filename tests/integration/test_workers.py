@@ -22,6 +22,7 @@ from services.common.settings import Settings
 from services.common.worker import TaskRunner
 from services.enrichment.worker import EnrichmentWorker
 from tests.fakes import HUNTER_CREDIT_USD, NEVERBOUNCE_CHECK_USD, FakeProviders
+from tests.nats_helpers import connected, reports_so_far
 
 QUERY = "bakery in Workerton"
 JOB_ID = "job_" + "1" * 32
@@ -48,13 +49,8 @@ def settings(nats_server: NatsServer, fakes: FakeProviders) -> Settings:
 
 @pytest.fixture
 async def nats(settings: Settings) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
-    nc = await bus.connect(settings, "test")
-    try:
-        js = nc.jetstream()
-        await bus.ensure_topology(js, settings)
-        yield nc, js
-    finally:
-        await nc.close()
+    async with connected(settings) as running:
+        yield running
 
 
 async def queue(js: JetStreamContext, task: work_pb2.EnrichmentTask, msg_id: str) -> Msg:
@@ -63,21 +59,6 @@ async def queue(js: JetStreamContext, task: work_pb2.EnrichmentTask, msg_id: str
     psub = await js.pull_subscribe_bind(bus.ENRICHMENT_CONSUMER, bus.WORK_STREAM)
     [msg] = await psub.fetch(1, timeout=5)
     return msg
-
-
-async def reports(js: JetStreamContext) -> list[work_pb2.WorkerReport]:
-    """Every report on the events stream so far (up to a sentinel published after them)."""
-    sentinel = work_pb2.WorkerReport(report_id="sentinel", job_id=JOB_ID)
-    await bus.publish_proto(js, bus.events_subject(JOB_ID), sentinel, "sentinel")
-    psub = await js.pull_subscribe_bind(bus.report_consumer(0), bus.EVENTS_STREAM)
-    found: list[work_pb2.WorkerReport] = []
-    while True:
-        for msg in await psub.fetch(10, timeout=5):
-            await msg.ack()
-            report = work_pb2.WorkerReport.FromString(msg.data)
-            if report.report_id == "sentinel":
-                return found
-            found.append(report)
 
 
 async def enrichment_worker(
@@ -159,7 +140,7 @@ async def test_a_dropped_task_of_a_stopped_job_says_so(
 
     await worker.handle(msg)
 
-    [report] = await reports(js)
+    [report] = await reports_so_far(js, JOB_ID)
     assert report.report_id == "enrichment.lead_a.3.1.stopped"
     assert (report.job_id, report.attempt) == (JOB_ID, 3)
     assert report.WhichOneof("body") == "task_stopped"
@@ -178,7 +159,7 @@ async def test_a_lead_coming_again_spends_only_what_its_allowance_has_left(
     await worker.handle(await queue(js, lead_task(fakes, "lead_b", 1, budget), "t1"))
     await worker.handle(await queue(js, lead_task(fakes, "lead_b", 2, budget), "t2"))
 
-    published = await reports(js)
+    published = await reports_so_far(js, JOB_ID)
     first, second = [r for r in published if r.WhichOneof("body") == "enrichment_result"]
     # The first time, each paid request was an intent report of its own.
     assert [r.report_id for r in published if r.WhichOneof("body") == "charges_only"] == [

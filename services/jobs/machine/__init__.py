@@ -14,9 +14,11 @@ Leads: PENDING -> DISPATCHED -> ENRICHED | SKIPPED | FAILED | STOPPED (see
 :class:`LeadState`).
 
 Modules: ``_state`` (what is known), ``_events`` (what happens), ``_effects`` (what must be
-done), ``_transition`` (the rules).
+done), ``_transition`` (the rules), ``_endings`` (how a job completes or stops),
+``_builder`` (snapshots, and the money and budget arithmetic).
 """
 
+from services.jobs.machine._builder import Snapshot, Transition
 from services.jobs.machine._effects import (
     AddLeadCost,
     CloseLeads,
@@ -60,7 +62,7 @@ from services.jobs.machine._state import (
     Status,
     dollars,
 )
-from services.jobs.machine._transition import Snapshot, Transition, transition
+from services.jobs.machine._transition import transition
 
 __all__ = [
     "NO_COST",
