@@ -4,8 +4,8 @@ service's report consumer.
 :func:`pull_batches` yields the messages of each fetch; the caller decides each message's
 fate (ack, nak with a delay, term). A fetch that finds nothing is idle, not an error
 (nats-py 2.x raises its own ``nats.errors.TimeoutError`` or, from some code paths, the
-built-in ``TimeoutError``; the first is a subclass of the second, so one clause takes
-both). Any other failure (the server restarting, a reconnect under way) is logged once per
+built-in ``TimeoutError``, the first a subclass of the second, so one clause takes both;
+or it returns no message at all). Any other failure (the server restarting, a reconnect under way) is logged once per
 outage and retried with a growing pause; the client reconnects by itself.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -32,7 +32,9 @@ async def pull_batches(
     consumer: str,
     stop: asyncio.Event,
     batch_size: Callable[[], int],
-) -> AsyncIterator[list[Msg]]:
+    *,
+    fetch_timeout_s: float = FETCH_TIMEOUT_S,
+) -> AsyncGenerator[list[Msg], None]:
     """Batches of up to ``batch_size()`` messages from ``consumer`` until ``stop`` is set.
 
     ``batch_size`` is asked before each fetch (a worker asks for its free slots); the
@@ -41,7 +43,7 @@ async def pull_batches(
     pause = 0.0
     while not stop.is_set():
         try:
-            msgs = await psub.fetch(max(1, batch_size()), timeout=FETCH_TIMEOUT_S)
+            msgs = await psub.fetch(max(1, batch_size()), timeout=fetch_timeout_s)
         except TimeoutError:
             continue  # nothing arrived: idle
         except Exception as exc:
@@ -53,4 +55,5 @@ async def pull_batches(
         if pause:
             log.info("fetching from %s again", consumer)
             pause = 0.0
-        yield msgs
+        if msgs:  # an idle fetch may also come back empty
+            yield msgs
