@@ -95,8 +95,10 @@ class Settings:
     # (CANCELLING, FAILING) before it is final; more than ACK_WAIT_S plus a provider call.
     stop_timeout_s: float = 60.0
     # Partitions of the events stream, each applied by one jobs replica at a time: at most
-    # this many replicas share the reports (see docs/design.md, "The report path").
-    report_partitions: int = 8
+    # this many replicas share the reports, and each runs a pull loop per partition it
+    # owns. 1: one replica applies every report, the others stand by (see docs/design.md,
+    # "The report path").
+    report_partitions: int = 1
     retention_days: float = 90.0  # finished jobs older than this are deleted by retention
     # Workers
     discovery_concurrency: int = 4  # discovery tasks in flight per worker

@@ -109,6 +109,11 @@ def consumers_of(partitions: frozenset[int]) -> set[str]:
 
 
 class ReportConsumer:
+    """One pull loop per owned partition feeds one applier: whatever the loops have
+    fetched is applied together in one transaction (so a replica owning several partitions
+    commits as few transactions as if it read one consumer), and each loop fetches again
+    only once its messages have had their fate (so a job's reports keep their order)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -120,40 +125,67 @@ class ReportConsumer:
         self._js = js
         self._changes = changes
         self._membership = membership
+        # Fetched batches waiting for the applier, each with the future its loop waits on.
+        self._inbox: asyncio.Queue[tuple[list[Msg], asyncio.Future[None]]] = asyncio.Queue()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply the reports of the partitions this replica owns, following them as they
         move, until ``stop``."""
         loops: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        applier = asyncio.create_task(self._apply_forever(), name="reports-applier")
         try:
             async for owned in self._membership.assignments(stop):
                 wanted = consumers_of(owned)
                 for name in set(loops) - wanted:
                     leave, task = loops.pop(name)
                     leave.set()
-                    await task  # its batch under way is finished, then acked
+                    await task  # its batch under way is applied and acked first
                 for name in sorted(wanted - set(loops)):
                     leave = asyncio.Event()
-                    task = asyncio.create_task(self._consume(name, leave), name=name)
+                    task = asyncio.create_task(self._fetch(name, leave), name=name)
                     loops[name] = (leave, task)
         finally:
             for leave, _ in loops.values():
                 leave.set()
             await asyncio.gather(*(task for _, task in loops.values()), return_exceptions=True)
+            applier.cancel()  # every loop has ended, so nothing waits on it any more
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
 
-    async def _consume(self, consumer: str, leave: asyncio.Event) -> None:
+    async def _fetch(self, consumer: str, leave: asyncio.Event) -> None:
+        """One partition's pull loop: hand each fetch to the applier and wait for it."""
+        loop = asyncio.get_running_loop()
         while not leave.is_set():
             try:
                 batches = pull_batches(
                     self._js, bus.EVENTS_STREAM, consumer, leave, lambda: REPORT_BATCH
                 )
                 async for msgs in batches:
-                    await self.take(msgs)
+                    done: asyncio.Future[None] = loop.create_future()
+                    await self._inbox.put((msgs, done))
+                    await done
             except Exception:
                 # Binding failed (NATS down at that moment): the loop must not die with it.
                 log.exception("reading %s failed; starting again", consumer)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(leave.wait(), 1.0)
+
+    async def _apply_forever(self) -> None:
+        """Apply whatever the loops have fetched, all of it in one go, until cancelled."""
+        while True:
+            waiting = [await self._inbox.get()]
+            while not self._inbox.empty():
+                waiting.append(self._inbox.get_nowait())
+            try:
+                await self.take([msg for msgs, _ in waiting for msg in msgs])
+            except Exception:
+                log.exception(
+                    "applying %d fetch(es) failed; their reports come again", len(waiting)
+                )
+            finally:
+                for _, done in waiting:
+                    if not done.done():
+                        done.set_result(None)
 
     async def take(self, msgs: list[Msg]) -> None:
         """Apply the reports of one fetch and give every message its fate."""

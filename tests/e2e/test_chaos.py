@@ -90,7 +90,9 @@ def service_env(jwt_secret: str) -> dict[str, str]:
     env = {
         "ACK_WAIT_S": str(ACK_WAIT_S),
         "STALL_TIMEOUT_S": str(STALL_TIMEOUT_S),
-        "STOP_TIMEOUT_S": str(STOP_TIMEOUT_S),  # new with the fix; ignored before it
+        "STOP_TIMEOUT_S": str(STOP_TIMEOUT_S),
+        # Both jobs replicas apply reports, and partitions move at every kill of one.
+        "REPORT_PARTITIONS": "4",
         "SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
         "MAX_DELIVER": "10",
         "JOB_MAX_ATTEMPTS": "3",

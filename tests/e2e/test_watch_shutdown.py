@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from prospect.v1 import jobs_pb2
 from services.cli.client import is_terminal, job_service, watch_until_done
 from services.cli.stack import Stack
+from tests.e2e.on_fakes import running_stack, until
 from tests.fakes import FakeProviders
 
 pytestmark = pytest.mark.e2e
@@ -42,27 +42,10 @@ SHUTDOWN = "jobs service shutting down; watch again with after_version={}"
 
 @contextlib.contextmanager
 def held_campaign_stack(data_dir: Path, fakes: FakeProviders) -> Iterator[Stack]:
-    """A stack on ``fakes`` with Hunter holding its answers; log tails printed when the body
-    fails, every process stopped (the fakes released first) whatever happens."""
-    stack = Stack(data_dir, env={**fakes.env(), **ENV})
+    """A stack on ``fakes`` with Hunter holding its answers (see ``running_stack``)."""
     fakes.hunter.hold()
-    try:
-        stack.start()
+    with running_stack(data_dir, fakes, ENV) as stack:
         yield stack
-    except BaseException:
-        print(f"\n===== logs of the stack in {data_dir} =====\n{stack.log_tails(80)}")
-        raise
-    finally:
-        fakes.release()
-        stack.stop()
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def enriching(job: jobs_pb2.Job) -> bool:

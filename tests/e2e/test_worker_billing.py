@@ -24,7 +24,7 @@ import pytest
 from prospect.v1 import jobs_pb2
 from services.cli.client import job_service, list_all_leads
 from services.cli.stack import Stack
-from tests.e2e.test_faults import (
+from tests.e2e.on_fakes import (
     ACK_WAIT_S,
     campaign,
     describe,

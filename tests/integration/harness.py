@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -68,9 +69,12 @@ class Harness:
 
 
 @asynccontextmanager
-async def jobs_service(database_url: str, nats_url: str) -> AsyncIterator[Harness]:
-    """One jobs replica's parts on ``database_url`` (migrated) and ``nats_url``."""
-    settings = Settings(nats_url=nats_url, database_url=database_url)
+async def jobs_service(
+    database_url: str, nats_url: str, **settings_given: Any
+) -> AsyncIterator[Harness]:
+    """One jobs replica's parts on ``database_url`` (migrated) and ``nats_url``, with
+    ``settings_given`` (Settings fields) on top of the defaults."""
+    settings = Settings(nats_url=nats_url, database_url=database_url, **settings_given)
     engine = db.create_engine(database_url)
     try:
         await db.migrate(engine)

@@ -14,7 +14,6 @@ from sqlalchemy import Connection, func, select, text, update
 from prospect.v1 import work_pb2
 from services.cli.stack import NatsServer
 from services.common import bus
-from services.common.settings import Settings
 from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, utcnow
 from services.jobs.report_consumer import apply_reports
 from services.jobs.unit import Unit
@@ -27,12 +26,12 @@ def discovered(job_id: str, n: int, report_id: str = "result") -> work_pb2.Worke
     return report(job_id, report_id, 0.1, discovery_result=result)
 
 
-async def consume(harness: Harness, until: int) -> None:
+async def consume(harness: Harness, until: int, partitions: int) -> None:
     """Run the report consumer until its consumers have ``until`` messages acked or
     terminated (nothing pending, nothing waiting for an ack)."""
     stop = asyncio.Event()
     task = asyncio.create_task(harness.consumer.run(stop))
-    names = bus.report_consumers(Settings().report_partitions)
+    names = bus.report_consumers(partitions)
     try:
         for _ in range(600):
             infos = [await harness.js.consumer_info(bus.EVENTS_STREAM, n) for n in names]
@@ -47,7 +46,15 @@ async def consume(harness: Harness, until: int) -> None:
         await task
 
 
-async def test_a_bad_report_is_refused_alone_and_holds_up_nobody(harness: Harness) -> None:
+@pytest.mark.parametrize("partitions", [1, 4])
+async def test_a_bad_report_is_refused_alone_and_holds_up_nobody(
+    database_url: str, nats_server: NatsServer, partitions: int
+) -> None:
+    async with jobs_service(database_url, nats_server.url, report_partitions=partitions) as harness:
+        await _bad_report_refused_alone(harness, partitions)
+
+
+async def _bad_report_refused_alone(harness: Harness, partitions: int) -> None:
     jobs = [await harness.commands.submit("alice", config(max_results=2), "") for _ in range(3)]
     poisoned = discovered(jobs[0].id, 2, "poisoned")
     poisoned.charges[0].cost_usd = math.nan
@@ -59,7 +66,7 @@ async def test_a_bad_report_is_refused_alone_and_holds_up_nobody(harness: Harnes
         await harness.js.publish(
             bus.events_subject(job.id), discovered(job.id, 2, f"good{i}").SerializeToString()
         )
-    await consume(harness, until=6)
+    await consume(harness, until=6, partitions=partitions)
     for job in jobs:  # every good report applied, in the same fetch as the bad ones
         row = await harness.job(job.id)
         assert row.stage == "ENRICHING" and row.metrics["total_cost_micros"] == 100_000
