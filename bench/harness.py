@@ -23,7 +23,11 @@ READY_TIMEOUT_S = 60.0
 _QUEUES = (
     (bus.WORK_STREAM, bus.DISCOVERY_CONSUMER),
     (bus.WORK_STREAM, bus.ENRICHMENT_CONSUMER),
-    *((bus.EVENTS_STREAM, name) for name in bus.report_consumers(Settings.from_env().report_partitions)),
+    # The services read REPORT_PARTITIONS from the environment the bench runs in.
+    *(
+        (bus.EVENTS_STREAM, name)
+        for name in bus.report_consumers(Settings.from_env().report_partitions)
+    ),
 )
 
 WorkerSpec = tuple[str, str, Mapping[str, str]]  # (service name, label, settings)

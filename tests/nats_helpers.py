@@ -50,3 +50,11 @@ async def reports_so_far(js: JetStreamContext, job_id: str) -> list[work_pb2.Wor
                 found.append(report)
     finally:
         await psub.unsubscribe()
+
+
+async def announce_stop(nc: NATS, js: JetStreamContext, job_id: str) -> None:
+    """Tell the workers ``job_id`` is stopped, as the jobs service does after a stop
+    commits (the cancellation bucket's entry, and the core notice)."""
+    kv = await js.key_value(bus.CANCEL_BUCKET)
+    await kv.put(job_id, b"1")
+    await nc.publish(bus.CANCEL_SUBJECT, job_id.encode())

@@ -263,10 +263,3 @@ class CancelRegistry:
 
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled
-
-    @staticmethod
-    async def announce(nc: NATS, js: JetStreamContext, job_id: str) -> None:
-        """Mark ``job_id`` cancelled for every worker, now and later."""
-        kv = await js.key_value(CANCEL_BUCKET)
-        await kv.put(job_id, b"1")
-        await nc.publish(CANCEL_SUBJECT, job_id.encode())

@@ -5,8 +5,9 @@ service's report consumer.
 fate (ack, nak with a delay, term). A fetch that finds nothing is idle, not an error
 (nats-py 2.x raises its own ``nats.errors.TimeoutError`` or, from some code paths, the
 built-in ``TimeoutError``, the first a subclass of the second, so one clause takes both;
-or it returns no message at all). Any other failure (the server restarting, a reconnect under way) is logged once per
-outage and retried with a growing pause; the client reconnects by itself.
+or it returns no message at all). Any other failure (the server restarting, a reconnect
+under way) is logged once per outage and retried with a growing pause; the client
+reconnects by itself.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from services.common.providers.metering import Meter, WorkStopped
 from services.common.settings import Settings
 from services.common.worker import start_meter
 from tests.fakes import HUNTER_CREDIT_USD, FakeProviders
-from tests.nats_helpers import connected, reports_so_far
+from tests.nats_helpers import announce_stop, connected, reports_so_far
 
 QUERY = "bakery in Meterville"
 JOB_ID = "job_" + "0" * 32
@@ -99,7 +99,7 @@ class Task:
 
     async def stop_job(self) -> None:
         """Cancel the job as the jobs service does; the task's cancel registry knows it."""
-        await bus.CancelRegistry.announce(self._nc, self._js, JOB_ID)
+        await announce_stop(self._nc, self._js, JOB_ID)
         assert await self._cancels.refresh(JOB_ID)
 
 

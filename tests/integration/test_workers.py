@@ -22,7 +22,7 @@ from services.common.settings import Settings
 from services.common.worker import TaskRunner
 from services.enrichment.worker import EnrichmentWorker
 from tests.fakes import HUNTER_CREDIT_USD, NEVERBOUNCE_CHECK_USD, FakeProviders
-from tests.nats_helpers import connected, reports_so_far
+from tests.nats_helpers import announce_stop, connected, reports_so_far
 
 QUERY = "bakery in Workerton"
 JOB_ID = "job_" + "1" * 32
@@ -135,7 +135,7 @@ async def test_a_dropped_task_of_a_stopped_job_says_so(
 ) -> None:
     nc, js = nats
     worker, _ = await enrichment_worker(settings, nc, js)
-    await bus.CancelRegistry.announce(nc, js, JOB_ID)
+    await announce_stop(nc, js, JOB_ID)
     msg = await queue(js, lead_task(fakes, "lead_a", attempt=3, budget=0), "t1")
 
     await worker.handle(msg)

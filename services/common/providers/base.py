@@ -19,8 +19,8 @@ class Charge:
     provider: str  # e.g. "sandbox", "google_places", "hunter", "neverbounce"
     operation: str  # e.g. "text_search", "place_details", "domain_search", "verify"
     cost_usd: float
-    # True when the call went through a Meter: its intent was reported before the call
-    # (see services.common.providers.metering), so reports carry only its correction.
+    # True when the call went through a Meter: it travels on reports as an intent (list
+    # price, then what was billed), not as a charge (services.common.providers.metering).
     metered: bool = False
 
 
