@@ -193,9 +193,24 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 self._check_cancelled(run)
 
     async def _discover(self, run: _Run) -> None:
-        """Report the job's qualified places, paying only for what its memo lacks, with
-        the job's lease held while paying. Raises DiscoveryBusy when another delivery
-        holds the lease."""
+        """Report the job's qualified places, paying only for what its memo lacks; any try
+        but the first holds the job's lease while paying. Raises DiscoveryBusy when another
+        delivery holds the lease."""
+        job_id = run.task.job_id
+        if run.task.attempt <= 1 and run.delivery == 1:
+            # The first try: nothing can be in the memo yet, and no other try runs (a
+            # redelivery comes only once this one's heartbeats stopped, a stall retry only
+            # while the discovery queue is idle), so neither a read nor the lease: the
+            # tries after it take the lease and start from what it saved.
+            memo = Memo(self._discoveries, job_id)
+            await self._pay_for_lacking(run, memo, None)
+        else:
+            memo = await self._lacking_paid_alone(run)
+        await self._report_result(run, memo)
+
+    async def _lacking_paid_alone(self, run: _Run) -> Memo:
+        """The job's memo, with what it lacked paid for under the job's lease (none of it
+        when it was complete). Raises DiscoveryBusy when another delivery holds the lease."""
         job_id = run.task.job_id
         memo = await Memo.load(self._discoveries, job_id)
         if not memo.complete:
@@ -204,6 +219,9 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 # What the delivery that held the lease before saved until it let go.
                 memo = await Memo.load(self._discoveries, job_id)
                 await self._pay_for_lacking(run, memo, lease)
+        return memo
+
+    async def _report_result(self, run: _Run, memo: Memo) -> None:
         config = run.task.config
         scored = [(d, score_place(d, config.business_type)) for d in memo.details()]
         kept = qualify(scored, config.min_confidence_score, config.max_results)
@@ -215,7 +233,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             ),
         )
 
-    async def _pay_for_lacking(self, run: _Run, memo: Memo, lease: Lease) -> None:
+    async def _pay_for_lacking(self, run: _Run, memo: Memo, lease: Lease | None) -> None:
         """The search, unless the memo has it, then the details the memo lacks; each
         answer goes into the memo."""
         config, places = run.task.config, self._providers.places
@@ -223,7 +241,8 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             await self._progress(
                 run, 0, 0, f"Searching for {config.business_type} in {config.location}"
             )
-            lease.check()
+            if lease is not None:
+                lease.check()
             page = await self._search(run, min(SEARCH_MAX, max(SEARCH_MIN, 2 * config.max_results)))
             run.charge(page.charges)
             memo.note_search(page.places)
@@ -274,7 +293,9 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             "discovery: nothing left for a search",
         )
 
-    async def _details(self, run: _Run, memo: Memo, lease: Lease, place_ids: list[str]) -> None:
+    async def _details(
+        self, run: _Run, memo: Memo, lease: Lease | None, place_ids: list[str]
+    ) -> None:
         """Details of each place into the memo, a bounded number at a time, within the
         budget (a place the budget cannot pay for stays without). The memo is saved after
         each paid answer and on the way out."""
@@ -284,7 +305,8 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         async def one(place_id: str) -> None:
             async with gate:
                 self._check_cancelled(run)
-                lease.check()
+                if lease is not None:
+                    lease.check()
                 price = usd_to_micros(places.details_price(place_id))
                 call = functools.partial(places.details, place_id)
                 result = await run.allowance.spend(price, call, lambda result: result.charges)
@@ -292,8 +314,8 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                     return  # over budget: this place goes unscored
                 run.charge(result.charges)
                 memo.note_details(result.details)
-            if result.charges:  # out of the gate: the next call need not wait for it
-                await memo.save()
+            if any(c.metered for c in result.charges):  # billed by a real provider: kept
+                await memo.save()  # out of the gate: the next call need not wait for it
 
         try:
             outcomes = await asyncio.gather(*(one(p) for p in place_ids), return_exceptions=True)

@@ -139,7 +139,9 @@ async def put_lease(js: JetStreamContext, holder: str, expires_at: float) -> Non
 async def test_two_attempts_started_together_pay_for_the_search_once(
     settings: Settings, js: JetStreamContext, fakes: FakeProviders
 ) -> None:
-    await queue(js, discovery_task(1), discovery_task(2))
+    # Two tries after the first (its task lost, say): each takes the job's lease first.
+    # (The first try takes none: nothing else can run beside it, see the worker.)
+    await queue(js, discovery_task(2), discovery_task(3))
     fakes.google.hold()  # the search that goes out stays in flight until the other has looked
     async with discovery_workers(settings, 2) as (one, two):
         first, second = await take(js, 2)
@@ -161,7 +163,7 @@ async def test_two_attempts_started_together_pay_for_the_search_once(
         await waiter.handle(again)
 
     published = await reports_so_far(js, JOB_ID)
-    assert sorted(r.attempt for r in results(published)) == [1, 2]
+    assert sorted(r.attempt for r in results(published)) == [2, 3]
     a, b = (r.discovery_result for r in results(published))
     assert a == b and len(a.qualified) == 5 and a.businesses_found == 20
     assert fakes.google.calls("text_search") == 1 and fakes.google.calls("place_details") == 0
@@ -222,7 +224,7 @@ async def test_a_live_lease_sends_the_task_back_and_an_expired_one_is_taken_over
 ) -> None:
     await put_lease(js, "discovery.other.1.1~dead", time.time() + 60)
     async with discovery_worker(settings) as worker:
-        await handle_attempt(js, worker, 1)
+        await handle_attempt(js, worker, 2)
         assert fakes.google.requests == [] and not await reports_so_far(js, JOB_ID)
 
         await put_lease(js, "discovery.other.1.1~dead", time.time() - 1)  # its holder died
@@ -230,7 +232,7 @@ async def test_a_live_lease_sends_the_task_back_and_an_expired_one_is_taken_over
         await worker.handle(again)
 
     [result] = results(await reports_so_far(js, JOB_ID))
-    assert result.report_id.startswith(f"discovery.{JOB_ID}.1.2.")
+    assert result.report_id.startswith(f"discovery.{JOB_ID}.2.2.")
     assert fakes.google.calls("text_search") == 1
     lease = work_pb2.DiscoveryLease.FromString(
         (await (await discovery_kv(js)).get(f"lease.{JOB_ID}")).value or b""
@@ -249,7 +251,7 @@ async def test_the_last_delivery_waits_for_the_lease_in_place(
     await put_lease(js, "discovery.other.1.1~alive", time.time() + 60)
     caplog.set_level(logging.INFO, logger="services.discovery.worker")
     async with discovery_worker(last) as worker:
-        await queue(js, discovery_task(1))
+        await queue(js, discovery_task(2))
         [msg] = await take(js)
         handling = asyncio.create_task(worker.handle(msg))
         try:
@@ -261,5 +263,5 @@ async def test_the_last_delivery_waits_for_the_lease_in_place(
             handling.cancel()
 
     [result] = results(await reports_so_far(js, JOB_ID))
-    assert result.report_id.startswith(f"discovery.{JOB_ID}.1.1.")
+    assert result.report_id.startswith(f"discovery.{JOB_ID}.2.1.")
     assert fakes.google.calls("text_search") == 1
