@@ -14,24 +14,21 @@ holding the micro-dollars reserved or spent so far under one key:
 - a worker killed in between leaves its reservation standing: a redelivery may then skip a
   call for budget the provider never billed, but never spends past the cap.
 
-Compare-and-set as in :mod:`services.common.ratelimit`: read the entry and its revision,
-write with ``last=revision`` (``create`` for a missing entry), read again when another
-process wrote first. A cap of 0 means no budget: no ledger traffic at all.
+Every change is a compare-and-set (:func:`services.common.kvswap.swap`). A cap of 0 means
+no budget: no ledger traffic at all.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import nats.errors
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from services.common.errors import ProviderError
+from services.common.kvswap import swap
 from services.common.money import usd_to_micros
 from services.common.providers.base import Charge
 
@@ -104,25 +101,14 @@ class Allowance:
     async def _swap(self, change: Callable[[int], int | None]) -> bool:
         """Compare-and-set the total to ``change(total)``; False (nothing written) when
         ``change`` refuses with None."""
-        while True:
-            try:
-                entry = await self._kv.get(self._key)
-                revision: int | None = entry.revision
-                total = int(entry.value or b"0")
-            except KeyNotFoundError:  # never written, or expired
-                revision, total = None, 0
+        refused = False
+
+        def step(value: bytes | None) -> bytes | None:
+            nonlocal refused
+            total = int(value or b"0")
             new = change(total)
-            if new is None:
-                return False
-            if new == total:
-                return True
-            value = str(new).encode()
-            try:
-                if revision is None:
-                    await self._kv.create(self._key, value)
-                else:
-                    await self._kv.update(self._key, value, last=revision)
-                return True
-            except KeyWrongLastSequenceError:
-                # Another delivery wrote first: read again (a little jitter spreads retries).
-                await asyncio.sleep(random.uniform(0, 0.002))
+            refused = new is None
+            return None if new is None else str(new).encode()
+
+        await swap(self._kv, self._key, step)
+        return not refused

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from services.common.kvswap import swap
 
 RATE_LIMIT_BUCKET = "PROSPECT_RATELIMITS"
 # An idle key is forgotten after this long; its next request starts a fresh bucket.
@@ -81,27 +81,19 @@ class SharedRateLimiter:
 
     async def _swap(self, next_tat: Callable[[float, float], float]) -> tuple[float, float]:
         """Compare-and-set the TAT to ``next_tat(tat, now)``; return (old tat, now)."""
-        while True:
+        seen: tuple[float, float] = (0.0, 0.0)
+
+        def step(value: bytes | None) -> bytes:
+            nonlocal seen
             now = self._clock()
-            try:
-                entry = await self._kv.get(self._key)
-                revision: int | None = entry.revision
-                tat = float(entry.value or b"0")
-            except KeyNotFoundError:
-                # A fresh bucket starts without its burst: the provider may start counting
-                # from our first request's arrival, which a cold connection delays.
-                revision, tat = None, now + self._tolerance
-            tat = max(tat, now)
-            value = repr(next_tat(tat, now)).encode()
-            try:
-                if revision is None:
-                    await self._kv.create(self._key, value)
-                else:
-                    await self._kv.update(self._key, value, last=revision)
-                return tat, now
-            except KeyWrongLastSequenceError:
-                # Another process reserved first: read again (a little jitter spreads retries).
-                await asyncio.sleep(random.uniform(0, 0.002))
+            # A fresh bucket starts without its burst: the provider may start counting
+            # from our first request's arrival, which a cold connection delays.
+            tat = now + self._tolerance if value is None else float(value or b"0")
+            seen = (max(tat, now), now)
+            return repr(next_tat(*seen)).encode()
+
+        await swap(self._kv, self._key, step)
+        return seen
 
     async def acquire(self) -> None:
         """Reserve the next slot and wait for it."""

@@ -17,10 +17,10 @@ that:
   leaves it to expire a lease period after its last renewal, about when JetStream
   redelivers its task, which then takes it over.
 
-Compare-and-set as in :mod:`services.common.ratelimit`: read the entry and its revision,
-write with ``last=revision`` (``create`` for a missing entry), read again when another
-process wrote first. Leases compare wall clocks (``time.time``) across processes, so the
-hosts' clocks must agree (NTP), as for the rate limits.
+Writes are compare-and-set (the lease through :func:`services.common.kvswap.swap`; the
+memo merges what another delivery wrote before it writes again). Leases compare wall
+clocks (``time.time``) across processes, so the hosts' clocks must agree (NTP), as for
+the rate limits.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -40,6 +39,7 @@ from nats.js.kv import KeyValue
 
 from prospect.v1 import work_pb2
 from services.common.errors import ProspectError
+from services.common.kvswap import swap
 from services.common.providers import PlaceDetails, PlaceSummary
 
 log = logging.getLogger(__name__)
@@ -230,24 +230,21 @@ class Lease:
         """Hold the lease until a lease period from now: create it, or take it over once
         its holder let go or let it expire. Raises :class:`LeaseHeld` while another delivery
         holds it, ``nats.errors.Error`` when NATS cannot say."""
-        while True:
+        expires_at = 0.0
+
+        def step(value: bytes | None) -> bytes:
+            nonlocal expires_at
             now = time.time()
-            try:
-                entry = await self._kv.get(self._key)
-                revision: int | None = entry.revision
-                current = _read_lease(entry.value)
-            except KeyNotFoundError:  # never taken, or expired out of the bucket
-                revision, current = None, work_pb2.DiscoveryLease()
+            current = _read_lease(value)  # never taken, or expired out of the bucket: empty
             if current.holder not in ("", self.holder) and current.expires_at > now:
                 wait = min(RETRY_MAX_S, max(RETRY_MIN_S, current.expires_at - now))
                 raise LeaseHeld(f"discovery under way in {current.holder}", wait)
-            try:
-                self._revision = await self._write(revision, now + self._ttl_s)
-                return
-            except KeyWrongLastSequenceError:
-                # Another delivery took or renewed it first: read again (a little jitter
-                # spreads retries).
-                await asyncio.sleep(random.uniform(0, 0.002))
+            expires_at = now + self._ttl_s
+            lease = work_pb2.DiscoveryLease(holder=self.holder, expires_at=expires_at)
+            return lease.SerializeToString()
+
+        self._revision = (await swap(self._kv, self._key, step)).revision
+        self.expires_at = expires_at
 
     async def renew(self) -> None:
         """Push the expiry a lease period from now; marks the lease :attr:`lost` when
@@ -274,20 +271,17 @@ class Lease:
         """Let go, unless another delivery holds it now, so one waiting for it goes on at
         once. A release NATS cannot take is logged: the lease then expires by itself."""
         released = work_pb2.DiscoveryLease(holder="", expires_at=0.0).SerializeToString()
-        try:
+
+        def step(value: bytes | None) -> bytes | None:
             # Read first: a renewal cancelled on its way may still have been written.
-            while not self.lost:
-                try:
-                    entry = await self._kv.get(self._key)
-                except KeyNotFoundError:
-                    return
-                if _read_lease(entry.value).holder != self.holder:
-                    return  # taken over meanwhile: the new holder's now
-                try:
-                    await self._kv.update(self._key, released, last=entry.revision)
-                    return
-                except KeyWrongLastSequenceError:
-                    continue
+            if value is None or _read_lease(value).holder != self.holder:
+                return None  # gone, or taken over meanwhile: the new holder's now
+            return released
+
+        if self.lost:
+            return
+        try:
+            await swap(self._kv, self._key, step)
         except nats.errors.Error as exc:
             log.warning("lease %s not released (%r); it expires by itself", self._key, exc)
 
