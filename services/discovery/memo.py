@@ -104,7 +104,8 @@ class Memo:
     Changes (:meth:`note_search`, :meth:`note_details`) stay in memory until
     :meth:`save`."""
 
-    def __init__(self, kv: KeyValue, job_id: str) -> None:
+    def __init__(self, kv: KeyValue | None, job_id: str) -> None:
+        """``kv`` None: kept in memory only (for calls nobody bills)."""
         self._kv = kv
         self._key = f"memo.{job_id}"
         self._record = work_pb2.DiscoveryMemo()
@@ -165,6 +166,8 @@ class Memo:
         """Store what was noted since the last save, merged with what other deliveries
         stored meanwhile. A memo NATS cannot take is logged and left for the next save:
         losing it only makes a later delivery pay again."""
+        if self._kv is None:
+            return
         async with self._saving:  # saves of one delivery's concurrent steps: one at a time
             try:
                 while self._changes != self._saved:
@@ -173,6 +176,7 @@ class Memo:
                 log.warning("%s not saved (%r); a later try may pay again", self._key, exc)
 
     async def _write(self) -> None:
+        assert self._kv is not None  # save() writes only a stored memo
         noted = self._changes
         self._record.ClearField("details")
         self._record.details.extend(to_place(d) for d in self._details.values())
@@ -190,6 +194,8 @@ class Memo:
 
     async def _read(self) -> None:
         """Merge the stored memo into this one (its search when this one has none)."""
+        if self._kv is None:
+            return
         try:
             entry = await self._kv.get(self._key)
         except KeyNotFoundError:  # never written, or expired

@@ -86,9 +86,13 @@ class Publisher:
         certain to go, the cancellation bucket's entry included, and the next batch need
         not wait for JetStream's acks). Raises only if NATS fails; watchers then catch up
         from the database and the outbox relay publishes the rows."""
-        for applied in batch:
-            if applied.stop_work:
-                await self._nc.publish(bus.CANCEL_SUBJECT, applied.job_id.encode())
+        stops = [applied.job_id for applied in batch if applied.stop_work]
+        for job_id in stops:
+            await self._nc.publish(bus.CANCEL_SUBJECT, job_id.encode())
+        if stops:
+            # On the server before a CancelJob answers: a worker hears of the stop about
+            # when the caller does, and starts no paid call after that.
+            await self._nc.flush(timeout=1)
         for job_id, updates in coalesced(batch):
             for update in updates:
                 await self._fanout.publish(job_id, update)

@@ -140,7 +140,6 @@ async def test_two_attempts_started_together_pay_for_the_search_once(
     settings: Settings, js: JetStreamContext, fakes: FakeProviders
 ) -> None:
     # Two tries after the first (its task lost, say): each takes the job's lease first.
-    # (The first try takes none: nothing else can run beside it, see the worker.)
     await queue(js, discovery_task(2), discovery_task(3))
     fakes.google.hold()  # the search that goes out stays in flight until the other has looked
     async with discovery_workers(settings, 2) as (one, two):
