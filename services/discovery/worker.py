@@ -37,7 +37,6 @@ from services.common.errors import PermanentProviderError, ProviderError
 from services.common.money import usd_to_micros
 from services.common.providers import Charge, SearchPage
 from services.common.providers.metering import Meter, WorkStopped
-from services.common.providers.sandbox import PROVIDER as SANDBOX
 from services.common.settings import Settings
 from services.common.worker import (
     TaskWorker,
@@ -198,7 +197,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         but the first holds the job's lease while paying. Raises DiscoveryBusy when another
         delivery holds the lease."""
         job_id = run.task.job_id
-        if self._providers.places.name == SANDBOX:
+        if not self._providers.places.billed:
             # Simulated calls bill nobody: nothing to pay twice, so no memo and no lease.
             memo = Memo(None, job_id)
             await self._pay_for_lacking(run, memo, None)

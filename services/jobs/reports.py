@@ -10,15 +10,13 @@ before it; :func:`read` turns it into the state machine's event.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Container
 
 from prospect.v1 import work_pb2
 from services.common.money import usd_to_micros
 from services.jobs import machine as m
+from services.jobs.validation import JOB_ID, LEAD_ID
 
-JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
-LEAD_ID = re.compile(r"^lead_[0-9a-f]{32}$")
 REPORT_ID_MAX = 200
 # No single provider call costs anywhere near this: more is a broken or forged report.
 MAX_CHARGE_USD = 1_000.0

@@ -103,7 +103,6 @@ class Parts:
 
     writer: db.Writer
     outbox: Outbox
-    changes: Changes
     commands: Commands
     reports: ReportConsumer
     watchdog: Watchdog
@@ -120,7 +119,7 @@ def assemble(
     membership = Membership(js, settings.report_partitions, settings.stream_replicas)
     reports = ReportConsumer(settings, js, changes, membership)
     watchdog = Watchdog(settings, writer, changes, js)
-    return Parts(writer, outbox, changes, commands, reports, watchdog)
+    return Parts(writer, outbox, commands, reports, watchdog)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -15,6 +15,7 @@ from prospect.v1 import jobs_pb2
 from services.common.errors import InvalidArgument
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+LEAD_ID = re.compile(r"^lead_[0-9a-f]{32}$")  # as services.jobs.tasks.new_id makes them
 TEXT_MAX = 200
 MAX_RESULTS = 100
 BUDGET_MAX = 10_000.0

@@ -71,11 +71,13 @@ class Watchdog:
         column: str,
         timeout_s: float,
         event: Callable[[float], m.Event],
-        waiting: Callable[[JobRow], bool] = lambda job: False,
+        *,
+        unless_queued: bool = False,
     ) -> int:
         """Apply ``event(seconds waited)`` to every job in ``statuses`` whose ``column``
-        is older than ``timeout_s`` and which is not ``waiting``, each in its own change
-        (re-checked inside it); how many were found."""
+        is older than ``timeout_s``, each in its own change (re-checked inside it); with
+        ``unless_queued``, not to a job whose stage's work queue is busy. How many were
+        found."""
         cutoff = utcnow() - timedelta(seconds=timeout_s)
         query = (
             select(JOBS.c.id)
@@ -83,6 +85,8 @@ class Watchdog:
             .limit(BATCH)
         )
         job_ids = await self._writer.read(lambda conn: list(conn.scalars(query).all()))
+        # Asked of JetStream once a round, and only when a job was found.
+        busy = await self._busy_queues() if unless_queued and job_ids else set()
 
         def change(job_id: str) -> Callable[[Unit], list[Applied]]:
             def run(unit: Unit) -> list[Applied]:
@@ -93,7 +97,7 @@ class Watchdog:
                 if moment >= cutoff:
                     return []  # it moved meanwhile
                 waited = (utcnow() - moment).total_seconds()
-                if waiting(job):
+                if _QUEUE_OF_STAGE.get(m.Stage(job.stage)) in busy:
                     log.info("job %s quiet for %.0fs: its tasks are queued", job_id, waited)
                     return []
                 log.warning("job %s: %s in %s for %.0fs", job_id, job.status, job.stage, waited)
@@ -109,14 +113,9 @@ class Watchdog:
     async def check_stalled(self) -> int:
         """Retry or fail every active job unchanged for STALL_TIMEOUT_S whose work queue
         is idle; how many were found stalled."""
-        busy = await self._busy_queues()
-
-        def waiting(job: JobRow) -> bool:
-            return _QUEUE_OF_STAGE.get(m.Stage(job.stage)) in busy
-
         return await self._each(
             ACTIVE, lambda job: job.updated_at, "updated_at", self._settings.stall_timeout_s,
-            m.Stalled, waiting,
+            m.Stalled, unless_queued=True,
         )  # fmt: skip
 
     async def check_stopping(self) -> int:

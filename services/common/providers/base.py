@@ -96,6 +96,7 @@ class PlaceSearch(Protocol):
 
     name: str
     page_size: int  # most places one billed search call returns
+    billed: bool  # whether somebody bills its calls (False: the simulated sandbox)
 
     def price(self, operation: str) -> float:
         """The most one call of ``operation`` ("text_search", "place_details") can cost."""

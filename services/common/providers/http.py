@@ -232,6 +232,7 @@ class HttpProvider:
     limit, the retry policy and the API key, which :meth:`_send` keeps out of every error."""
 
     name: str
+    billed = True  # a real provider bills every call it answers
     key_setting: str  # the Settings field holding this provider's API key
     base_url_setting: str  # the Settings field holding its base URL
     path: str = ""  # appended to the base URL: the endpoint's path

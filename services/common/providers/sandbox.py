@@ -207,6 +207,7 @@ def _parse_place_id(place_id: str) -> tuple[_Market, int]:
 
 class _SandboxProvider:
     name: str = PROVIDER
+    billed = False  # simulated calls and costs: nobody bills them
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
