@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from services.common.domains import domain_of
+from services.common.plan import SEARCH_MAX, SEARCH_MIN
 from services.common.providers.sandbox import (
     SandboxEmailFinder,
     SandboxEmailVerifier,
@@ -26,7 +27,6 @@ from services.common.providers.sandbox import (
 )
 from services.common.settings import Settings
 from services.discovery.scoring import qualify, score_place
-from services.discovery.worker import SEARCH_MAX, SEARCH_MIN
 
 
 @dataclass(frozen=True)

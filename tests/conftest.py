@@ -19,8 +19,10 @@ DATABASES = ["sqlite"] + (["postgresql"] if TEST_DATABASE_URL else [])
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A real nats-server with JetStream on a free port, stopped after the test."""
-    server = NatsServer(tmp_path / "nats")
+    """A real nats-server with JetStream on a free port, stopped after the test: the
+    services' users, and a superuser (``nats_server.settings()``) for tests that play
+    several roles on one connection."""
+    server = NatsServer(tmp_path / "nats", superuser=True)
     server.start()
     try:
         yield server

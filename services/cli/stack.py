@@ -20,8 +20,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Any, Self
+
+from services.common.nats_auth import JOBS, SUPERUSER, LocalCredentials, authorization_conf
+from services.common.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_NAMES = ("jobs", "discovery", "enrichment")
@@ -153,8 +157,18 @@ class _Child:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files of a TLS server: its certificate and key, and the CA clients trust."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 class NatsServer(_Child):
-    """A real ``nats-server`` with JetStream on 127.0.0.1, its store kept across restarts."""
+    """A real ``nats-server`` with JetStream on 127.0.0.1, its store kept across restarts,
+    refusing any connection without one of the services' credentials."""
 
     def __init__(
         self,
@@ -163,31 +177,80 @@ class NatsServer(_Child):
         log_path: str | Path | None = None,
         port: int | None = None,
         monitor_port: int | None = None,
-        user: str | None = None,
-        password: str | None = None,
+        auth: bool = True,
+        superuser: bool = False,
+        tls: TlsFiles | None = None,
+        config_file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``auth``: every service connects as its own NATS user with fresh random
+        passwords (:mod:`services.common.nats_auth`); False only for tests of NATS itself.
+        ``superuser``: also a user with every permission, for tests that play several
+        roles on one connection (:meth:`settings` connects as it by default).
+        ``tls``: clients must connect with TLS. ``config_file`` and ``env`` run a given
+        configuration instead (the Kubernetes manifests' own, in their tests)."""
         self.store_dir = Path(store_dir)
-        self.user, self.password = user, password
+        with_auth = auth and config_file is None
+        self.credentials = LocalCredentials(superuser=superuser) if with_auth else None
+        self.tls = tls
+        self._config_file = Path(config_file) if config_file else None
+        self._env = dict(env or {})
         super().__init__("nats-server", Path(log_path or self.store_dir / "nats-server.log"))
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     @property
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
+    def client_env(self, identity: str) -> dict[str, str]:
+        """What a service connecting as ``identity`` (jobs, discovery, enrichment) needs:
+        NATS_URL, its user and password, and the CA when TLS is on."""
+        env = {"NATS_URL": self.url}
+        if self.credentials is not None:
+            env.update(self.credentials.service_env(identity))
+        if self.tls is not None:
+            env["NATS_TLS_CA"] = str(self.tls.ca)
+        return env
+
+    def settings(self, identity: str = SUPERUSER, **overrides: Any) -> Settings:
+        """Settings connecting to this server as ``identity`` (by default the superuser,
+        which must be on), with ``overrides``."""
+        return Settings.from_env({**self.client_env(identity), **{
+            k.upper(): str(v) for k, v in overrides.items()}})  # fmt: skip
+
+    def _config(self) -> Path:
+        """The server's configuration file: the authorization block of every identity and
+        the TLS block, written beside the store (no secret in it: passwords are read from
+        the server's environment)."""
+        if self._config_file is not None:
+            return self._config_file
+        parts = []
+        if self.credentials is not None:
+            parts.append(authorization_conf(superuser=self.credentials.superuser))
+        if self.tls is not None:
+            parts.append(
+                f'tls {{\n  cert_file: "{self.tls.cert}"\n  key_file: "{self.tls.key}"\n'
+                f'  ca_file: "{self.tls.ca}"\n  timeout: 5\n}}\n'
+            )
+        path = self.store_dir / "nats-server.conf"
+        path.write_text("\n".join(parts))
+        return path
+
     def start(self, timeout: float = 15.0) -> Self:
         """Start the server; return once it logged that it is ready and its port accepts."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                "-sd", str(self.store_dir), "-m", str(self.monitor_port)]  # fmt: skip
-        if self.user:
-            argv += ["--user", self.user, "--pass", self.password or ""]
-        self._spawn(argv)
+        argv = [nats_server_binary(), "-c", str(self._config()), "-a", "127.0.0.1",
+                "-p", str(self.port), "-js", "-sd", str(self.store_dir),
+                "-m", str(self.monitor_port)]  # fmt: skip
+        env = {**os.environ, **self._env}
+        if self.credentials is not None:
+            env.update(self.credentials.server_env())
+        self._spawn(argv, env)
         deadline = time.monotonic() + timeout
         while True:
             if not self.is_running:
@@ -305,10 +368,11 @@ class Stack:
     def nats_url(self) -> str:
         return self.nats.url
 
-    def service_env(self) -> dict[str, str]:
-        """The overrides every service gets (on top of the launcher's environment)."""
+    def service_env(self, identity: str = JOBS) -> dict[str, str]:
+        """The overrides a service connecting to NATS as ``identity`` gets (on top of the
+        launcher's environment)."""
         return {
-            "NATS_URL": self.nats.url,
+            **self.nats.client_env(identity),
             "DATABASE_URL": self.database_url,
             "DATA_DIR": str(self.data_dir),
             "JOBS_GRPC_ADDR": self.jobs_addr,
@@ -323,7 +387,10 @@ class Stack:
         if label in self.processes and self.processes[label].is_running:
             raise StackError(f"{label} is already running")
         proc = ServiceProcess(
-            name, {**self.service_env(), **(env or {})}, self.logs_dir / f"{label}.log", label=label
+            name,
+            {**self.service_env(name), **(env or {})},
+            self.logs_dir / f"{label}.log",
+            label=label,
         )
         self.processes[label] = proc
         proc.start()

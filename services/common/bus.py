@@ -8,8 +8,12 @@ start-up, so whichever starts first makes it and a changed setting is applied by
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 from google.protobuf.message import Message
@@ -32,6 +36,7 @@ from nats.js.kv import KeyValue
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WORK_STREAM = "PROSPECT_WORK"
 EVENTS_STREAM = "PROSPECT_EVENTS"
@@ -41,6 +46,12 @@ ALLOWANCE_BUCKET = "PROSPECT_ALLOWANCES"
 # What each job's discovery got from its paid calls, and who is making them
 # (services/discovery/memo.py).
 DISCOVERY_BUCKET = "PROSPECT_DISCOVERY"
+# Shared rate limits of every provider (services/common/ratelimit.py): both workers.
+RATE_LIMIT_BUCKET = "PROSPECT_RATELIMITS"
+# Answers already paid for (services/common/cache.py): written by enrichment only.
+CACHE_BUCKET = "PROSPECT_ENRICHMENT_CACHE"
+# Which jobs replicas are alive (services/jobs/partitions.py): written by the jobs service only.
+MEMBERS_BUCKET = "PROSPECT_JOBS_REPLICAS"
 
 DISCOVERY_SUBJECT = "prospect.work.discovery"
 ENRICHMENT_SUBJECT = "prospect.work.enrichment"
@@ -62,6 +73,11 @@ CANCEL_TTL_S = 7 * 24 * 3600.0
 ALLOWANCE_TTL_S = 7 * 24 * 3600.0
 # A discovery memo outlives the stall timeout and every retry of its job's discovery.
 DISCOVERY_TTL_S = 24 * 3600.0
+# An idle rate-limit key is forgotten after this long; its next request starts afresh.
+RATE_LIMIT_TTL_S = 3600.0
+DAY_S = 86400.0
+# How often a worker looks again for what the jobs service has not created yet.
+TOPOLOGY_POLL_S = 0.5
 
 
 def events_subject(job_id: str) -> str:
@@ -99,6 +115,12 @@ def updates_subject(job_id: str) -> str:
 UPDATES_WILDCARD = "prospect.updates.*"
 
 
+def inbox_prefix(user: str) -> str:
+    """The inbox prefix of ``user``'s connections (``_INBOX`` without a user): each
+    identity may subscribe only under its own (services/common/nats_auth.py)."""
+    return f"_INBOX_{user}" if user else "_INBOX"
+
+
 async def connect(settings: Settings, name: str, *, no_echo: bool = False) -> NATS:
     """Connect with unlimited reconnects: a restarted nats-server is picked up again.
 
@@ -113,13 +135,15 @@ async def connect(settings: Settings, name: str, *, no_echo: bool = False) -> NA
     async def on_reconnected() -> None:
         log.info("nats: reconnected")
 
-    credentials: dict[str, str] = {}
+    credentials: dict[str, Any] = {}
     if settings.nats_user:
         credentials.update(user=settings.nats_user, password=settings.nats_password)
     if settings.nats_token:
         credentials["token"] = settings.nats_token
     if settings.nats_creds:
         credentials["user_credentials"] = settings.nats_creds
+    if settings.nats_tls_ca:
+        credentials["tls"] = tls_context(settings)
     return await nats.connect(
         settings.nats_url,
         name=name,
@@ -131,7 +155,17 @@ async def connect(settings: Settings, name: str, *, no_echo: bool = False) -> NA
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
         no_echo=no_echo,
+        inbox_prefix=inbox_prefix(settings.nats_user),
     )
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to nats-server: its certificate checked against NATS_TLS_CA, and this
+    client's own certificate when NATS_TLS_CERT and NATS_TLS_KEY are set (mutual TLS)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.nats_tls_ca)
+    if settings.nats_tls_cert:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
 
 
 def _events_transform(partitions: int) -> SubjectTransform:
@@ -197,12 +231,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
         await js.delete_consumer(EVENTS_STREAM, SHARED_REPORTS_CONSUMER)
     for stream, consumer in _consumer_configs(settings):
         await js.add_consumer(stream, consumer)
-    buckets = (
-        (CANCEL_BUCKET, CANCEL_TTL_S),
-        (ALLOWANCE_BUCKET, ALLOWANCE_TTL_S),
-        (DISCOVERY_BUCKET, DISCOVERY_TTL_S),
-    )
-    for bucket, ttl in buckets:
+    for bucket, ttl in _bucket_ttls(settings):
         await js.create_key_value(
             KeyValueConfig(
                 bucket=bucket,
@@ -212,6 +241,42 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
                 storage=StorageType.FILE,
             )
         )
+
+
+def _bucket_ttls(settings: Settings) -> list[tuple[str, float]]:
+    buckets = [
+        (CANCEL_BUCKET, CANCEL_TTL_S),
+        (ALLOWANCE_BUCKET, ALLOWANCE_TTL_S),
+        (DISCOVERY_BUCKET, DISCOVERY_TTL_S),
+        (RATE_LIMIT_BUCKET, RATE_LIMIT_TTL_S),
+    ]
+    if settings.enrichment_cache_days > 0:  # 0 turns the cache off
+        buckets.append((CACHE_BUCKET, settings.enrichment_cache_days * DAY_S))
+    return buckets
+
+
+async def _until_made(what: str, make: Callable[[], Awaitable[T]]) -> T:
+    """``make()`` once what it opens exists. Only the jobs service creates the topology
+    (the workers' NATS users may not), so a worker that starts first waits for it."""
+    waited = False
+    while True:
+        try:
+            return await make()
+        except NotFoundError:
+            if not waited:
+                log.info("waiting for the jobs service to create %s", what)
+                waited = True
+            await asyncio.sleep(TOPOLOGY_POLL_S)
+
+
+async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The key-value bucket ``bucket``, once the jobs service has created it."""
+    return await _until_made(f"the {bucket} bucket", lambda: js.key_value(bucket))
+
+
+async def wait_for_consumer(js: JetStreamContext, stream: str, consumer: str) -> None:
+    """Return once the durable ``consumer`` of ``stream`` exists."""
+    await _until_made(f"the {consumer} consumer", lambda: js.consumer_info(stream, consumer))
 
 
 async def publish_proto(js: JetStreamContext, subject: str, message: Message, msg_id: str) -> None:
@@ -243,7 +308,7 @@ class CancelRegistry:
 
     @classmethod
     async def open(cls, nc: NATS, js: JetStreamContext) -> CancelRegistry:
-        registry = cls(await js.key_value(CANCEL_BUCKET))
+        registry = cls(await open_bucket(js, CANCEL_BUCKET))
         await nc.subscribe(CANCEL_SUBJECT, cb=registry._on_notice)
         return registry
 

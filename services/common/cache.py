@@ -15,12 +15,10 @@ import time
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-CACHE_BUCKET = "PROSPECT_ENRICHMENT_CACHE"
-DAY_S = 86400.0
+from services.common import bus
 
 
 def _key(provider: str, kind: str, value: str) -> str:
@@ -44,25 +42,15 @@ class CachedVerification:
 class EnrichmentCache:
     def __init__(self, kv: KeyValue | None, freshness_days: float) -> None:
         self._kv = kv
-        self._freshness_s = freshness_days * DAY_S
+        self._freshness_s = freshness_days * bus.DAY_S
 
     @classmethod
-    async def open(
-        cls, js: JetStreamContext, freshness_days: float, replicas: int
-    ) -> EnrichmentCache:
-        """The shared cache; a freshness of 0 turns it off."""
+    async def open(cls, js: JetStreamContext, freshness_days: float) -> EnrichmentCache:
+        """The shared cache (the jobs service creates its bucket); a freshness of 0 turns
+        it off."""
         if freshness_days <= 0:
             return cls(None, 0)
-        kv = await js.create_key_value(
-            KeyValueConfig(
-                bucket=CACHE_BUCKET,
-                history=1,
-                ttl=freshness_days * DAY_S,
-                replicas=replicas,
-                storage=StorageType.FILE,
-            )
-        )
-        return cls(kv, freshness_days)
+        return cls(await bus.open_bucket(js, bus.CACHE_BUCKET), freshness_days)
 
     async def _get(self, key: str) -> dict[str, object] | None:
         if self._kv is None:

@@ -20,14 +20,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from services.common import bus
 from services.common.kvswap import swap
-
-RATE_LIMIT_BUCKET = "PROSPECT_RATELIMITS"
-# An idle key is forgotten after this long; its next request starts a fresh bucket.
-_IDLE_TTL_S = 3600.0
 
 # Requests are spaced this much wider than the configured rate: network jitter can bring two
 # requests closer together on arrival than they left, and a provider counting arrivals
@@ -38,17 +34,9 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-async def open_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
-    """The KV bucket of every provider's limiter (created if missing)."""
-    return await js.create_key_value(
-        KeyValueConfig(
-            bucket=RATE_LIMIT_BUCKET,
-            history=1,
-            ttl=_IDLE_TTL_S,
-            replicas=replicas,
-            storage=StorageType.FILE,  # survives a nats-server restart like everything else
-        )
-    )
+async def open_bucket(js: JetStreamContext) -> KeyValue:
+    """The KV bucket of every provider's limiter (the jobs service creates it)."""
+    return await bus.open_bucket(js, bus.RATE_LIMIT_BUCKET)
 
 
 class SharedRateLimiter:

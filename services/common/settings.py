@@ -17,6 +17,12 @@ from pathlib import Path
 from services.common.errors import ConfigError
 
 DEFAULT_DATA_DIR = "data"
+# Signs page tokens in AUTH_MODE=none (the one local user) when PAGE_TOKEN_SECRET is unset;
+# AUTH_MODE=jwt refuses to start without a PAGE_TOKEN_SECRET of its own.
+LOCAL_PAGE_TOKEN_SECRET = "prospect-page-tokens"
+# Least bytes of AUTH_JWT_SECRET (HS256: RFC 7518 3.2 asks a key the size of the hash) and
+# of PAGE_TOKEN_SECRET in AUTH_MODE=jwt.
+MIN_SECRET_BYTES = 32
 
 
 def _default_database_url(data_dir: str) -> str:
@@ -46,6 +52,12 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         "be positive",
     ),
     (("enrichment_cache_days", "sandbox_latency_ms"), lambda v: v >= 0, "not be negative"),
+    (
+        ("max_users_per_principal_per_minute", "list_rows_per_user_burst"),
+        lambda v: v >= 1,
+        "be at least 1",
+    ),
+    (("list_rows_per_user_per_s", "auth_jwt_max_lifetime_s"), lambda v: v > 0, "be positive"),
 )  # fmt: skip
 
 
@@ -70,8 +82,9 @@ class Settings:
     max_deliver: int = 5
     # Jobs service
     job_max_attempts: int = 3
-    # Signs page tokens; set one per deployment.
-    page_token_secret: str = field(default="prospect-page-tokens", repr=False)
+    # Signs page tokens; set one per deployment (AUTH_MODE=jwt: required, 32 bytes or more;
+    # AUTH_MODE=none falls back to a built-in key, see effective_page_token_secret).
+    page_token_secret: str = field(default="", repr=False)
     local_user: str = "local"  # the one user of AUTH_MODE=none
     # Authentication: "none" (one local user, loopback only) or "jwt".
     auth_mode: str = "none"
@@ -79,8 +92,16 @@ class Settings:
     auth_jwt_public_key: str = ""  # path to a PEM public key: RS256
     auth_jwt_issuer: str = ""  # checked when set
     auth_jwt_audience: str = ""  # checked when set
+    # A token whose exp is further ahead than this (or exp - iat longer) is refused.
+    auth_jwt_max_lifetime_s: float = 86400.0
     max_active_jobs_per_user: int = 20
     max_watches_per_user: int = 10  # open WatchJob streams, per jobs replica
+    # Per jobs replica, in memory (N replicas admit up to N times as much):
+    # distinct users a service token submits for within any 60 s,
+    max_users_per_principal_per_minute: int = 1000
+    # and rows ListJobs/ListLeads list per user: a token bucket of this rate and burst.
+    list_rows_per_user_per_s: float = 2000.0
+    list_rows_per_user_burst: int = 5000
     grpc_tls_cert: str = ""  # PEM paths: the jobs API serves TLS when both are set
     grpc_tls_key: str = ""
     # NATS credentials, for every service (never logged).
@@ -88,6 +109,11 @@ class Settings:
     nats_password: str = field(default="", repr=False)
     nats_token: str = field(default="", repr=False)
     nats_creds: str = ""  # path to a .creds file
+    # TLS to nats-server: the CA that signed its certificate (TLS is on when set), and this
+    # client's own certificate and key for mutual TLS (optional).
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
     outbox_poll_s: float = 1.0
     # An unfinished job with no change for this long is retried (or failed, out of attempts).
     stall_timeout_s: float = 600.0
@@ -194,9 +220,32 @@ class Settings:
                 )
             if self.auth_jwt_public_key and not Path(self.auth_jwt_public_key).is_file():
                 raise ConfigError(f"AUTH_JWT_PUBLIC_KEY={self.auth_jwt_public_key}: no such file")
+            if self.auth_jwt_secret and len(self.auth_jwt_secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256); "
+                    "e.g. openssl rand -hex 32"
+                )
+            if len(self.page_token_secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"PAGE_TOKEN_SECRET must be set, at least {MIN_SECRET_BYTES} bytes, with "
+                    "AUTH_MODE=jwt; e.g. openssl rand -hex 32"
+                )
         if bool(self.grpc_tls_cert) != bool(self.grpc_tls_key):
             raise ConfigError("GRPC_TLS_CERT and GRPC_TLS_KEY go together")
-        for name in ("grpc_tls_cert", "grpc_tls_key", "nats_creds"):
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together")
+        if self.nats_tls_cert and not self.nats_tls_ca:
+            raise ConfigError(
+                "NATS_TLS_CERT needs NATS_TLS_CA (the CA of the server's certificate)"
+            )
+        for name in (
+            "grpc_tls_cert",
+            "grpc_tls_key",
+            "nats_creds",
+            "nats_tls_ca",
+            "nats_tls_cert",
+            "nats_tls_key",
+        ):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name.upper()}={path}: no such file")
@@ -218,3 +267,9 @@ class Settings:
     def effective_database_url(self) -> str:
         """DATABASE_URL, or a SQLite file under DATA_DIR when it is unset."""
         return self.database_url or _default_database_url(self.data_dir)
+
+    @property
+    def effective_page_token_secret(self) -> str:
+        """PAGE_TOKEN_SECRET, or a built-in key when it is unset (AUTH_MODE=none only:
+        :meth:`validate` refuses AUTH_MODE=jwt without one)."""
+        return self.page_token_secret or LOCAL_PAGE_TOKEN_SECRET

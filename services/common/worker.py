@@ -81,6 +81,7 @@ def start_meter(
     report_prefix: str,
     attempt: int,
     lead_id: str = "",
+    task_id: str = "",
 ) -> Meter:
     """A meter for the running task: each paid request's intent is a report of its own
     (``<report_prefix>.call<n>``), published at the request's slot without waiting for an
@@ -94,6 +95,7 @@ def start_meter(
             report_id=f"{report_prefix}.call{next(numbers)}",
             job_id=job_id,
             attempt=attempt,
+            task_id=task_id,
             charges=charges_proto([charge]),
             charges_only=work_pb2.ChargesOnly(note=note, lead_id=lead_id),
         )
@@ -227,7 +229,7 @@ class TaskWorker(Generic[T]):
     async def start(self) -> None:
         """Open what the worker needs beyond the constructor's (before the first task);
         an override calls this first."""
-        self._allowances = await self._js.key_value(bus.ALLOWANCE_BUCKET)
+        self._allowances = await bus.open_bucket(self._js, bus.ALLOWANCE_BUCKET)
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -259,13 +261,20 @@ class TaskWorker(Generic[T]):
             report_id=report_id,
             job_id=task.job_id,
             attempt=task.attempt,
+            task_id=task.task_id,
             providers=self.provider_names(),
         )
 
     def start_meter(self, task: T, report_prefix: str) -> Meter:
         """The meter of one delivery of ``task`` (see :func:`start_meter`)."""
         return start_meter(
-            self._nc, self._cancels, task.job_id, report_prefix, task.attempt, self.lead_of(task)
+            self._nc,
+            self._cancels,
+            task.job_id,
+            report_prefix,
+            task.attempt,
+            self.lead_of(task),
+            task.task_id,
         )
 
     def allowance(self, key: str, cap_micros: int) -> Allowance:
@@ -291,7 +300,8 @@ async def _work(kind: type[TaskWorker], settings: Settings, stop: asyncio.Event)
     await health.start()
     nc = await bus.connect(settings, f"prospect-{kind.name}")
     js = nc.jetstream()
-    await bus.ensure_topology(js, settings)
+    # The jobs service makes the topology; a worker may only use its part of it.
+    await bus.wait_for_consumer(js, bus.WORK_STREAM, kind.consumer)
     cancels = await bus.CancelRegistry.open(nc, js)
     providers = await open_providers(settings, js)
     worker = kind(settings, nc, js, cancels, providers)

@@ -35,6 +35,7 @@ from services.common import bus
 from services.common.allowance import Allowance
 from services.common.errors import PermanentProviderError, ProviderError
 from services.common.money import usd_to_micros
+from services.common.plan import SEARCH_MAX, SEARCH_MIN
 from services.common.providers import Charge, SearchPage
 from services.common.providers.metering import Meter, WorkStopped
 from services.common.settings import Settings
@@ -50,9 +51,6 @@ from services.discovery.scoring import qualify, score_place
 
 log = logging.getLogger(__name__)
 
-# Text Search pages hold 20 places and stop at 60: ask for twice what the user keeps, so
-# scoring has something to choose from.
-SEARCH_MIN, SEARCH_MAX = 20, 60
 # A progress report this soon after the previous report is left out (its charges travel on
 # the next one): with providers answering in milliseconds, nobody watching sees the step,
 # and every report is a transaction for the jobs service.
@@ -98,7 +96,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
 
     async def start(self) -> None:
         await super().start()
-        self._discoveries = await self._js.key_value(bus.DISCOVERY_BUCKET)
+        self._discoveries = await bus.open_bucket(self._js, bus.DISCOVERY_BUCKET)
 
     async def _report(self, run: _Run, what: str, **body: Message) -> None:
         """Publish the report ``what`` with ``body`` (its oneof field by name) and the

@@ -55,9 +55,7 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
 
     async def start(self) -> None:
         await super().start()
-        self._cache = await EnrichmentCache.open(
-            self._js, self._settings.enrichment_cache_days, self._settings.stream_replicas
-        )
+        self._cache = await EnrichmentCache.open(self._js, self._settings.enrichment_cache_days)
 
     async def run(self, task: work_pb2.EnrichmentTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered

@@ -31,6 +31,7 @@ from services.jobs.auth import current_principal
 from services.jobs.commands import Commands
 from services.jobs.convert import job_proto, lead_proto, status_from_proto
 from services.jobs.fanout import Fanout
+from services.jobs.limits import DistinctUsers, RowBudget
 from services.jobs.machine import Status
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,15 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         tokens: validation.PageTokens,
         *,
         max_watches_per_user: int = 10,
+        max_users_per_principal_per_minute: int = 1000,
+        list_rows_per_user_per_s: float = 2000.0,
+        list_rows_per_user_burst: int = 5000,
     ) -> None:
         self._max_watches = max_watches_per_user
         self._watches: dict[str, int] = {}
+        # Per replica, in memory, like the watch count (see services.jobs.limits).
+        self._acted_for = DistinctUsers(max_users_per_principal_per_minute)
+        self._list_rows = RowBudget(list_rows_per_user_per_s, list_rows_per_user_burst)
         self._sessions = sessions
         self._commands = commands
         self._fanout = fanout
@@ -149,7 +156,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitCampaignResponse:
         config, key = validation.validate_submit(request)
-        job = await self._commands.submit(_owner_of(request), config, key)
+        owner = _owner_of(request)
+        principal = current_principal()
+        if principal.is_service:
+            self._acted_for.admit(principal.user_id, owner)
+        job = await self._commands.submit(owner, config, key)
         return jobs_pb2.SubmitCampaignResponse(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -169,10 +180,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.ListJobsResponse:
         page_size = validation.validate_page_size(request.page_size)
         status: Status | None = status_from_proto(validation.validate_status(request.status))
-        async with self._sessions() as session:
-            rows, token = await store.list_jobs(
-                session, self._tokens, _user(), page_size, request.page_token, status
-            )
+        user = _user()
+        with self._list_rows.reserve(user, page_size) as listing:
+            async with self._sessions() as session:
+                rows, token = await store.list_jobs(
+                    session, self._tokens, user, page_size, request.page_token, status
+                )
+            listing.used = len(rows)
         return jobs_pb2.ListJobsResponse(jobs=[job_proto(r) for r in rows], next_page_token=token)
 
     @unary
@@ -188,11 +202,14 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.ListLeadsResponse:
         job_id = validation.validate_job_id(request.job_id)
         page_size = validation.validate_page_size(request.page_size)
-        async with self._sessions() as session:
-            job = await store.job_for_user(session, _user(), job_id)
-            rows, token = await store.list_leads(
-                session, self._tokens, job, page_size, request.page_token
-            )
+        user = _user()
+        with self._list_rows.reserve(user, page_size) as listing:
+            async with self._sessions() as session:
+                job = await store.job_for_user(session, user, job_id)
+                rows, token = await store.list_leads(
+                    session, self._tokens, job, page_size, request.page_token
+                )
+            listing.used = len(rows)
         return jobs_pb2.ListLeadsResponse(
             leads=[lead_proto(r) for r in rows], next_page_token=token
         )

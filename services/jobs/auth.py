@@ -5,7 +5,9 @@ listens on loopback only). AUTH_MODE=jwt: every RPC but health and reflection ca
 ``authorization: Bearer <token>``, checked by :class:`AuthInterceptor` before the handler
 runs. HS256 with AUTH_JWT_SECRET or RS256 with AUTH_JWT_PUBLIC_KEY, never both and never
 ``alg: none``; ``exp`` and ``sub`` required; ``nbf``, and ``iss``/``aud`` when configured,
-checked. A failure says only "missing bearer token" or "invalid token".
+checked; a token may live at most AUTH_JWT_MAX_LIFETIME_S (``exp`` no further ahead than
+that, and ``exp - iat`` no longer when ``iat`` is given), so a leaked long-lived token is
+not a standing credential. A failure says only "missing bearer token" or "invalid token".
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import grpc
 import jwt
@@ -68,6 +70,7 @@ class TokenVerifier:
             self._algorithm = "HS256"
         self._issuer = settings.auth_jwt_issuer or None
         self._audience = settings.auth_jwt_audience or None
+        self._max_lifetime_s = settings.auth_jwt_max_lifetime_s
 
     def verify(self, token: str) -> Principal:
         try:
@@ -86,10 +89,27 @@ class TokenVerifier:
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             raise Unauthenticated("invalid token") from None
+        self._check_lifetime(claims)
         sub, role = claims.get("sub"), claims.get("role", "user")
         if not isinstance(sub, str) or not sub or len(sub) > 200 or not sub.isprintable():
             raise Unauthenticated("invalid token")
         return Principal(sub, role if isinstance(role, str) else "user")
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """Refuse a token that lives longer than AUTH_JWT_MAX_LIFETIME_S: ``exp`` further
+        ahead than that from now (with the clock leeway), or ``exp - iat`` longer. ``exp``
+        and ``iat`` must be JSON numbers (PyJWT takes a numeric string too)."""
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not _numeric(exp) or (iat is not None and not _numeric(iat)):
+            raise Unauthenticated("invalid token")
+        if exp - time.time() > self._max_lifetime_s + LEEWAY_S:
+            raise Unauthenticated("invalid token")
+        if iat is not None and exp - iat > self._max_lifetime_s:
+            raise Unauthenticated("invalid token")
+
+
+def _numeric(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def bearer_token(metadata: Any) -> str:

@@ -15,7 +15,7 @@ from services.common.money import split_micros
 from services.jobs import machine as m
 from services.jobs.convert import store_state
 from services.jobs.models import JobRow, LeadRow, OutboxRow, transient
-from services.jobs.tasks import discovery_task_row, enrichment_task_row, new_id, stop_row
+from services.jobs.tasks import new_id, queue_discovery, queue_enrichment, stop_row
 from services.jobs.unit import Unit
 
 
@@ -78,11 +78,11 @@ def _carry_out(unit: Unit, job: JobRow, effect: m.Effect, now: datetime) -> list
             for lead in pending[:count]:
                 lead.state = m.LeadState.DISPATCHED.value
                 lead.updated_at = now
-                rows.append(enrichment_task_row(job, lead, allowance, attempt))
+                rows.append(queue_enrichment(unit, job, lead, allowance, attempt))
             return rows
         case m.RedispatchLeads(attempt=attempt, allowance_micros=allowance):
             return [
-                enrichment_task_row(job, lead, allowance, attempt)
+                queue_enrichment(unit, job, lead, allowance, attempt)
                 for lead in unit.leads_of(job.id)
                 if lead.state == m.LeadState.DISPATCHED
             ]
@@ -120,7 +120,7 @@ def _carry_out(unit: Unit, job: JobRow, effect: m.Effect, now: datetime) -> list
                 completed_at=now,
             )
         case m.RetryDiscovery(attempt=attempt):
-            return [discovery_task_row(job, attempt)]
+            return [queue_discovery(unit, job, attempt)]
         case m.StopWork():
             # The durable notice; the fast one goes out after commit (publishing.py).
             return [stop_row(job.id)]

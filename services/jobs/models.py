@@ -157,6 +157,25 @@ class OutboxRow(Base):
     created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow, index=True)
 
 
+class TaskRow(Base):
+    """A task the jobs service queued: a report is applied only when it names one of these
+    (services/jobs/dispatched.py), and only within what that task may spend."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "task_" + 32 hex digits
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    lead_id: Mapped[str] = mapped_column(String(40), default="")  # "" for discovery
+    kind: Mapped[str] = mapped_column(String(16))  # "discovery" or "enrichment"
+    attempt: Mapped[int] = mapped_column(Integer)
+    # The budget the task carried (0: none), and what its reports have booked so far.
+    allowance_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A report ended it (a result, a failure, or stopped): it takes no more reports.
+    closed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
 class AppliedReportRow(Base):
     """Worker reports already applied: a redelivered report finds its id here and is dropped."""
 

@@ -33,9 +33,10 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from services.common import bus
+
 log = logging.getLogger(__name__)
 
-MEMBERS_BUCKET = "PROSPECT_JOBS_REPLICAS"
 HEARTBEAT_S = 1.0
 # A replica that stopped renewing its entry for this long is gone; its partitions move.
 MEMBER_TTL_S = 5.0
@@ -71,7 +72,7 @@ class Membership:
     async def _bucket(self) -> KeyValue:
         return await self._js.create_key_value(
             KeyValueConfig(
-                bucket=MEMBERS_BUCKET,
+                bucket=bus.MEMBERS_BUCKET,
                 history=1,
                 ttl=MEMBER_TTL_S,
                 storage=StorageType.MEMORY,  # liveness only: nothing to keep over a restart

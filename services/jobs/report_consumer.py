@@ -25,9 +25,10 @@ from prospect.v1 import work_pb2
 from services.common import bus
 from services.common.pull import pull_batches
 from services.common.settings import Settings
+from services.jobs import dispatched, reports
 from services.jobs import machine as m
-from services.jobs import reports
 from services.jobs.changes import Changes, apply_event
+from services.jobs.dispatched import PriceTable
 from services.jobs.partitions import Membership
 from services.jobs.publishing import Applied
 from services.jobs.reports import BadReport
@@ -47,19 +48,23 @@ def _lead_ref(unit: Unit, job_id: str, lead_id: str) -> m.LeadRef | None:
     return m.LeadRef(lead.id, m.LeadState(lead.state))
 
 
-def _apply_one(unit: Unit, report: work_pb2.WorkerReport) -> Applied | None:
-    """Apply one checked report in ``unit``; None when it changes nothing."""
+def _apply_one(unit: Unit, report: work_pb2.WorkerReport, table: PriceTable) -> Applied | None:
+    """Apply one checked report in ``unit``; None when it changes nothing.
+    :class:`BadReport` when it is not about work this service dispatched, or claims more
+    than that work could have done (nothing of it is applied then)."""
     if report.report_id in unit.applied_ids:
         return None  # applied before: its own id is recorded
     job = unit.job(report.job_id)
     cost, intents = reports.bookings(report, unit.applied_ids)
+    task = unit.task(report.task_id)
+    dispatched.check(report, task, cost.micros, job.config if job else {}, table)
+    assert task is not None and job is not None  # a task is recorded with its job
+    late = dispatched.ended_before(task)
+    dispatched.record(task, report, cost.micros)
     for report_id in (report.report_id, *intents):
         unit.mark_applied(report_id, report.job_id)
-    if job is None:
-        log.warning("report %s for unknown job %s dropped", report.report_id, report.job_id)
-        return None
     lead = _lead_ref(unit, job.id, reports.lead_id_of(report))
-    event = reports.read(report, cost, lead)
+    event = reports.money_of(report, cost, lead) if late else reports.read(report, cost, lead)
     applied, result = apply_event(unit, job, event)
     if result.refused:
         # Terminal means final: money arriving later is not added (see the README's
@@ -70,18 +75,21 @@ def _apply_one(unit: Unit, report: work_pb2.WorkerReport) -> Applied | None:
     return applied
 
 
-def apply_reports(unit: Unit, batch: list[work_pb2.WorkerReport]) -> list[Applied]:
+def apply_reports(
+    unit: Unit, batch: list[work_pb2.WorkerReport], table: PriceTable
+) -> list[Applied]:
     """Apply checked reports in one transaction's ``unit``, in order."""
-    # Three queries load what the batch looks at: which of its report ids (intents
-    # included) were applied already, its jobs and the leads it is about.
+    # Four queries load what the batch looks at: which of its report ids (intents
+    # included) were applied already, its jobs, the tasks and the leads it is about.
     unit.load_applied(
         [r.report_id for r in batch] + [i.report_id for r in batch for i in r.intents]
     )
     unit.load_jobs(r.job_id for r in batch)
+    unit.load_tasks(r.task_id for r in batch)
     unit.load_leads({reports.lead_id_of(r) for r in batch} - {""})
     done = []
     for report in batch:
-        applied = _apply_one(unit, report)
+        applied = _apply_one(unit, report, table)
         if applied is not None:
             done.append(applied)
     return done
@@ -125,6 +133,7 @@ class ReportConsumer:
         self._js = js
         self._changes = changes
         self._membership = membership
+        self.prices = PriceTable.from_settings(settings)
         # Fetched batches waiting for the applier, each with the future its loop waits on.
         self._inbox: asyncio.Queue[tuple[list[Msg], asyncio.Future[None]]] = asyncio.Queue()
 
@@ -212,7 +221,7 @@ class ReportConsumer:
 
     async def apply(self, batch: list[work_pb2.WorkerReport]) -> None:
         """Apply checked reports in one change (committed when this returns)."""
-        await self._changes.run(lambda unit: apply_reports(unit, batch))
+        await self._changes.run(lambda unit: apply_reports(unit, batch, self.prices))
 
     async def _take_one(self, msg: Msg, report: work_pb2.WorkerReport) -> None:
         try:

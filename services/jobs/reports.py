@@ -10,6 +10,7 @@ before it; :func:`read` turns it into the state machine's event.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Container
 
 from prospect.v1 import work_pb2
@@ -17,6 +18,7 @@ from services.common.money import usd_to_micros
 from services.jobs import machine as m
 from services.jobs.validation import JOB_ID, LEAD_ID
 
+TASK_ID = re.compile(r"task_[0-9a-f]{32}")
 REPORT_ID_MAX = 200
 # No single provider call costs anywhere near this: more is a broken or forged report.
 MAX_CHARGE_USD = 1_000.0
@@ -38,9 +40,12 @@ def _money(value: float, what: str) -> None:
         raise BadReport(f"{what} is {value!r}: money must be finite, 0 to {MAX_CHARGE_USD:g}")
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+
+
 def _name(value: str, what: str) -> None:
-    if not value or len(value) > NAME_MAX:
-        raise BadReport(f"{what} must be 1-{NAME_MAX} characters")
+    if len(value) > NAME_MAX or not _NAME.fullmatch(value):
+        raise BadReport(f"{what} must be 1-{NAME_MAX} lowercase letters, digits, _ . -")
 
 
 def _text(value: str, what: str, limit: int = MESSAGE_MAX) -> None:
@@ -79,13 +84,15 @@ def check(report: work_pb2.WorkerReport) -> None:
     """Raise :class:`BadReport` unless ``report`` keeps every rule of its shape."""
     if not report.report_id or len(report.report_id) > REPORT_ID_MAX:
         raise BadReport(f"report_id must be 1-{REPORT_ID_MAX} characters")
-    if not JOB_ID.match(report.job_id):
+    if not JOB_ID.fullmatch(report.job_id):
         raise BadReport(f"job_id {report.job_id[:60]!r} is not a job id")
+    if not TASK_ID.fullmatch(report.task_id):
+        raise BadReport(f"task_id {report.task_id[:60]!r} is not a task id")
     body = report.WhichOneof("body")
     if body is None:
         raise BadReport("the report has no body")
     lead_id = lead_id_of(report)
-    if lead_id and not LEAD_ID.match(lead_id):
+    if lead_id and not LEAD_ID.fullmatch(lead_id):
         raise BadReport(f"lead_id {lead_id[:60]!r} is not a lead id")
     if body == "enrichment_result" and not lead_id:
         raise BadReport("enrichment_result.lead_id is empty")
@@ -131,7 +138,8 @@ def check(report: work_pb2.WorkerReport) -> None:
         case "task_failure":
             f = report.task_failure
             _text(f.error, "task_failure.error")
-            _text(f.provider, "task_failure.provider", NAME_MAX)
+            if f.provider:
+                _name(f.provider, "task_failure.provider")
         case "task_stopped":
             _text(report.task_stopped.note, "task_stopped.note")
         case "charges_only":
@@ -165,6 +173,18 @@ def bookings(report: work_pb2.WorkerReport, applied: Container[str]) -> tuple[m.
     return m.Cost({p: v for p, v in costs.items() if v}), new
 
 
+# A link, or what a mail client or browser would turn into one.
+_LINK = re.compile(r"(?i)\b(?:[a-z][a-z0-9+.-]*://|www\.)\S+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
+
+
+def shown(text: str) -> str:
+    """A worker's words as a user may read them: one line, no links (a compromised
+    worker's phishing URL never reaches a victim; operators find the full text in the
+    worker's log), no control or direction-changing characters."""
+    return _CONTROL.sub(" ", _LINK.sub("[link removed]", text)).strip()
+
+
 def read(report: work_pb2.WorkerReport, cost: m.Cost, lead: m.LeadRef | None) -> m.ReportEvent:
     """The event ``report`` (checked) means, with ``cost`` from :func:`bookings` and the
     lead it is about as stored (None: no such lead of this job, a :class:`BadReport`)."""
@@ -176,7 +196,8 @@ def read(report: work_pb2.WorkerReport, cost: m.Cost, lead: m.LeadRef | None) ->
     match body:
         case "discovery_progress":
             p = report.discovery_progress
-            return m.DiscoveryProgressed(p.progress, p.businesses_found, p.message, cost, providers)
+            message = shown(p.message)
+            return m.DiscoveryProgressed(p.progress, p.businesses_found, message, cost, providers)
         case "discovery_result":
             r = report.discovery_result
             return m.DiscoveryFinished(r.businesses_found, tuple(r.qualified), cost, providers)
@@ -194,16 +215,27 @@ def read(report: work_pb2.WorkerReport, cost: m.Cost, lead: m.LeadRef | None) ->
             )
         case "task_failure":
             f = report.task_failure
+            error = shown(f.error)
             if lead is not None:
-                return m.LeadFailed(lead, f.provider, f.error, f.permanent, cost, providers)
-            return m.DiscoveryFailed(f.provider, f.error, f.permanent, cost, providers)
+                return m.LeadFailed(lead, f.provider, error, f.permanent, cost, providers)
+            return m.DiscoveryFailed(f.provider, error, f.permanent, cost, providers)
         case "task_stopped":
             if lead is not None:
                 return m.LeadStopped(lead, cost, providers)
             return m.DiscoveryStopped(cost, providers)
         case "charges_only":
-            note = report.charges_only.note
+            note = shown(report.charges_only.note)
             if lead is not None:
                 return m.LeadCharged(lead, note, cost, providers)
             return m.Charged(note, cost, providers)
     raise BadReport(f"unknown report body {body!r}")
+
+
+def money_of(report: work_pb2.WorkerReport, cost: m.Cost, lead: m.LeadRef | None) -> m.ReportEvent:
+    """The event of ``report`` when only its money counts (its task had ended before):
+    its calls' cost on the books, nothing else."""
+    providers = dict(report.providers)
+    note = "calls of a delivery that ran after its task had ended"
+    if lead is not None:
+        return m.LeadCharged(lead, note, cost, providers)
+    return m.Charged(note, cost, providers)

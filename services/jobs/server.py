@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +43,22 @@ SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
 def is_loopback(addr: str) -> bool:
+    """Whether every address the host of ``addr`` (``host:port``, ``[v6]:port``) resolves
+    to is a loopback one: ``localhost``, ``127.0.0.1``, ``[::1]`` are; ``0.0.0.0``, ``[::]``,
+    an empty host, a name that resolves elsewhere (``127.evil.example``) or not at all are
+    not."""
     host = addr.rpartition(":")[0]
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        return False
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        resolved = {ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in found}
+    except (OSError, UnicodeError, ValueError):
+        return False
+    return bool(resolved) and all(ip.is_loopback for ip in resolved)
 
 
 def check_auth_mode(settings: Settings) -> None:
@@ -139,8 +151,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         sessions,
         parts.commands,
         fanout,
-        PageTokens(settings.page_token_secret.encode()),
+        PageTokens(settings.effective_page_token_secret.encode()),
         max_watches_per_user=settings.max_watches_per_user,
+        max_users_per_principal_per_minute=settings.max_users_per_principal_per_minute,
+        list_rows_per_user_per_s=settings.list_rows_per_user_per_s,
+        list_rows_per_user_burst=settings.list_rows_per_user_burst,
     )
     server, port, health_servicer = build_grpc_server(servicer, settings)
     await server.start()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from sqlalchemy import Connection, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,7 +9,7 @@ from services.common.errors import NotFound
 from services.jobs.machine import Status
 from services.jobs.models import JobRow, LeadRow
 from services.jobs.unit import Unit
-from services.jobs.validation import PageTokens
+from services.jobs.validation import PageTokens, jobs_position, leads_position
 
 
 def owned(row: JobRow | None, user_id: str, job_id: str) -> JobRow:
@@ -50,8 +47,7 @@ async def list_jobs(
     if status is not None:
         query = query.where(JobRow.status == status.value)
     if position is not None:
-        created = datetime.fromisoformat(str(position["c"]))
-        last_id = str(position["i"])
+        created, last_id = jobs_position(position)
         query = query.where(
             or_(
                 JobRow.created_at < created,
@@ -73,10 +69,10 @@ async def list_leads(
 ) -> tuple[list[LeadRow], str]:
     """A job's leads, best score first (by rank)."""
     scope = f"leads:{job.user_id}:{job.id}"
-    position: dict[str, Any] | None = tokens.decode(page_token, scope)
+    position = tokens.decode(page_token, scope)
     query = select(LeadRow).where(LeadRow.job_id == job.id)
     if position is not None:
-        query = query.where(LeadRow.rank > int(position["r"]))
+        query = query.where(LeadRow.rank > leads_position(position))
     query = query.order_by(LeadRow.rank).limit(page_size + 1)
     rows = list((await session.scalars(query)).all())
     next_token = ""

@@ -25,7 +25,7 @@ from services.jobs.convert import config_from_json, config_to_json
 from services.jobs.db import Writer
 from services.jobs.models import CampaignRow, JobRow, OutboxRow, transient, utcnow
 from services.jobs.outbox import Outbox
-from services.jobs.tasks import discovery_task_row, new_id
+from services.jobs.tasks import new_id, queue_discovery
 from services.jobs.unit import Unit
 
 log = logging.getLogger(__name__)
@@ -126,8 +126,8 @@ class Submits:
                 )
                 continue
             job, campaign = self._new_job(request)
-            task = discovery_task_row(job, attempt=1)
             unit.add_job(job, campaign)
+            task = queue_discovery(unit, job, attempt=1)
             unit.add_outbox([task])
             rows.append(task)
             active[request.user_id] += 1

@@ -1,6 +1,10 @@
 """The work the jobs service queues: ids for new rows, and the outbox rows that carry a
 discovery or an enrichment task, or a stop notice, to the workers (their message ids make a
-re-publish a duplicate JetStream drops)."""
+re-publish a duplicate JetStream drops).
+
+Each task queued is also recorded (a :class:`TaskRow` under an unguessable id that the
+task carries): the jobs service applies a report only when it names a task recorded here,
+of its job, attempt and lead (services/jobs/dispatched.py)."""
 
 from __future__ import annotations
 
@@ -8,28 +12,61 @@ import uuid
 
 from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
-from services.jobs.models import JobRow, LeadRow, OutboxRow
+from services.common.money import usd_to_micros
+from services.jobs.models import JobRow, LeadRow, OutboxRow, TaskRow, transient, utcnow
 from services.jobs.outbox import outbox_row
+from services.jobs.unit import Unit
+
+DISCOVERY, ENRICHMENT = "discovery", "enrichment"
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def discovery_task_row(job: JobRow, attempt: int) -> OutboxRow:
+def _record(
+    unit: Unit, job: JobRow, kind: str, attempt: int, lead_id: str, allowance_micros: int
+) -> str:
+    """Record a task about to be queued in ``unit``; its id."""
+    task_id = new_id("task")
+    unit.add_task(
+        transient(
+            TaskRow,
+            {
+                "id": task_id,
+                "job_id": job.id,
+                "lead_id": lead_id,
+                "kind": kind,
+                "attempt": attempt,
+                "allowance_micros": allowance_micros,
+                "spent_micros": 0,
+                "closed": False,
+                "created_at": utcnow(),
+            },
+        )
+    )
+    return task_id
+
+
+def queue_discovery(unit: Unit, job: JobRow, attempt: int) -> OutboxRow:
+    """Record ``job``'s discovery task for ``attempt`` in ``unit``; the row to publish."""
+    budget = usd_to_micros(float(job.config.get("budget_limit", 0.0) or 0.0))
     task = work_pb2.DiscoveryTask(
         job_id=job.id,
         campaign_id=job.campaign_id,
         config=jobs_pb2.CampaignConfig(**job.config),
         attempt=attempt,
+        task_id=_record(unit, job, DISCOVERY, attempt, "", budget),
     )
     return outbox_row(f"discovery.{job.id}.{attempt}", bus.DISCOVERY_SUBJECT, task)
 
 
-def enrichment_task_row(
-    job: JobRow, lead: LeadRow, allowance_micros: int, attempt: int
+def queue_enrichment(
+    unit: Unit, job: JobRow, lead: LeadRow, allowance_micros: int, attempt: int
 ) -> OutboxRow:
+    """Record the enrichment of ``lead`` for ``attempt`` in ``unit``; the row to publish."""
     task = work_pb2.EnrichmentTask(
+        task_id=_record(unit, job, ENRICHMENT, attempt, lead.id, allowance_micros),
         job_id=job.id,
         campaign_id=job.campaign_id,
         lead_id=lead.id,

@@ -29,6 +29,7 @@ from services.jobs.models import (
     LeadRow,
     M,
     OutboxRow,
+    TaskRow,
     transient,
     utcnow,
 )
@@ -45,6 +46,7 @@ LEADS = _table(LeadRow)
 CAMPAIGNS = _table(CampaignRow)
 OUTBOX = _table(OutboxRow)
 APPLIED = _table(AppliedReportRow)
+TASKS = _table(TaskRow)
 
 # What a transaction may change on a loaded row (everything else is fixed at insert).
 _JOB_CHANGES = (
@@ -84,6 +86,7 @@ _APPLIED_IDS = select(APPLIED.c.report_id).where(
     APPLIED.c.report_id.in_(bindparam("ids", expanding=True))
 )
 _LEADS_BY_ID = select(LEADS).where(LEADS.c.id.in_(bindparam("ids", expanding=True)))
+_TASKS_BY_ID = select(TASKS).where(TASKS.c.id.in_(bindparam("ids", expanding=True)))
 _LEADS_OF_JOB = select(LEADS).where(LEADS.c.job_id == bindparam("job_id")).order_by(LEADS.c.rank)
 # Both columns of the (user_id, idempotency_key) unique index, so the lookup uses it.
 _JOBS_BY_KEY = select(JOBS).where(
@@ -98,7 +101,14 @@ _ACTIVE_JOBS = (
     )
     .group_by(JOBS.c.user_id)
 )
-_INSERT = {table: insert(table) for table in (JOBS, CAMPAIGNS, LEADS, OUTBOX, APPLIED)}
+_INSERT = {table: insert(table) for table in (JOBS, CAMPAIGNS, LEADS, OUTBOX, APPLIED, TASKS)}
+# What a report changes on its task.
+_TASK_CHANGES = ("spent_micros", "closed")
+_UPDATE_TASK = (
+    update(TASKS)
+    .where(TASKS.c.id == bindparam("b_id"))
+    .values({f: bindparam(f"v_{f}") for f in _TASK_CHANGES})
+)
 _UPDATE_JOB = (
     update(JOBS)
     .where(JOBS.c.id == bindparam("b_id"), JOBS.c.version == bindparam("b_version"))
@@ -138,6 +148,9 @@ class Unit:
         self._new_campaigns: list[CampaignRow] = []
         self._new_leads: list[LeadRow] = []
         self._outbox: list[OutboxRow] = []
+        self._tasks: dict[str, TaskRow | None] = {}
+        self._task_loaded: dict[str, tuple[Any, ...]] = {}
+        self._new_tasks: list[TaskRow] = []
         self._applied: list[dict[str, Any]] = []
         self._campaigns: dict[str, dict[str, Any]] = {}
         self.applied_ids: set[str] = set()  # report ids applied, before or in this unit
@@ -188,6 +201,21 @@ class Unit:
         for lead_id in wanted:
             self._leads.setdefault(lead_id, None)
 
+    def load_tasks(self, ids: Iterable[str]) -> None:
+        wanted = [i for i in set(ids) if i not in self._tasks]
+        if not wanted:
+            return
+        for task in self._select(TaskRow, _TASKS_BY_ID, ids=wanted):
+            self._tasks[task.id] = task
+            self._task_loaded[task.id] = _snapshot(task, _TASK_CHANGES)
+        for task_id in wanted:
+            self._tasks.setdefault(task_id, None)
+
+    def task(self, task_id: str) -> TaskRow | None:
+        """The recorded task ``task_id`` (None: the jobs service never queued it)."""
+        self.load_tasks([task_id])
+        return self._tasks[task_id]
+
     def lead(self, lead_id: str) -> LeadRow | None:
         self.load_leads([lead_id])
         return self._leads[lead_id]
@@ -235,6 +263,10 @@ class Unit:
             if lead.job_id in self._leads_of:
                 self._leads_of[lead.job_id].append(lead)
 
+    def add_task(self, task: TaskRow) -> None:
+        self._new_tasks.append(task)
+        self._tasks[task.id] = task
+
     def add_outbox(self, rows: Iterable[OutboxRow]) -> None:
         self._outbox.extend(rows)
 
@@ -250,6 +282,7 @@ class Unit:
             (CAMPAIGNS, self._new_campaigns),
             (LEADS, self._new_leads),
             (OUTBOX, self._outbox),
+            (TASKS, self._new_tasks),
         ):
             if rows:
                 conn.execute(_INSERT[table], [_values(row, table) for row in rows])
@@ -275,6 +308,14 @@ class Unit:
         ]
         if changed:
             conn.execute(_UPDATE_LEAD, changed)
+        tasks = [
+            {"b_id": task_id, **{f"v_{f}": getattr(task, f) for f in _TASK_CHANGES}}
+            for task_id, loaded in self._task_loaded.items()
+            if (task := self._tasks[task_id]) is not None
+            and _snapshot(task, _TASK_CHANGES) != loaded
+        ]
+        if tasks:
+            conn.execute(_UPDATE_TASK, tasks)
         for campaign_id, values in self._campaigns.items():  # a few per batch at most
             conn.execute(update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(values))
 

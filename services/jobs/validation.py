@@ -9,19 +9,32 @@ import json
 import math
 import re
 import unicodedata
+from datetime import UTC, datetime
 from typing import Any
 
 from prospect.v1 import jobs_pb2
 from services.common.errors import InvalidArgument
 
-JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
-LEAD_ID = re.compile(r"^lead_[0-9a-f]{32}$")  # as services.jobs.tasks.new_id makes them
+# Ids are matched whole: \A and \Z, since ``$`` also matches before a trailing newline (so
+# even a caller's ``.match`` takes no "job_...\n"); prefer :func:`is_job_id`/:func:`is_lead_id`.
+JOB_ID = re.compile(r"\Ajob_[0-9a-f]{32}\Z")
+LEAD_ID = re.compile(r"\Alead_[0-9a-f]{32}\Z")  # as services.jobs.tasks.new_id makes them
 TEXT_MAX = 200
 MAX_RESULTS = 100
 BUDGET_MAX = 10_000.0
 PAGE_SIZE_MAX = 500
 PAGE_SIZE_DEFAULT = 50
 IDEMPOTENCY_KEY_MAX = 200
+
+
+def is_job_id(value: object) -> bool:
+    """Whether ``value`` is a job id, whole (``job_`` and 32 lowercase hex digits)."""
+    return isinstance(value, str) and JOB_ID.fullmatch(value) is not None
+
+
+def is_lead_id(value: object) -> bool:
+    """Whether ``value`` is a lead id, whole (``lead_`` and 32 lowercase hex digits)."""
+    return isinstance(value, str) and LEAD_ID.fullmatch(value) is not None
 
 
 def _text(field: str, value: str) -> str:
@@ -82,7 +95,7 @@ def validate_user_id(user_id: str, field: str) -> str:
 def validate_job_id(job_id: str, field: str = "job_id") -> str:
     if not job_id:
         raise InvalidArgument(field, "is required")
-    if not JOB_ID.match(job_id):
+    if not is_job_id(job_id):
         raise InvalidArgument(field, "must look like job_ followed by 32 hex digits")
     return job_id
 
@@ -130,6 +143,36 @@ class PageTokens:
             if data["s"] != scope or not isinstance(data["p"], dict):
                 raise ValueError("scope")
         except (ValueError, KeyError, TypeError):
-            raise InvalidArgument(field, "is not a token this listing returned") from None
+            raise _not_returned(field) from None
         position: dict[str, Any] = data["p"]
         return position
+
+
+def _not_returned(field: str) -> InvalidArgument:
+    return InvalidArgument(field, "is not a token this listing returned")
+
+
+def jobs_position(position: dict[str, Any], field: str = "page_token") -> tuple[datetime, str]:
+    """(created_at, job id) of the last job a ListJobs page showed, from its token's
+    position; InvalidArgument naming ``field`` when the position is not one (a token signed
+    with the right secret still carries only what the signer put there: check it all)."""
+    created, last_id = position.get("c"), position.get("i")
+    if not isinstance(created, str) or not is_job_id(last_id) or len(position) != 2:
+        raise _not_returned(field)
+    try:
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        when = when.astimezone(UTC)
+    except (ValueError, OverflowError):  # year 1 at +05:00 is before datetime.min in UTC
+        raise _not_returned(field) from None
+    return when, str(last_id)
+
+
+def leads_position(position: dict[str, Any], field: str = "page_token") -> int:
+    """The rank of the last lead a ListLeads page showed, from its token's position;
+    InvalidArgument naming ``field`` when the position is not one."""
+    rank = position.get("r")
+    if type(rank) is not int or not 0 <= rank < 2**31 or len(position) != 1:
+        raise _not_returned(field)
+    return rank

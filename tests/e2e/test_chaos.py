@@ -105,6 +105,7 @@ def service_env(jwt_secret: str) -> dict[str, str]:
         "MAX_WATCHES_PER_USER": "100",
         "AUTH_MODE": "jwt",
         "AUTH_JWT_SECRET": jwt_secret,
+        "PAGE_TOKEN_SECRET": secrets.token_hex(32),
     }
     for name in ("GOOGLE_PLACES", "HUNTER", "NEVERBOUNCE"):
         env[f"RATE_LIMIT_{name}_RPS"], env[f"RATE_LIMIT_{name}_BURST"] = "50", "10"

@@ -27,6 +27,7 @@ from nats.js import JetStreamContext
 from prospect.v1 import jobs_pb2, work_pb2
 from services.cli.stack import NatsServer, ServiceProcess
 from services.common import bus
+from services.common.nats_auth import SUPERUSER
 from services.common.settings import Settings
 from tests.fakes import FakeProviders
 from tests.nats_helpers import connected
@@ -47,7 +48,7 @@ def fakes() -> Iterator[FakeProviders]:
 def env(nats_server: NatsServer, fakes: FakeProviders) -> dict[str, str]:
     return {
         **fakes.env(),
-        "NATS_URL": nats_server.url,
+        **nats_server.client_env(SUPERUSER),
         "ACK_WAIT_S": "2",
         "REPORT_PARTITIONS": "1",
         "LOG_LEVEL": "INFO",

@@ -76,6 +76,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {
         "AUTH_MODE": "jwt",
         "AUTH_JWT_SECRET": SECRET,
+        "PAGE_TOKEN_SECRET": secrets.token_hex(32),
         "SANDBOX_LATENCY_MS": "5",
         "SANDBOX_MAX_PLACES": "5",
         "LOG_LEVEL": "INFO",

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.e2e
 
 SECRET = secrets.token_urlsafe(32)
 ENV = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET, "SANDBOX_LATENCY_MS": "5"}
+ENV["PAGE_TOKEN_SECRET"] = secrets.token_hex(32)
 
 
 @pytest.fixture(scope="module")

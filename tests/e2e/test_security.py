@@ -21,15 +21,17 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.stack import NatsServer, ServiceProcess, Stack, free_port
+from services.jobs.validation import PageTokens
 from tests.e2e import tokens as t
 from tests.e2e.tokens import RPCS, Metadata, failure, invoke, job_ids, run_cli, submit
 from tests.fakes import FakeProviders
 
 pytestmark = pytest.mark.e2e
 
-SECRET = secrets.token_urlsafe(32)
+SECRET, PAGE_SECRET = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 ISSUER, AUDIENCE = "https://auth.prospect.test", "prospect-jobs"
 AUTH_ENV = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET, "SANDBOX_LATENCY_MS": "5"}
+AUTH_ENV |= {"PAGE_TOKEN_SECRET": PAGE_SECRET}
 AUTH_ENV |= {"AUTH_JWT_ISSUER": ISSUER, "AUTH_JWT_AUDIENCE": AUDIENCE}
 JOB_RPCS = ("GetJob", "WatchJob", "CancelJob", "ListLeads")  # those naming a job
 Code = grpc.StatusCode
@@ -135,6 +137,56 @@ def test_list_jobs_shows_only_the_callers_jobs(
     assert code == Code.INVALID_ARGUMENT  # alice's page token is not bob's
 
 
+def test_a_signed_page_token_with_a_malformed_position_is_invalid_argument(
+    stub: jobs_pb2_grpc.JobServiceStub, alice_job: jobs_pb2.Job
+) -> None:
+    """Signed with the real PAGE_TOKEN_SECRET (as a leaked secret, or a signing bug, would
+    allow): what it carries is still checked, and never answered INTERNAL."""
+    signer, alice = PageTokens(PAGE_SECRET.encode()), as_user("alice")
+    when = "2026-01-01T00:00:00+00:00"
+
+    def list_jobs(position: dict[str, object]) -> jobs_pb2.ListJobsResponse:
+        page_token = signer.encode("jobs:alice:*", position)
+        request = jobs_pb2.ListJobsRequest(page_size=1, page_token=page_token)
+        return stub.ListJobs(request, metadata=alice, timeout=t.RPC_TIMEOUT)
+
+    def list_leads(position: dict[str, object]) -> jobs_pb2.ListLeadsResponse:
+        page_token = signer.encode(f"leads:alice:{alice_job.id}", position)
+        request = jobs_pb2.ListLeadsRequest(job_id=alice_job.id, page_token=page_token)
+        return stub.ListLeads(request, metadata=alice, timeout=t.RPC_TIMEOUT)
+
+    assert list_jobs({"c": when, "i": t.UNKNOWN_JOB}) is not None  # the signer is the real one
+    assert list_leads({"r": 0}) is not None
+    jobs_positions: list[dict[str, object]] = [
+        {},
+        {"c": "yesterday", "i": t.UNKNOWN_JOB},
+        {"c": 5, "i": t.UNKNOWN_JOB},
+        {"c": None, "i": None},
+        {"c": "2026-01-01T00:00:00", "i": t.UNKNOWN_JOB},  # no time zone
+        {"c": "0001-01-01T00:00:00+05:00", "i": t.UNKNOWN_JOB},  # before the first UTC time
+        {"c": when, "i": ["job_"]},
+        {"c": when, "i": "x' OR '1'='1"},
+    ]
+    for position in jobs_positions:
+        code, details = failure(partial(list_jobs, position))
+        assert code == Code.INVALID_ARGUMENT and details.startswith("page_token: "), position
+    ranks: list[object] = ["first", None, [0], 1.5, 2**40]
+    leads_positions: list[dict[str, object]] = [{}, *({"r": rank} for rank in ranks)]
+    for position in leads_positions:
+        code, details = failure(partial(list_leads, position))
+        assert code == Code.INVALID_ARGUMENT and details.startswith("page_token: "), position
+
+
+@pytest.mark.parametrize("rpc", JOB_RPCS)
+def test_job_ids_are_matched_whole(
+    stub: jobs_pb2_grpc.JobServiceStub, alice_job: jobs_pb2.Job, rpc: str
+) -> None:
+    for suffix in ("\n", "\r\n", "\n\n"):
+        job_id = alice_job.id + suffix
+        code, details = failure(partial(invoke, stub, rpc, as_user("alice"), job_id))
+        assert code == Code.INVALID_ARGUMENT and details.startswith("job_id: "), repr(suffix)
+
+
 def test_idempotency_keys_are_per_user(stub: jobs_pb2_grpc.JobServiceStub) -> None:
     key = f"nightly-{secrets.token_hex(4)}"
     alices = submit(stub, as_user("alice"), idempotency_key=key)
@@ -169,6 +221,11 @@ def bad_tokens(rsa_private: bytes) -> dict[str, str]:
         "wrong-audience": token("alice", aud="another-api"),
         "wrong-issuer": token("alice", iss="https://evil.example"),
         "no-exp": token("alice", exp=None),
+        # AUTH_JWT_MAX_LIFETIME_S, 24 h by default: no token that outlives it
+        "exp-two-days-ahead": token("alice", exp=now + 2 * 86400),
+        "exp-a-year-ahead": token("alice", exp=now + 365 * 86400),
+        "issued-for-over-a-day": token("alice", iat=now - 86400, exp=now + 3600),
+        "numeric-string-exp": token("alice", exp=str(now + 3600)),
         "alg-none": t.alg_none(claims),
         "rs256-on-hs-server": t.rs256(rsa_private, claims),
         "hs-signed-with-nothing": t.hand_signed({"alg": "HS256"}, claims, b""),
@@ -343,7 +400,7 @@ def test_tls_serves_the_cli_and_refuses_plaintext(tmp_path: Path) -> None:
 def test_none_mode_refuses_a_non_loopback_bind(
     nats_server: NatsServer, tmp_path: Path, host: str
 ) -> None:
-    env = {"NATS_URL": nats_server.url, "DATA_DIR": str(tmp_path), "AUTH_MODE": "none"}
+    env = {**nats_server.client_env("jobs"), "DATA_DIR": str(tmp_path), "AUTH_MODE": "none"}
     env |= {"JOBS_GRPC_ADDR": f"{host}:{free_port()}", "AUTH_JWT_SECRET": ""}
     proc = ServiceProcess("jobs", env, tmp_path / "jobs.log")
     try:
@@ -360,7 +417,7 @@ def test_none_mode_refuses_a_non_loopback_bind(
 
 # -- secrets ------------------------------------------------------------------------------
 
-LOCKED_SECRET, NATS_PASSWORD = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+LOCKED_SECRET, LOCKED_PAGE_SECRET = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 
 
 @pytest.fixture(scope="module")
@@ -371,17 +428,14 @@ def fakes() -> Iterator[FakeProviders]:
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory: pytest.TempPathFactory, fakes: FakeProviders) -> Iterator[Stack]:
-    """Real (fake) provider keys, a JWT secret and a NATS password, logging at DEBUG."""
+    """Real (fake) provider keys, a JWT secret and the services' NATS passwords, logging
+    at DEBUG."""
     env = {
         **fakes.env(),
         **{"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": LOCKED_SECRET, "LOG_LEVEL": "DEBUG"},
-        **{"NATS_USER": "prospect", "NATS_PASSWORD": NATS_PASSWORD},
+        "PAGE_TOKEN_SECRET": LOCKED_PAGE_SECRET,
     }
     running = Stack(tmp_path_factory.mktemp("locked"), env=env)
-    log_path = running.logs_dir / "nats-server.log"
-    running.nats = NatsServer(
-        running.data_dir / "nats", log_path=log_path, user="prospect", password=NATS_PASSWORD
-    )
     try:
         running.start()
         yield running
@@ -426,8 +480,10 @@ def test_secrets_appear_in_no_log_output_or_record(locked: Stack, fakes: FakePro
     assert all(logs.values()), "a process logged nothing"
 
     known = {k: v for k, v in locked.extra_env.items() if k.endswith(("_KEY", "_SECRET"))}
-    known["NATS_PASSWORD"] = NATS_PASSWORD
-    assert len(known) == 4 + 1  # three provider keys, the JWT secret, the NATS password
+    assert locked.nats.credentials is not None
+    known.update(locked.nats.credentials.server_env())
+    # three provider keys, the JWT and page-token secrets, three NATS passwords
+    assert len(known) == 5 + 3
     found = [
         (name, where)
         for where, text in {**outputs, **logs}.items()

@@ -13,5 +13,5 @@ from tests.integration.harness import Harness, jobs_service
 @pytest.fixture
 async def harness(database_url: str, nats_server: NatsServer) -> AsyncIterator[Harness]:
     """The jobs service's parts on an empty database and a fresh nats-server."""
-    async with jobs_service(database_url, nats_server.url) as running:
+    async with jobs_service(database_url, nats_server) as running:
         yield running

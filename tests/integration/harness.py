@@ -15,12 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from prospect.v1 import jobs_pb2, work_pb2
+from services.cli.stack import NatsServer
 from services.common import bus
-from services.common.settings import Settings
 from services.jobs import db, reports
 from services.jobs.commands import Commands
 from services.jobs.fanout import Fanout
-from services.jobs.models import JobRow, LeadRow
+from services.jobs.models import JobRow, LeadRow, TaskRow
 from services.jobs.outbox import Outbox
 from services.jobs.report_consumer import ReportConsumer
 from services.jobs.server import assemble
@@ -42,9 +42,29 @@ class Harness:
     tokens: PageTokens
 
     async def apply(self, report: work_pb2.WorkerReport) -> None:
-        """Apply one report as the report consumer does (checked, then in a transaction)."""
+        """Apply one report as the report consumer does (checked, then in a transaction),
+        as the worker of the task it is about (see :meth:`about_task`)."""
+        await self.about_task(report)
         reports.check(report)
         await self.consumer.apply([report])
+
+    async def about_task(self, report: work_pb2.WorkerReport) -> work_pb2.WorkerReport:
+        """``report`` made by the worker of the task it is about: unless it names a task,
+        the latest task queued for its job and lead, whose id and attempt it takes."""
+        if not report.task_id:
+            async with self.sessions() as session:
+                query = (
+                    select(TaskRow)
+                    .where(
+                        TaskRow.job_id == report.job_id,
+                        TaskRow.lead_id == reports.lead_id_of(report),
+                    )
+                    .order_by(TaskRow.attempt.desc(), TaskRow.created_at.desc())
+                )
+                task = (await session.scalars(query)).first()
+            assert task is not None, f"no task queued for {report.job_id}"
+            report.task_id, report.attempt = task.id, task.attempt
+        return report
 
     async def job(self, job_id: str) -> JobRow:
         async with self.sessions() as session:
@@ -70,11 +90,14 @@ class Harness:
 
 @asynccontextmanager
 async def jobs_service(
-    database_url: str, nats_url: str, **settings_given: Any
+    database_url: str, nats: NatsServer, **settings_given: Any
 ) -> AsyncIterator[Harness]:
-    """One jobs replica's parts on ``database_url`` (migrated) and ``nats_url``, with
+    """One jobs replica's parts on ``database_url`` (migrated) and ``nats`` (as its
+    superuser: the tests play the workers on the same connection), with
     ``settings_given`` (Settings fields) on top of the defaults."""
-    settings = Settings(nats_url=nats_url, database_url=database_url, **settings_given)
+    # Prices high enough for any charge the tests' reports make (one call each).
+    prices = {f"price_{op}": 1.0 for op in PRICED}
+    settings = nats.settings(database_url=database_url, **{**prices, **settings_given})
     engine = db.create_engine(database_url)
     try:
         await db.migrate(engine)
@@ -107,8 +130,18 @@ def config(**overrides: object) -> jobs_pb2.CampaignConfig:
     return jobs_pb2.CampaignConfig(**values)  # type: ignore[arg-type]
 
 
+PRICED = ("google_text_search", "google_place_details", "hunter_domain_search", "neverbounce_check")
+
+
 def report(job_id: str, report_id: str, cost: float = 0.0, **body: object) -> work_pb2.WorkerReport:
-    charges = [work_pb2.Charge(provider="sandbox", operation="call", cost_usd=cost)] if cost else []
+    """A report with one call of ``cost`` (a search for discovery, an email search for a
+    lead), its task filled in when it is applied (:meth:`Harness.apply`)."""
+    about_lead = (
+        any(getattr(b, "lead_id", "") for b in body.values()) or "enrichment_result" in body
+    )
+    operation = "email_search" if about_lead else "text_search"
+    charge = work_pb2.Charge(provider="sandbox", operation=operation, cost_usd=cost)
+    charges = [charge] if cost else []
     return work_pb2.WorkerReport(
         report_id=report_id,
         job_id=job_id,

@@ -26,7 +26,7 @@ from tests.nats_helpers import connected
 
 @pytest.fixture
 async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
-    async with connected(Settings(nats_url=nats_server.url)) as (_, js):
+    async with connected(nats_server.settings()) as (_, js):
         yield js
 
 
@@ -85,7 +85,7 @@ async def test_concurrent_reservers_never_pass_the_cap(
     nats_server: NatsServer, kv: KeyValue
 ) -> None:
     # Two processes (connections), each with many reservations racing on one key.
-    other_nc = await bus.connect(Settings(nats_url=nats_server.url), "other")
+    other_nc = await bus.connect(nats_server.settings(), "other")
     try:
         other_kv = await other_nc.jetstream().key_value(bus.ALLOWANCE_BUCKET)
         allowances = [Allowance(kv, "job.race", 1_000), Allowance(other_kv, "job.race", 1_000)]

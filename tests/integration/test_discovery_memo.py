@@ -25,6 +25,7 @@ from nats.js.kv import KeyValue
 from prospect.v1 import jobs_pb2, work_pb2
 from services.cli.stack import NatsServer
 from services.common import bus
+from services.common.nats_auth import SUPERUSER
 from services.common.providers import open_providers
 from services.common.settings import Settings
 from services.discovery.worker import DiscoveryWorker
@@ -44,7 +45,12 @@ def fakes() -> Iterator[FakeProviders]:
 @pytest.fixture
 def settings(nats_server: NatsServer, fakes: FakeProviders) -> Settings:
     # One partition of the events stream: every report in one consumer, in stream order.
-    env = {**fakes.env(), "NATS_URL": nats_server.url, "REPORT_PARTITIONS": "1", "ACK_WAIT_S": "3"}
+    env = {
+        **fakes.env(),
+        **nats_server.client_env(SUPERUSER),
+        "REPORT_PARTITIONS": "1",
+        "ACK_WAIT_S": "3",
+    }
     return Settings.from_env(env)
 
 

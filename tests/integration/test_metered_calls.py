@@ -68,7 +68,7 @@ def fakes() -> Iterator[FakeProviders]:
 @pytest.fixture
 async def nats(nats_server: NatsServer) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
     # One partition of the events stream: every report in one consumer, in stream order.
-    async with connected(Settings(nats_url=nats_server.url, report_partitions=1)) as running:
+    async with connected(nats_server.settings(report_partitions=1)) as running:
         yield running
 
 

@@ -7,7 +7,6 @@ import asyncio
 
 from services.cli.stack import NatsServer
 from services.common import bus
-from services.common.settings import Settings
 from services.jobs.partitions import Membership
 
 PARTITIONS = 8
@@ -32,7 +31,7 @@ async def settled(views: list[list[frozenset[int]]], want: int) -> None:
 async def test_replicas_split_the_partitions_and_take_over_when_one_leaves(
     nats_server: NatsServer,
 ) -> None:
-    nc = await bus.connect(Settings(nats_url=nats_server.url), "test")
+    nc = await bus.connect(nats_server.settings(), "test")
     js = nc.jetstream()
     a, b = Membership(js, PARTITIONS), Membership(js, PARTITIONS)
     stop_a, stop_b = asyncio.Event(), asyncio.Event()

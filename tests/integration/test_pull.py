@@ -13,14 +13,13 @@ import pytest
 from services.cli.stack import NatsServer
 from services.common import bus
 from services.common.pull import pull_batches
-from services.common.settings import Settings
 from tests.nats_helpers import connected
 
 
 async def test_an_idle_consumer_logs_nothing_and_then_delivers(
     nats_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with connected(Settings(nats_url=nats_server.url)) as (_, js):
+    async with connected(nats_server.settings()) as (_, js):
         stop = asyncio.Event()
         # Fetches of a millisecond: about one in a hundred idle ones raises the built-in
         # TimeoutError (the server's "no messages" lands just before the deadline).

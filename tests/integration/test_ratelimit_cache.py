@@ -12,10 +12,9 @@ import pytest
 from nats.js import JetStreamContext
 
 from services.cli.stack import NatsServer
-from services.common import bus
 from services.common.cache import CachedEmail, CachedVerification, EnrichmentCache
 from services.common.ratelimit import SPACING_MARGIN, SharedRateLimiter, open_bucket
-from services.common.settings import Settings
+from tests.nats_helpers import connected
 
 
 class Clock:
@@ -44,15 +43,12 @@ async def departures(clock: Clock, *limiters: SharedRateLimiter) -> list[float]:
 
 @pytest.fixture
 async def js(nats_server: NatsServer) -> AsyncIterator[JetStreamContext]:
-    nc = await bus.connect(Settings(nats_url=nats_server.url), "test")
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
+    async with connected(nats_server.settings()) as (_, js):
+        yield js
 
 
 async def test_two_processes_share_one_rate(js: JetStreamContext) -> None:
-    kv = await open_bucket(js, replicas=1)
+    kv = await open_bucket(js)
     clock = Clock()
     one = SharedRateLimiter(kv, "hunter", rate=10, burst=1, clock=clock, sleep=clock.sleep)
     two = SharedRateLimiter(kv, "hunter", rate=10, burst=1, clock=clock, sleep=clock.sleep)
@@ -63,7 +59,7 @@ async def test_two_processes_share_one_rate(js: JetStreamContext) -> None:
 
 
 async def test_burst_then_rate(js: JetStreamContext) -> None:
-    kv = await open_bucket(js, replicas=1)
+    kv = await open_bucket(js)
     clock = Clock()
     limiter = SharedRateLimiter(kv, "google", rate=10, burst=3, clock=clock, sleep=clock.sleep)
     other = SharedRateLimiter(kv, "google", rate=10, burst=3, clock=clock, sleep=clock.sleep)
@@ -79,7 +75,7 @@ async def test_burst_then_rate(js: JetStreamContext) -> None:
 
 
 async def test_a_rate_limit_answer_makes_every_process_wait(js: JetStreamContext) -> None:
-    kv = await open_bucket(js, replicas=1)
+    kv = await open_bucket(js)
     clock = Clock()
     one = SharedRateLimiter(kv, "nb", rate=10, burst=1, clock=clock, sleep=clock.sleep)
     two = SharedRateLimiter(kv, "nb", rate=10, burst=1, clock=clock, sleep=clock.sleep)
@@ -90,7 +86,7 @@ async def test_a_rate_limit_answer_makes_every_process_wait(js: JetStreamContext
 
 
 async def test_limits_are_per_key(js: JetStreamContext) -> None:
-    kv = await open_bucket(js, replicas=1)
+    kv = await open_bucket(js)
     clock = Clock()
     a = SharedRateLimiter(kv, "a", rate=1, burst=1, clock=clock, sleep=clock.sleep)
     b = SharedRateLimiter(kv, "b", rate=1, burst=1, clock=clock, sleep=clock.sleep)
@@ -100,7 +96,7 @@ async def test_limits_are_per_key(js: JetStreamContext) -> None:
 
 
 async def test_cache_answers_per_provider_until_stale(js: JetStreamContext) -> None:
-    cache = await EnrichmentCache.open(js, freshness_days=30, replicas=1)
+    cache = await EnrichmentCache.open(js, freshness_days=30)
     assert await cache.email("hunter", "example.com") is None
     await cache.store_email("hunter", "Example.com", CachedEmail("info@example.com", 91))
     assert await cache.email("hunter", "example.com") == CachedEmail("info@example.com", 91)
@@ -113,6 +109,6 @@ async def test_cache_answers_per_provider_until_stale(js: JetStreamContext) -> N
 
 
 async def test_cache_off_when_freshness_is_zero(js: JetStreamContext) -> None:
-    cache = await EnrichmentCache.open(js, freshness_days=0, replicas=1)
+    cache = await EnrichmentCache.open(js, freshness_days=0)
     await cache.store_email("hunter", "example.com", CachedEmail("info@example.com", 91))
     assert await cache.email("hunter", "example.com") is None

@@ -50,22 +50,22 @@ async def consume(harness: Harness, until: int, partitions: int) -> None:
 async def test_a_bad_report_is_refused_alone_and_holds_up_nobody(
     database_url: str, nats_server: NatsServer, partitions: int
 ) -> None:
-    async with jobs_service(database_url, nats_server.url, report_partitions=partitions) as harness:
+    async with jobs_service(database_url, nats_server, report_partitions=partitions) as harness:
         await _bad_report_refused_alone(harness, partitions)
 
 
 async def _bad_report_refused_alone(harness: Harness, partitions: int) -> None:
     jobs = [await harness.commands.submit("alice", config(max_results=2), "") for _ in range(3)]
-    poisoned = discovered(jobs[0].id, 2, "poisoned")
+    poisoned = await harness.about_task(discovered(jobs[0].id, 2, "poisoned"))
     poisoned.charges[0].cost_usd = math.nan
-    forged = discovered(jobs[1].id, 2, "forged")  # published on another job's subject
+    # Published on another job's subject.
+    forged = await harness.about_task(discovered(jobs[1].id, 2, "forged"))
     await harness.js.publish(bus.events_subject(jobs[0].id), poisoned.SerializeToString())
     await harness.js.publish(bus.events_subject(jobs[2].id), forged.SerializeToString())
     await harness.js.publish(bus.events_subject(jobs[0].id), b"\xff not protobuf")
     for i, job in enumerate(jobs):
-        await harness.js.publish(
-            bus.events_subject(job.id), discovered(job.id, 2, f"good{i}").SerializeToString()
-        )
+        good = await harness.about_task(discovered(job.id, 2, f"good{i}"))
+        await harness.js.publish(bus.events_subject(job.id), good.SerializeToString())
     await consume(harness, until=6, partitions=partitions)
     for job in jobs:  # every good report applied, in the same fetch as the bad ones
         row = await harness.job(job.id)
@@ -84,17 +84,18 @@ async def test_two_replicas_racing_on_one_job_both_apply_their_reports(
     that id: it must run again and apply the result, not count it as applied (PostgreSQL:
     two writers; SQLite serializes its writers, so one replica is all it runs)."""
     async with (
-        jobs_service(database_url, nats_server.url) as a,
-        jobs_service(database_url, nats_server.url) as b,
+        jobs_service(database_url, nats_server) as a,
+        jobs_service(database_url, nats_server) as b,
     ):
         job = await a.commands.submit("alice", config(max_results=2), "")
         intent = report(job.id, "discovery.call1", 0.035, charges_only=work_pb2.ChargesOnly())
-        result = discovered(job.id, 2, "discovery.result")
+        await a.about_task(intent)
+        result = await a.about_task(discovered(job.id, 2, "discovery.result"))
         result.charges.pop()
         result.intents.append(
             work_pb2.Intent(
                 report_id="discovery.call1",
-                charge=work_pb2.Charge(provider="sandbox", operation="search", cost_usd=0.035),
+                charge=work_pb2.Charge(provider="sandbox", operation="text_search", cost_usd=0.035),
                 settled=True,
                 billed_usd=0.035,
             )
@@ -105,7 +106,7 @@ async def test_two_replicas_racing_on_one_job_both_apply_their_reports(
 
             def apply_intent(sync: Connection) -> None:
                 unit = Unit(sync)
-                apply_reports(unit, [intent])
+                apply_reports(unit, [intent], a.consumer.prices)
                 unit.flush()
 
             await conn.run_sync(apply_intent)

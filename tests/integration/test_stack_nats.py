@@ -13,8 +13,21 @@ import pytest
 from services.cli.stack import NatsServer, StackError, free_port, nats_server_binary
 
 
-async def _publish_and_fetch(url: str, subject: str, payload: bytes, *, create: bool) -> list:
-    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+async def _connect(server: NatsServer) -> nats.NATS:
+    settings = server.settings()  # the tests' superuser
+    return await nats.connect(
+        server.url,
+        user=settings.nats_user,
+        password=settings.nats_password,
+        connect_timeout=5,
+        max_reconnect_attempts=0,
+    )
+
+
+async def _publish_and_fetch(
+    server: NatsServer, subject: str, payload: bytes, *, create: bool
+) -> list:
+    nc = await _connect(server)
     try:
         js = nc.jetstream()
         if create:
@@ -41,7 +54,7 @@ def test_binary_and_free_port():
 async def test_jetstream_works_and_survives_restart(nats_server: NatsServer):
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     assert nats_server.port != 4222
-    assert await _publish_and_fetch(nats_server.url, "t.one", b"hello", create=True) == [b"hello"]
+    assert await _publish_and_fetch(nats_server, "t.one", b"hello", create=True) == [b"hello"]
 
     port, pid = nats_server.port, nats_server.pid
     nats_server.restart()
@@ -50,14 +63,14 @@ async def test_jetstream_works_and_survives_restart(nats_server: NatsServer):
     assert nats_server.port == port
 
     # The stream is still there (same store dir); a new connection publishes and fetches.
-    assert await _publish_and_fetch(nats_server.url, "t.two", b"again", create=False) == [b"again"]
+    assert await _publish_and_fetch(nats_server, "t.two", b"again", create=False) == [b"again"]
 
 
 async def test_kill_then_restart(nats_server: NatsServer):
     nats_server.kill()
     assert not nats_server.is_running
     nats_server.restart()
-    nc = await nats.connect(nats_server.url, connect_timeout=5, max_reconnect_attempts=0)
+    nc = await _connect(nats_server)
     try:
         assert nc.is_connected
     finally:

@@ -17,6 +17,7 @@ from prospect.v1 import work_pb2
 from services.cli.stack import NatsServer
 from services.common import bus
 from services.common.money import usd_to_micros
+from services.common.nats_auth import SUPERUSER
 from services.common.providers import open_providers
 from services.common.settings import Settings
 from services.common.worker import TaskRunner
@@ -40,7 +41,7 @@ def settings(nats_server: NatsServer, fakes: FakeProviders) -> Settings:
     # partition of the events stream: every report in one consumer, in stream order.
     env = {
         **fakes.env(),
-        "NATS_URL": nats_server.url,
+        **nats_server.client_env(SUPERUSER),
         "ENRICHMENT_CACHE_DAYS": "0",
         "REPORT_PARTITIONS": "1",
     }

@@ -1,8 +1,10 @@
 """The manifests run: overlays/dev rendered, and every Deployment's containers started as
 local processes from their own command, arguments and environment (ConfigMap values as
 rendered, Secret values from a fixture, Service names and ports mapped to loopback ports,
-emptyDir mounts to temporary directories) beside a local nats-server with the credentials
-the manifests give it. Readiness is the container's own gRPC probe. One campaign, with a
+emptyDir mounts to temporary directories) beside a local nats-server run from the NATS
+container's own configuration (its ConfigMap's files, the mounts' paths made local) and
+environment (each service's user's password, from the Secret). Each service logs in as
+its own NATS user. Readiness is the container's own gRPC probe. One campaign, with a
 token minted as a client would, reaches COMPLETED; then the retention CronJob's container
 runs once. So the manifests and the code agree on commands, environment names and ports.
 """
@@ -29,6 +31,7 @@ from services.cli.stack import NatsServer, ServiceProcess, free_port
 from services.jobs import db
 from services.jobs.auth import mint_token
 from tests.k8s.manifests import (
+    NATS_PASSWORD_KEYS,
     SECRET_NAME,
     Obj,
     container_env,
@@ -38,6 +41,9 @@ from tests.k8s.manifests import (
     label,
     matches,
     named,
+    nats_blocks,
+    nats_pod,
+    nats_settings,
     of_kind,
     pod_template,
     rendered,
@@ -221,7 +227,7 @@ def secrets(tmp_path: Path) -> Iterator[dict[str, dict[str, str]]]:
     if TEST_DATABASE_URL:
         asyncio.run(_empty_postgres(TEST_DATABASE_URL))
         database_url = TEST_DATABASE_URL
-    keys = ("AUTH_JWT_SECRET", "PAGE_TOKEN_SECRET", "NATS_PASSWORD", "POSTGRES_PASSWORD")
+    keys = ("AUTH_JWT_SECRET", "PAGE_TOKEN_SECRET", "POSTGRES_PASSWORD", *NATS_PASSWORD_KEYS)
     yield {SECRET_NAME: {**{key: token_hex(24) for key in keys}, "DATABASE_URL": database_url}}
 
 
@@ -229,11 +235,19 @@ def test_dev_overlay_runs_a_campaign(secrets: dict[str, dict[str, str]], tmp_pat
     objects = rendered("overlays/dev")
     cluster = LocalCluster(objects, secrets, tmp_path)
     nats_set = named(objects, "StatefulSet", "nats")
-    (nats_container,) = containers(nats_set)
-    nats_env = container_env(nats_container, objects, secrets, {"metadata.name": "nats-0"})
-    nats = NatsServer(
-        tmp_path / "nats", user=nats_env["NATS_USER"], password=nats_env["NATS_PASSWORD"]
-    )
+    # nats-server with the config file its command names, as mounted (the pid file and the
+    # store on the pod's volumes made local paths), and the container's environment.
+    # NatsServer's flags put the client and monitoring ports on free local ports and the
+    # store (-sd) in the directory the config names; nats-server refuses a store_dir in the
+    # file beside -sd, so that one line is dropped. Nothing else is changed.
+    argv, nats_env, _ = nats_pod(objects, secrets, tmp_path / "nats-0")
+    config = Path(argv[argv.index("--config") + 1])
+    (jetstream,) = nats_blocks(config.read_text(), "jetstream")
+    store = nats_settings(jetstream)["store_dir"]
+    text, dropped = re.subn(r"^[ \t]*store_dir[ \t]*[:=].*\n", "", config.read_text(), flags=re.M)
+    assert dropped == 1, config.read_text()
+    config.write_text(text)
+    nats = NatsServer(store, config_file=config, env=nats_env)
     cluster.bind(nats_set, 4222, nats.port)
     cluster.bind(nats_set, 8222, nats.monitor_port)
     deployments = of_kind(objects, "Deployment")

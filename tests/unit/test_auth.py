@@ -24,6 +24,8 @@ from services.jobs.server import check_auth_mode
 from tests.e2e import tokens as t
 
 SECRET = "unit-test-secret-with-enough-bytes-for-hs256"
+# AUTH_MODE=jwt, with the page-token secret it requires.
+JWT = {"AUTH_MODE": "jwt", "PAGE_TOKEN_SECRET": "unit-test-page-token-secret-of-32-bytes+"}
 ISSUER = "https://issuer.example"
 AUDIENCE = "prospect-jobs"
 
@@ -42,7 +44,7 @@ def public_pem_path(tmp_path: Path, rsa_keys: tuple[bytes, bytes]) -> Path:
 
 @pytest.fixture
 def hs_verifier() -> TokenVerifier:
-    env = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET}
+    env = {**JWT, "AUTH_JWT_SECRET": SECRET}
     return TokenVerifier(
         Settings.from_env({**env, "AUTH_JWT_ISSUER": ISSUER, "AUTH_JWT_AUDIENCE": AUDIENCE})
     )
@@ -50,7 +52,7 @@ def hs_verifier() -> TokenVerifier:
 
 @pytest.fixture
 def rs_verifier(public_pem_path: Path) -> TokenVerifier:
-    env = {"AUTH_MODE": "jwt", "AUTH_JWT_PUBLIC_KEY": str(public_pem_path)}
+    env = {**JWT, "AUTH_JWT_PUBLIC_KEY": str(public_pem_path)}
     return TokenVerifier(
         Settings.from_env({**env, "AUTH_JWT_ISSUER": ISSUER, "AUTH_JWT_AUDIENCE": AUDIENCE})
     )
@@ -92,7 +94,7 @@ def test_rs256_token_gives_the_user(
 
 
 def test_mint_token_round_trips(rs_verifier: TokenVerifier, rsa_keys: tuple[bytes, bytes]) -> None:
-    settings = Settings.from_env({"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET})
+    settings = Settings.from_env({**JWT, "AUTH_JWT_SECRET": SECRET})
     hs = mint_token(SECRET, "bob", role="service", ttl_s=60)
     assert TokenVerifier(settings).verify(hs) == Principal("bob", "service")
     rs = mint_token(
@@ -102,7 +104,7 @@ def test_mint_token_round_trips(rs_verifier: TokenVerifier, rsa_keys: tuple[byte
 
 
 def test_issuer_and_audience_are_not_checked_when_not_configured() -> None:
-    verifier = TokenVerifier(Settings.from_env({"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET}))
+    verifier = TokenVerifier(Settings.from_env({**JWT, "AUTH_JWT_SECRET": SECRET}))
     token = t.hs256(SECRET, t.claims("dave", issuer="anyone", audience="anything"))
     assert verifier.verify(token).user_id == "dave"
 
@@ -248,11 +250,11 @@ def test_unknown_auth_mode_is_refused(mode: str) -> None:
 
 def test_jwt_mode_needs_a_key() -> None:
     with pytest.raises(ConfigError, match=r"AUTH_JWT_SECRET.*AUTH_JWT_PUBLIC_KEY"):
-        Settings.from_env({"AUTH_MODE": "jwt"})
+        Settings.from_env(JWT)
 
 
 def test_jwt_mode_refuses_both_keys(public_pem_path: Path) -> None:
-    env = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET}
+    env = {**JWT, "AUTH_JWT_SECRET": SECRET}
     with pytest.raises(ConfigError, match="exactly one"):
         Settings.from_env({**env, "AUTH_JWT_PUBLIC_KEY": str(public_pem_path)})
 
@@ -260,14 +262,14 @@ def test_jwt_mode_refuses_both_keys(public_pem_path: Path) -> None:
 def test_missing_public_key_file_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pem"
     with pytest.raises(ConfigError, match="AUTH_JWT_PUBLIC_KEY") as caught:
-        Settings.from_env({"AUTH_MODE": "jwt", "AUTH_JWT_PUBLIC_KEY": str(missing)})
+        Settings.from_env({**JWT, "AUTH_JWT_PUBLIC_KEY": str(missing)})
     assert str(missing) in str(caught.value)
 
 
 def test_settings_never_show_secrets() -> None:
     settings = Settings.from_env(
         {
-            "AUTH_MODE": "jwt",
+            **JWT,
             "AUTH_JWT_SECRET": SECRET,
             "NATS_PASSWORD": "nats-pw-1234",
             "NATS_TOKEN": "nats-token-5678",
@@ -275,7 +277,7 @@ def test_settings_never_show_secrets() -> None:
         }
     )
     shown = repr(settings)
-    for secret in (SECRET, "nats-pw-1234", "nats-token-5678"):
+    for secret in (SECRET, JWT["PAGE_TOKEN_SECRET"], "nats-pw-1234", "nats-token-5678"):
         assert secret not in shown
 
 
@@ -288,5 +290,43 @@ def test_none_mode_refuses_a_non_loopback_address(addr: str) -> None:
 @pytest.mark.parametrize("addr", ["127.0.0.1:50051", "localhost:1", "[::1]:2", "127.0.0.9:3"])
 def test_none_mode_accepts_loopback_and_jwt_accepts_any(addr: str) -> None:
     check_auth_mode(Settings.from_env({"JOBS_GRPC_ADDR": addr}))
-    env = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET, "JOBS_GRPC_ADDR": "0.0.0.0:50051"}
+    env = {**JWT, "AUTH_JWT_SECRET": SECRET, "JOBS_GRPC_ADDR": "0.0.0.0:50051"}
     check_auth_mode(Settings.from_env(env))
+
+
+# -- token lifetime -----------------------------------------------------------------------
+
+DAY = 86400
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(good(exp=NOW + 2 * DAY), id="exp-two-days-ahead"),
+        pytest.param(good(exp=NOW + 10 * 365 * DAY), id="exp-ten-years-ahead"),
+        pytest.param(good(iat=NOW - DAY, exp=NOW + 3600), id="exp-minus-iat-over-a-day"),
+        pytest.param(good(exp=str(NOW + 3600)), id="numeric-string-exp"),
+        pytest.param(good(iat=str(NOW)), id="numeric-string-iat"),
+    ],
+)
+def test_tokens_living_longer_than_the_max_lifetime_are_refused(
+    hs_verifier: TokenVerifier,
+    rs_verifier: TokenVerifier,
+    rsa_keys: tuple[bytes, bytes],
+    payload: dict[str, object],
+) -> None:
+    rejected(hs_verifier, t.hs256(SECRET, payload))
+    rejected(rs_verifier, t.rs256(rsa_keys[0], payload))
+
+
+def test_the_max_lifetime_is_a_setting() -> None:
+    env = {**JWT, "AUTH_JWT_SECRET": SECRET, "AUTH_JWT_MAX_LIFETIME_S": "600"}
+    verifier = TokenVerifier(Settings.from_env(env))
+    now = int(time.time())
+    assert verifier.verify(t.hs256(SECRET, t.claims("ann", ttl_s=540))).user_id == "ann"
+    rejected(verifier, t.hs256(SECRET, t.claims("ann", ttl_s=3600)))  # fine by the default
+    rejected(verifier, t.hs256(SECRET, {"sub": "ann", "iat": now - 700, "exp": now + 60}))
+    default = TokenVerifier(Settings.from_env({**JWT, "AUTH_JWT_SECRET": SECRET}))
+    day = t.hs256(SECRET, t.claims("ann", ttl_s=DAY - 60))  # just under a day
+    assert default.verify(day).user_id == "ann"
+    assert default.verify(t.hs256(SECRET, t.claims("ann", ttl_s=3600))).user_id == "ann"

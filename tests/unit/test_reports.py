@@ -20,8 +20,16 @@ def charge(usd: float, provider: str = "hunter") -> work_pb2.Charge:
     return work_pb2.Charge(provider=provider, operation="domain_search", cost_usd=usd)
 
 
+TASK = "task_" + "0" * 32
+
+
 def report(**body: object) -> work_pb2.WorkerReport:
-    return work_pb2.WorkerReport(report_id="r1", job_id=JOB, **body)  # type: ignore[arg-type]
+    return work_pb2.WorkerReport(
+        report_id="r1",
+        job_id=JOB,
+        task_id=TASK,
+        **body,  # type: ignore[arg-type]
+    )
 
 
 def result(status: str = "valid") -> work_pb2.WorkerReport:

@@ -105,7 +105,7 @@ async def open_providers(settings: Settings, js: JetStreamContext) -> Providers:
     ):
         return sandbox
     client = make_client(settings)
-    kv = await open_bucket(js, settings.stream_replicas)
+    kv = await open_bucket(js)
 
     def limiter(provider: str) -> SharedRateLimiter:
         rps = getattr(settings, f"rate_limit_{provider}_rps")

@@ -21,13 +21,16 @@ Every call of an adapter goes through :func:`send`, which
   longer than :attr:`RetryPolicy.max_wait_s`: the task is then retried later by JetStream.
 
 Secrets: adapters send keys in headers or POST bodies, never in URLs, and pass them to
-:func:`send`, which scrubs them (raw and URL-encoded) from every message it logs or raises.
+:func:`send`, which scrubs them from every message it logs or raises: raw, URL-encoded and
+base64-encoded (alone or inside ``user:key``-style strings), and any piece of them of
+:data:`PARTIAL_MIN` characters or more (a provider quoting a truncated key).
 Messages name the httpx exception's class only: its text may carry a URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import enum
 import logging
@@ -35,6 +38,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import quote, quote_plus
 
@@ -52,6 +56,7 @@ T = TypeVar("T")
 USER_AGENT = "prospect/0.1"
 _REDACTED = "[redacted]"
 _MAX_MESSAGE = 300  # provider messages are quoted, not dumped
+PARTIAL_MIN = 8  # a run of this many characters of a key's forms is redacted
 
 
 def make_client(settings: Settings) -> httpx.AsyncClient:
@@ -145,12 +150,70 @@ def retry_after_s(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _b64_forms(secret: bytes) -> set[str]:
+    """The base64 (standard and URL-safe) of ``secret`` alone, and the part of its encoding
+    that is the same wherever it sits in a longer string (``user:key``, ``key:``, HTTP Basic
+    credentials): for each of the 3 byte alignments, the 4-character groups made of the
+    secret's bytes only. Padding is left off: it follows the text any form is found in."""
+    forms: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + secret).decode()
+        start = 4 if offset else 0  # the first group mixes in the filler bytes
+        whole = (len(secret) + offset) // 3 * 4  # groups of the secret's bytes only
+        inner = encoded[start:whole] if offset else encoded.rstrip("=")
+        if offset == 0 or len(inner) >= PARTIAL_MIN:  # a short inner part is too common
+            forms |= {inner, inner.translate(_URLSAFE)}
+    return {form for form in forms if form}
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+@lru_cache(maxsize=64)
+def _forms(secret: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(whole forms shorter than :data:`PARTIAL_MIN`, every :data:`PARTIAL_MIN`-character
+    piece of the longer ones) of ``secret``: raw, URL-encoded, base64."""
+    forms = {secret, quote(secret, safe=""), quote_plus(secret)} | _b64_forms(secret.encode())
+    short = frozenset(form for form in forms if len(form) < PARTIAL_MIN)
+    pieces = frozenset(
+        form[i : i + PARTIAL_MIN] for form in forms for i in range(len(form) - PARTIAL_MIN + 1)
+    )
+    return short, pieces
+
+
+def _redact_pieces(text: str, pieces: frozenset[str]) -> str:
+    """``text`` with every run covered by one of ``pieces`` (all PARTIAL_MIN long) redacted."""
+    covered_to = 0  # text[start:covered_to] is the run being redacted
+    start = -1
+    out: list[str] = []
+    kept = 0
+    for i in range(len(text) - PARTIAL_MIN + 1):
+        if text[i : i + PARTIAL_MIN] in pieces:
+            if i > covered_to or start < 0:  # a new run
+                if start >= 0:
+                    out += [text[kept:start], _REDACTED]
+                    kept = covered_to
+                start = i
+            covered_to = i + PARTIAL_MIN
+    if start >= 0:
+        out += [text[kept:start], _REDACTED]
+        kept = covered_to
+    out.append(text[kept:])
+    return "".join(out)
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` without any of ``secrets`` (raw or URL-encoded), shortened for a message."""
+    """``text`` without any of ``secrets``, shortened for a message: not raw, URL-encoded
+    or base64-encoded (alone or within a longer encoded string such as ``user:key``), and not
+    any piece of those of :data:`PARTIAL_MIN` characters or more (a key the provider
+    truncated: ``Invalid key 'abcd1234...'``)."""
     for secret in secrets:
         if secret:
-            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            short, pieces = _forms(secret)
+            for form in sorted(short, key=len, reverse=True):
                 text = text.replace(form, _REDACTED)
+            if pieces:
+                text = _redact_pieces(text, pieces)
     text = " ".join(text.split())
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 

@@ -1,0 +1,12 @@
+"""What one task may do at most: shared by the workers that do it and the jobs service,
+which refuses a report that claims more (services/jobs/dispatched.py)."""
+
+from __future__ import annotations
+
+# Places a discovery asks the search for: twice what the user keeps, within what Text
+# Search returns (60 places at most, over pages of 20).
+SEARCH_MIN, SEARCH_MAX = 20, 60
+# Billed search calls (pages) one discovery delivery makes at most.
+SEARCH_CALLS_MAX = 3
+# Billed calls one enrichment delivery makes at most, by operation.
+ENRICHMENT_CALLS_MAX = {"email_search": 1, "verify": 1}
