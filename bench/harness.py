@@ -17,6 +17,7 @@ from bench.config import BenchConfig, log
 from bench.procstat import Sampler
 from services.cli.stack import Stack, wait_all_ready
 from services.common import bus
+from services.common.nats_auth import JOBS
 from services.common.settings import Settings
 
 READY_TIMEOUT_S = 60.0
@@ -74,8 +75,9 @@ class Harness:
         procs = [self.stack.add_service("jobs")]
         procs += [self.stack.add_service(n, label=label, env=env) for n, label, env in workers]
         await asyncio.to_thread(wait_all_ready, procs, READY_TIMEOUT_S)
-        self._nc = NATS()
-        await self._nc.connect(self.stack.nats_url, name="prospect-bench")
+        # As the jobs service's user: it reads the consumers' state (a worker's may not).
+        settings = Settings.from_env(self.stack.nats.client_env(JOBS))
+        self._nc = await bus.connect(settings, "prospect-bench")
         self._js = self._nc.jetstream()
         self._channel = grpc.aio.insecure_channel(self.jobs_addr)
         await asyncio.wait_for(self._channel.channel_ready(), 15)

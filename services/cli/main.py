@@ -24,6 +24,7 @@ from services.cli.client import (
     list_all_leads,
     watch_until_done,
 )
+from services.common.settings import Settings
 from services.jobs.auth import mint_token
 
 DEFAULT_ADDR = "127.0.0.1:50051"
@@ -211,6 +212,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     secret = os.environ.get("AUTH_JWT_SECRET", "")
     if not secret:
         print("error: set AUTH_JWT_SECRET to the jobs service's secret", file=sys.stderr)
+        return 2
+    # The jobs service refuses a token that lives longer than this: say so now.
+    longest = float(os.environ.get("AUTH_JWT_MAX_LIFETIME_S") or Settings().auth_jwt_max_lifetime_s)
+    if not 0 < args.ttl <= longest:
+        print(
+            f"error: --ttl must be 1 to {longest:g} seconds (AUTH_JWT_MAX_LIFETIME_S)",
+            file=sys.stderr,
+        )
         return 2
     print(
         mint_token(

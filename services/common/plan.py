@@ -8,5 +8,6 @@ from __future__ import annotations
 SEARCH_MIN, SEARCH_MAX = 20, 60
 # Billed search calls (pages) one discovery delivery makes at most.
 SEARCH_CALLS_MAX = 3
-# Billed calls one enrichment delivery makes at most, by operation.
-ENRICHMENT_CALLS_MAX = {"email_search": 1, "verify": 1}
+# One enrichment delivery makes at most one email search (the sandbox's "email_search",
+# Hunter's "domain_search") and one verification ("verify").
+EMAIL_SEARCHES = ("email_search", "domain_search")

@@ -18,7 +18,7 @@ from typing import Any
 
 from prospect.v1 import work_pb2
 from services.common.money import usd_to_micros
-from services.common.plan import ENRICHMENT_CALLS_MAX, SEARCH_CALLS_MAX, SEARCH_MAX
+from services.common.plan import EMAIL_SEARCHES, SEARCH_CALLS_MAX, SEARCH_MAX
 from services.common.settings import Settings
 from services.jobs.models import TaskRow
 from services.jobs.reports import BadReport, lead_id_of
@@ -44,25 +44,32 @@ class PriceTable:
 
     @classmethod
     def from_settings(cls, s: Settings) -> PriceTable:
+        search = max(s.price_hunter_domain_search, s.sandbox_cost_email_search)
         prices = {
             "text_search": max(s.price_google_text_search, s.sandbox_cost_text_search),
             "place_details": max(s.price_google_place_details, s.sandbox_cost_place_details),
-            "email_search": max(s.price_hunter_domain_search, s.sandbox_cost_email_search),
+            **{operation: search for operation in EMAIL_SEARCHES},
             "verify": max(s.price_neverbounce_check, s.sandbox_cost_verify),
         }
         return cls({op: usd_to_micros(usd) for op, usd in prices.items()}, s.max_deliver)
 
-    def calls(self, kind: str) -> dict[str, int]:
-        """The most calls of each operation one delivery of a ``kind`` task makes."""
+    def makes(self, kind: str, operation: str) -> bool:
+        """Whether a ``kind`` task makes ``operation`` calls."""
         if kind == DISCOVERY:
-            return {"text_search": SEARCH_CALLS_MAX, "place_details": SEARCH_MAX}
-        return dict(ENRICHMENT_CALLS_MAX)
+            return operation in ("text_search", "place_details")
+        return operation in (*EMAIL_SEARCHES, "verify")
+
+    def per_delivery(self, kind: str) -> int:
+        """The most one delivery of a ``kind`` task spends, every call at its price."""
+        p = self.prices
+        if kind == DISCOVERY:
+            return SEARCH_CALLS_MAX * p["text_search"] + SEARCH_MAX * p["place_details"]
+        return p[EMAIL_SEARCHES[0]] + p["verify"]
 
     def limit(self, task: TaskRow) -> int:
         """The most ``task``'s reports may book in all: its budget when it has one, else
         every delivery making every call at the highest price."""
-        per_delivery = sum(n * self.prices[op] for op, n in self.calls(task.kind).items())
-        most = self.max_deliver * per_delivery
+        most = self.max_deliver * self.per_delivery(task.kind)
         return min(most, task.allowance_micros) if task.allowance_micros else most
 
 
@@ -97,8 +104,8 @@ def check(
         raise BadReport(f"a {task.kind} task does not report {body}")
     for where, operation, usd in _calls(report):
         price = table.prices.get(operation)
-        if price is None or operation not in table.calls(task.kind):
-            raise BadReport(f"{where}: a {task.kind} task makes no {operation[:40]!r} call")
+        if price is None or not table.makes(task.kind, operation):
+            raise BadReport(f"{where}: {task.kind} tasks make no {operation[:40]!r} call")
         if usd_to_micros(usd) > price:
             raise BadReport(f"{where}: {usd!r} USD is more than a {operation} call costs")
     limit = table.limit(task)
@@ -114,8 +121,7 @@ def check(
         case "discovery_result":
             _check_result(report.discovery_result, config)
         case "enrichment_result":
-            most = table.prices["email_search"] + table.prices["verify"]
-            if report.enrichment_result.lead_price_micros > most:
+            if report.enrichment_result.lead_price_micros > table.per_delivery(ENRICHMENT):
                 raise BadReport("enrichment_result.lead_price_micros is above the price table")
 
 

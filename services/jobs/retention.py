@@ -15,7 +15,7 @@ from services.common.logs import setup_logging
 from services.common.settings import Settings
 from services.jobs import db
 from services.jobs.machine import Status
-from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, LeadRow, utcnow
+from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, LeadRow, TaskRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ async def purge(sessions: async_sessionmaker[AsyncSession], days: float) -> int:
             await session.execute(delete(LeadRow).where(LeadRow.job_id.in_(ids)))
             await session.execute(delete(CampaignRow).where(CampaignRow.job_id.in_(ids)))
             await session.execute(delete(AppliedReportRow).where(AppliedReportRow.job_id.in_(ids)))
+            await session.execute(delete(TaskRow).where(TaskRow.job_id.in_(ids)))
             await session.execute(delete(JobRow).where(JobRow.id.in_(ids)))
         total += len(ids)
 

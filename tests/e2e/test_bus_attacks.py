@@ -301,7 +301,7 @@ async def test_reports_a_compromised_worker_makes_up_are_refused(stack: Stack) -
         logs = stack.processes["jobs"].log_text()
         for reason in ("is not a task the jobs service queued", "is not a task of job",
                        "more than a text_search call costs", "places a search returns",
-                       "more than the campaign keeps", "makes no 'verify' call",
+                       "more than the campaign keeps", "make no 'verify' call",
                        "is not about attempt 2", "not on its job's subject",
                        "is not a task id", "money must be finite, 0 to"):  # fmt: skip
             assert reason in logs, f"no refusal logged for: {reason}"

@@ -21,7 +21,7 @@ from services.common.errors import (
 )
 from services.common.settings import Settings
 from services.jobs import db, store
-from services.jobs.models import JobRow, OutboxRow, utcnow
+from services.jobs.models import JobRow, OutboxRow, TaskRow, utcnow
 from services.jobs.unit import JOBS, Conflict, Unit
 from tests.integration.harness import Harness, config, places, report
 
@@ -209,6 +209,8 @@ async def test_retention_deletes_only_old_finished_jobs(harness: Harness) -> Non
         assert await session.get(JobRow, old.id) is None
         assert await session.get(JobRow, recent.id) is not None
         assert await session.get(JobRow, running.id) is not None  # unfinished: kept
+        tasks = (await session.scalars(select(TaskRow.job_id))).all()
+        assert old.id not in tasks and running.id in tasks  # its tasks went with it
         assert await harness.leads(old.id) == []
 
 

@@ -1,9 +1,10 @@
 """deploy/k8s as the cluster would see it: overlays rendered with ``kubectl kustomize``, and
-what the rendered objects say (pod templates, containers, each container's environment).
+what the rendered objects say (pod templates, containers, each container's environment and
+mounts, nats-server's configuration), and the NATS pod made runnable here.
 
-Shared by the validation, policy and "the manifests run" tests. Without kubectl every test
-that renders fails with a message saying so: CI has kubectl, and a silent skip would hide
-broken manifests.
+Shared by the validation, policy, NATS security and "the manifests run" tests. Without
+kubectl every test that renders fails with a message saying so: CI has kubectl, and a
+silent skip would hide broken manifests.
 """
 
 from __future__ import annotations
