@@ -26,7 +26,7 @@ import yaml
 from services.cli.stack import nats_server_binary
 from services.common.nats_auth import IDENTITIES
 from services.common.settings import Settings
-from tests.k8s.certs import tls_secret
+from tests.certs import tls_secret
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"

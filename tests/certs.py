@@ -1,10 +1,12 @@
-"""Certificates for the TLS checks of overlays/prod: a private CA and a certificate it
-signs, laid out as cert-manager writes a Certificate's Secret (tls.crt, tls.key, ca.crt)."""
+"""Certificates for the TLS tests (overlays/prod's NATS, the local nats-server): a private
+CA and a certificate it signs, laid out as cert-manager writes a Certificate's Secret
+(tls.crt, tls.key, ca.crt)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,10 +32,18 @@ def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def _alt_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 @functools.cache
 def tls_secret(dns_names: tuple[str, ...]) -> dict[str, str]:
-    """A fresh CA and a certificate for ``dns_names`` (server and client auth, as a NATS
-    route needs both), as the data of a ``kubernetes.io/tls`` Secret with ``ca.crt``."""
+    """A fresh CA and a certificate for ``dns_names`` (host names or IP addresses; server
+    and client auth, as a NATS route needs both), as the data of a ``kubernetes.io/tls``
+    Secret with ``ca.crt``."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -59,7 +69,7 @@ def tls_secret(dns_names: tuple[str, ...]) -> dict[str, str]:
         .not_valid_after(now + _DAY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
+            x509.SubjectAlternativeName([_alt_name(n) for n in dns_names]), critical=False
         )
         .add_extension(_SERVER_AND_CLIENT, critical=False)
         .sign(ca_key, hashes.SHA256())
