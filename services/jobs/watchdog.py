@@ -5,7 +5,9 @@ or its unsettled leads queued again) or, out of attempts, FAILED. Only when its 
 work queue is idle, though: while tasks wait in the queue or run, a quiet job is waiting
 its turn, not stuck, and queueing its work again would only run it twice and pay twice. A
 CANCELLING or FAILING job whose work under way has not all reported within STOP_TIMEOUT_S
-of the stop becomes final all the same.
+of the stop becomes final all the same, unless reports about it are still waiting on the
+events stream: those say what its work cost (a report held up by an outage of NATS or of
+the report consumers), so it becomes final once they are applied.
 """
 
 from __future__ import annotations
@@ -64,6 +66,23 @@ class Watchdog:
                 busy.add(consumer)
         return busy
 
+    async def _reports_waiting(self, job_ids: list[str]) -> set[str]:
+        """The jobs among ``job_ids`` with reports still on the events stream (a
+        work-queue stream: what it holds is not applied yet); all of them when NATS does
+        not answer."""
+        waiting = set()
+        for job_id in job_ids:
+            try:
+                info = await self._js.stream_info(
+                    bus.EVENTS_STREAM, subjects_filter=f"prospect.events.*.{job_id}"
+                )
+            except Exception:
+                waiting.add(job_id)
+                continue
+            if any(info.state.subjects.values() if info.state.subjects else ()):
+                waiting.add(job_id)
+        return waiting
+
     async def _each(
         self,
         statuses: tuple[str, ...],
@@ -73,11 +92,13 @@ class Watchdog:
         event: Callable[[float], m.Event],
         *,
         unless_queued: bool = False,
+        unless_reporting: bool = False,
     ) -> int:
         """Apply ``event(seconds waited)`` to every job in ``statuses`` whose ``column``
         is older than ``timeout_s``, each in its own change (re-checked inside it); with
-        ``unless_queued``, not to a job whose stage's work queue is busy. How many were
-        found."""
+        ``unless_queued``, not to a job whose stage's work queue is busy; with
+        ``unless_reporting``, not to a job with reports waiting to be applied. How many
+        were found."""
         cutoff = utcnow() - timedelta(seconds=timeout_s)
         query = (
             select(JOBS.c.id)
@@ -87,6 +108,7 @@ class Watchdog:
         job_ids = await self._writer.read(lambda conn: list(conn.scalars(query).all()))
         # Asked of JetStream once a round, and only when a job was found.
         busy = await self._busy_queues() if unless_queued and job_ids else set()
+        reporting = await self._reports_waiting(job_ids) if unless_reporting else set()
 
         def change(job_id: str) -> Callable[[Unit], list[Applied]]:
             def run(unit: Unit) -> list[Applied]:
@@ -99,6 +121,9 @@ class Watchdog:
                 waited = (utcnow() - moment).total_seconds()
                 if _QUEUE_OF_STAGE.get(m.Stage(job.stage)) in busy:
                     log.info("job %s quiet for %.0fs: its tasks are queued", job_id, waited)
+                    return []
+                if job_id in reporting:
+                    log.info("job %s stopping for %.0fs: its reports are waiting", job_id, waited)
                     return []
                 log.warning("job %s: %s in %s for %.0fs", job_id, job.status, job.stage, waited)
                 applied, _ = apply_event(unit, job, event(waited))
@@ -119,10 +144,11 @@ class Watchdog:
         )  # fmt: skip
 
     async def check_stopping(self) -> int:
-        """Finish every job stopping for longer than STOP_TIMEOUT_S; how many."""
+        """Finish every job stopping for longer than STOP_TIMEOUT_S with no report about
+        it waiting to be applied; how many were found."""
         return await self._each(
             STOPPING, lambda job: job.stopping_since, "stopping_since",
-            self._settings.stop_timeout_s, m.StopTimedOut,
+            self._settings.stop_timeout_s, m.StopTimedOut, unless_reporting=True,
         )  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -189,3 +189,27 @@ async def test_a_stopping_job_is_final_after_the_stop_timeout(harness: Harness) 
             select(func.count()).select_from(JobRow).where(JobRow.status == "CANCELLING")
         )
     assert unfinished == 0
+
+
+async def test_a_stopping_job_waits_for_its_reports_still_on_the_stream(
+    harness: Harness,
+) -> None:
+    """A report held up (NATS or the report consumers were down) says what the job's work
+    cost: past its stop deadline the job still waits for it, then ends with its money."""
+    job = await harness.commands.submit("alice", config(max_results=2), "")
+    await harness.commands.cancel("alice", job.id)  # the discovery task is under way
+    charged = report(job.id, "discovery.call1", 0.035, charges_only=work_pb2.ChargesOnly())
+    await harness.about_task(charged)
+    await harness.js.publish(bus.events_subject(job.id), charged.SerializeToString())
+    async with harness.sessions() as session, session.begin():
+        await session.execute(
+            update(JobRow)
+            .where(JobRow.id == job.id)
+            .values(stopping_since=utcnow() - timedelta(minutes=5))
+        )
+    assert await harness.watchdog.check_stopping() == 1  # found, but its report waits
+    assert (await harness.job(job.id)).status == "CANCELLING"
+    await consume(harness, until=1, partitions=1)
+    assert await harness.watchdog.check_stopping() == 1
+    final = await harness.job(job.id)
+    assert final.status == "CANCELLED" and final.metrics["total_cost_micros"] == 35_000
