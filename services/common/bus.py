@@ -1,9 +1,9 @@
 """NATS wiring shared by every service: connection, the JetStream topology, subjects.
 
-The topology (streams, durable consumers, the cancellation, allowance and discovery
-buckets) is declared here once, in code, and created idempotently by every process at
-start-up, so whichever starts first makes it and a changed setting is applied by an update
-(docs/design.md, "NATS").
+The topology (streams, durable consumers, the key-value buckets) is declared here once, in
+code, and created idempotently by the jobs service at start-up (a changed setting is
+applied by an update); the workers, whose NATS users may not administer JetStream, wait
+until what they use exists (docs/design.md, "NATS").
 """
 
 from __future__ import annotations

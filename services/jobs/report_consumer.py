@@ -57,8 +57,10 @@ def _apply_one(unit: Unit, report: work_pb2.WorkerReport, table: PriceTable) -> 
     job = unit.job(report.job_id)
     cost, intents = reports.bookings(report, unit.applied_ids)
     task = unit.task(report.task_id)
-    dispatched.check(report, task, cost.micros, job.config if job else {}, table)
-    assert task is not None and job is not None  # a task is recorded with its job
+    if job is None:
+        raise BadReport(f"job {report.job_id} does not exist")
+    dispatched.check(report, task, cost.micros, job.config, table)
+    assert task is not None  # check refuses a report naming no recorded task
     late = dispatched.ended_before(task)
     dispatched.record(task, report, cost.micros)
     for report_id in (report.report_id, *intents):
