@@ -198,6 +198,9 @@ class NatsServer(_Child):
         super().__init__("nats-server", Path(log_path or self.store_dir / "nats-server.log"))
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
+        # Ports picked here may be taken by another process before the server binds them:
+        # until it has started once, it may pick others (never a port it was given).
+        self._may_repick = port is None and monitor_port is None
 
     @property
     def url(self) -> str:
@@ -243,6 +246,20 @@ class NatsServer(_Child):
 
     def start(self, timeout: float = 15.0) -> Self:
         """Start the server; return once it logged that it is ready and its port accepts."""
+        for _ in range(3):
+            try:
+                self._start(timeout)
+                break
+            except StackError as err:
+                if not (self._may_repick and "address already in use" in str(err)):
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
+        else:
+            self._start(timeout)
+        self._may_repick = False  # restarts keep the ports clients know
+        return self
+
+    def _start(self, timeout: float) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         argv = [nats_server_binary(), "-c", str(self._config()), "-a", "127.0.0.1",
                 "-p", str(self.port), "-js", "-sd", str(self.store_dir),
@@ -260,7 +277,7 @@ class NatsServer(_Child):
             if b"Server is ready" in self.read_log(self._log_offset):
                 with contextlib.suppress(OSError):
                     socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                    return self
+                    return
             if time.monotonic() > deadline:
                 self.stop()
                 raise self._died(f"did not accept connections on {self.port} in {timeout}s")
