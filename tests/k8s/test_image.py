@@ -56,7 +56,7 @@ def test_stubs_are_generated_in_the_build_not_copied() -> None:
     ignored = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert ignored[[line.startswith("#") for line in ignored].index(False)] == "*"
     allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "protos", "services"}, allowed
+    assert allowed == {"pyproject.toml", "README.md", "requirements", "protos", "services"}, allowed
 
 
 def test_final_stage_builds_nothing_and_runs_as_the_pods_user() -> None:
