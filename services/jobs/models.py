@@ -76,6 +76,8 @@ class JobRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     stage: Mapped[str] = mapped_column(String(16))
     progress: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped by every change; the write path's UPDATE is guarded by the version it read
+    # (services/jobs/unit.py: a stale one is a Conflict and the change runs again).
     version: Mapped[int] = mapped_column(BigInteger, default=1)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -90,10 +92,6 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
     # When the job began CANCELLING or FAILING: the stop deadline counts from here.
     stopping_since: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
-
-    # Optimistic concurrency: several jobs replicas apply reports; an UPDATE that finds the
-    # version changed under it is a Conflict and the transaction runs again.
-    __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
 
 
 class CampaignRow(Base):

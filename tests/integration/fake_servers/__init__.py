@@ -1,0 +1,1 @@
+"""Tests of the fake provider servers themselves (tests/fakes), over real HTTP."""
