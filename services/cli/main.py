@@ -1,16 +1,21 @@
 """``prospect``: the command-line client of the jobs gRPC API.
 
-Exit codes: 0 success (for ``watch``: the job COMPLETED), 1 the job ended otherwise,
-2 a gRPC error (printed as ``error: <CODE>: <details>``), 130 interrupted.
+Exit codes (:data:`EXIT_CODES`, also in ``prospect --help`` and the README): 0 success
+(for ``watch`` and ``submit --watch``: the job COMPLETED), 1 a watched job ended FAILED or
+CANCELLED, 2 a usage or local error or a gRPC error (printed as ``error: <CODE>:
+<details>``), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import Message
@@ -32,6 +37,29 @@ RPC_TIMEOUT = 30.0
 STATUS_CHOICES = (
     "pending", "processing", "cancelling", "failing", "completed", "failed", "cancelled",
 )  # fmt: skip
+EXIT_CODES = """\
+exit codes:
+  0    success; for watch and submit --watch: the job ended COMPLETED
+  1    watch, submit --watch: the job ended FAILED or CANCELLED
+  2    a usage error (unknown option, bad value), a local error (token without
+       $AUTH_JWT_SECRET, an --output file that cannot be written), or an error from
+       the server, printed on stderr as "error: CODE: details" (NOT_FOUND,
+       INVALID_ARGUMENT, FAILED_PRECONDITION, UNAVAILABLE: no server, or a watch
+       that gave up reconnecting, ...)
+  130  interrupted (Ctrl-C)
+"""
+
+
+def job_status(text: str) -> str:
+    """``--status``: ``completed``, ``COMPLETED``, ``Completed`` or ``JOB_STATUS_COMPLETED``
+    (any case) to the enum name ``JOB_STATUS_COMPLETED``."""
+    name = text.strip().upper().removeprefix("JOB_STATUS_")
+    if name.lower() not in STATUS_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"invalid status {text!r} (choose from {', '.join(STATUS_CHOICES)}; any case)"
+        )
+    return f"JOB_STATUS_{name}"
+
 
 Command = Callable[[jobs_pb2_grpc.JobServiceStub, argparse.Namespace], Awaitable[int]]
 
@@ -92,6 +120,14 @@ async def cmd_submit(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespac
     job = await watch_job(stub, response.job_id, as_json=args.json)
     if not args.json:
         print(render.job_summary(job))
+    leads = await list_all_leads(stub, job.id)
+    if args.json and to_stdout(args):
+        # The --json stream stays one JSON object per line: the leads are its last line.
+        print(render.to_json({"leads": [render.to_dict(lead) for lead in leads]}), flush=True)
+    else:
+        if not args.json and to_stdout(args):
+            print()
+        output_leads(args, leads)
     return _exit_for(job)
 
 
@@ -115,9 +151,8 @@ async def cmd_cancel(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespac
 
 
 async def cmd_list(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
-    status = f"JOB_STATUS_{args.status.upper()}" if args.status else None
     request = jobs_pb2.ListJobsRequest(
-        page_size=args.page_size, page_token=args.page_token, status=status
+        page_size=args.page_size, page_token=args.page_token, status=args.status
     )
     page = await stub.ListJobs(request, timeout=RPC_TIMEOUT)
     if args.json:
@@ -129,21 +164,90 @@ async def cmd_list(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace)
     return 0
 
 
+class OutputError(Exception):
+    """The ``--output`` file could not be written (nothing was replaced)."""
+
+
+def to_stdout(args: argparse.Namespace) -> bool:
+    """Whether the leads go to stdout: no ``--output``, or ``--output -``."""
+    return getattr(args, "output", None) in (None, "-")
+
+
+def leads_format(args: argparse.Namespace) -> str:
+    """``--format``, else json under ``--json``, else table."""
+    fmt: str | None = args.format
+    return fmt or ("json" if args.json else "table")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8, line ends as given) to ``path`` all at once: into a new file
+    beside it, flushed to disk, then renamed over it. A reader sees the old file or the new
+    one, never half of it; on any failure the old file is left as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        try:  # mkstemp makes it 0600: keep the mode of the file replaced, else the umask's
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def output_leads(args: argparse.Namespace, leads: Sequence[jobs_pb2.Lead]) -> None:
+    """The leads in the chosen format, on stdout or into ``--output`` (a note on stderr)."""
+    document = render.leads_document(leads, leads_format(args))
+    if to_stdout(args):
+        if leads_format(args) == "csv":  # its bytes as they are: UTF-8, CRLF line ends
+            sys.stdout.flush()
+            sys.stdout.buffer.write(document.encode("utf-8"))
+            sys.stdout.buffer.flush()
+        else:
+            sys.stdout.write(document)
+            sys.stdout.flush()
+        return
+    try:
+        write_atomically(Path(args.output), document)
+    except OSError as err:  # a missing directory, no permission, a directory there...
+        raise OutputError(f"cannot write {args.output}: {err.strerror or err}") from err
+    print(f"wrote {len(leads)} leads to {args.output}", file=sys.stderr)
+
+
 async def cmd_leads(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
     leads = await list_all_leads(stub, args.job_id, page_size=args.page_size)
-    if args.json:
-        print(render.to_json([render.to_dict(lead) for lead in leads]))
-    elif leads:
-        print(render.leads_table(leads))
-        print(f"\n{len(leads)} leads, {render.format_money(sum(x.cost for x in leads))} in total")
-    else:
-        print("no leads")
+    output_leads(args, leads)
     return 0
+
+
+def _add_leads_output(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--format",
+        choices=render.LEAD_FORMATS,
+        help=f"{what}: table, json (one array) or csv (RFC 4180, UTF-8, a header row); "
+        "default json with --json, else table",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help=f"write {what} to FILE (- for stdout), replacing it atomically if it exists",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prospect", description="Command-line client of the prospect jobs gRPC API."
+        prog="prospect",
+        description="Command-line client of the prospect jobs gRPC API.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--addr",
@@ -172,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=0.0, help="USD cap on spend; 0 = none")
     p.add_argument("--no-verify", action="store_true", help="do not verify emails")
     p.add_argument("--idempotency-key", default="", help="same key, same job")
-    p.add_argument("--watch", action="store_true", help="watch the job after submitting")
+    p.add_argument(
+        "--watch", action="store_true", help="watch the job to its end, then print its leads"
+    )
+    _add_leads_output(p, "with --watch, the leads")
     p.set_defaults(run=cmd_submit)
 
     p = sub.add_parser("watch", help="follow a job live until it ends")
@@ -185,7 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_get)
 
     p = sub.add_parser("list", help="list your jobs, newest first")
-    p.add_argument("--status", choices=STATUS_CHOICES, help="only jobs in this status")
+    p.add_argument(
+        "--status",
+        type=job_status,
+        metavar="STATUS",
+        help=f"only jobs in this status: {', '.join(STATUS_CHOICES)} (any case)",
+    )
     p.add_argument("--page-size", type=int, default=20)
     p.add_argument("--page-token", default="")
     p.set_defaults(run=cmd_list)
@@ -197,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leads", help="the leads of a job")
     p.add_argument("job_id")
     p.add_argument("--page-size", type=int, default=100, help=argparse.SUPPRESS)
+    _add_leads_output(p, "the leads")
     p.set_defaults(run=cmd_leads)
 
     p = sub.add_parser("token", help="mint a token for local use (HS256 with $AUTH_JWT_SECRET)")
@@ -240,8 +353,27 @@ async def _run(args: argparse.Namespace) -> int:
         return await command(stub, args)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the checks across options argparse cannot make (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "submit" and not args.watch and (args.format or args.output):
+        parser.error("submit: --format and --output apply to the leads of --watch")
+    if (
+        args.command == "submit"
+        and args.json
+        and to_stdout(args)
+        and args.format in ("table", "csv")
+    ):
+        parser.error(
+            f"submit --json prints one JSON document per line: --format {args.format} "
+            "needs --output FILE"
+        )
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if getattr(args, "local", None) is not None:
         code: int = args.local(args)
         return code
@@ -252,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except WatchError as err:
         print(f"error: UNAVAILABLE: {err}", file=sys.stderr)
+        return 2
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Plain-text rendering for the prospect CLI: progress bars, job summaries, tables, money.
+"""Plain-text rendering for the prospect CLI: progress bars, job summaries, tables, money,
+and the leads as a table, JSON or CSV.
 
 Pure functions from protobuf messages to strings, plus :class:`LiveLine`, the one piece
 that writes to a terminal. Nothing here talks to the network.
@@ -6,6 +7,8 @@ that writes to a terminal. Nothing here talks to the network.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import sys
@@ -130,11 +133,22 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable
     return "\n".join([line(headers), line(rule), *(line(row) for row in body)])
 
 
+def rating_text(lead: jobs_pb2.Lead) -> str:
+    """``4.6 (1,234)``: the rating and its number of reviews; ``-`` for an unrated place."""
+    if not lead.rating and not lead.review_count:
+        return "-"
+    return f"{lead.rating:.1f} ({lead.review_count:,})"
+
+
 def leads_table(leads: Iterable[jobs_pb2.Lead]) -> str:
-    headers = ("NAME", "SCORE", "EMAIL", "EMAIL STATUS", "PHONE", "WEBSITE", "COST")
+    headers = (
+        "NAME", "ADDRESS", "RATING", "SCORE", "EMAIL", "EMAIL STATUS", "PHONE", "WEBSITE", "COST",
+    )  # fmt: skip
     rows = [
         (
             lead.business_name,
+            lead.address or "-",
+            rating_text(lead),
             str(lead.confidence_score),
             lead.email or "-",
             lead.email_status or "-",
@@ -144,7 +158,102 @@ def leads_table(leads: Iterable[jobs_pb2.Lead]) -> str:
         )
         for lead in leads
     ]
-    return table(headers, rows, right=(1, 6))
+    return table(headers, rows, right=(2, 3, 8))
+
+
+# --- leads as a document: table, JSON or CSV -----------------------------------------------
+
+LEAD_FORMATS = ("table", "json", "csv")
+
+# The CSV columns, in order: snake_case like the JSON keys (``lead_id`` is the lead's ``id``).
+CSV_COLUMNS = (
+    "rank",  # 1-based position in the job's lead order (best score first)
+    "business_name",
+    "address",
+    "phone",
+    "website",
+    "rating",
+    "review_count",
+    "confidence_score",
+    "email",
+    "email_status",
+    "from_cache",
+    "cost_usd",
+    "cost_by_provider_usd",  # "provider=cost" pairs, sorted, "; " between them
+    "lead_id",
+    "place_id",
+    "campaign_id",
+)
+# What a spreadsheet may take for the start of a formula (OWASP, "CSV Injection").
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize_cell(text: str) -> str:
+    """``text``, prefixed with ``'`` when a spreadsheet would run it as a formula."""
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def format_decimal(value: float, places: int = 6) -> str:
+    """A plain decimal a spreadsheet reads as a number: at most ``places`` decimals, no
+    exponent, no trailing zeros (``0.059``, ``4.5``, ``0``)."""
+    text = f"{value:.{places}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def lead_csv_row(rank: int, lead: jobs_pb2.Lead) -> list[str]:
+    """One lead's CSV cells, in :data:`CSV_COLUMNS` order. Text from the lead (names,
+    addresses, emails... anything a provider or a web page supplied) is neutralised;
+    numbers are written by this code, never negative, and are left as numbers."""
+    by_provider = "; ".join(
+        f"{name}={format_decimal(cost)}" for name, cost in sorted(lead.cost_by_provider.items())
+    )
+    text = [lead.business_name, lead.address, lead.phone, lead.website]
+    return [
+        str(rank),
+        *map(neutralize_cell, text),
+        format_decimal(lead.rating, 2),
+        str(lead.review_count),
+        str(lead.confidence_score),
+        neutralize_cell(lead.email),
+        neutralize_cell(lead.email_status),
+        "true" if lead.from_cache else "false",
+        format_decimal(lead.cost),
+        neutralize_cell(by_provider),
+        neutralize_cell(lead.id),
+        neutralize_cell(lead.place_id),
+        neutralize_cell(lead.campaign_id),
+    ]
+
+
+def leads_csv(leads: Iterable[jobs_pb2.Lead]) -> str:
+    """RFC 4180: a header row, then one record per lead in order; CRLF line ends, fields
+    quoted only when they hold a comma, a quote or a line break (quotes doubled)."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(CSV_COLUMNS)
+    writer.writerows(lead_csv_row(rank, lead) for rank, lead in enumerate(leads, start=1))
+    return out.getvalue()
+
+
+def leads_json(leads: Iterable[jobs_pb2.Lead]) -> str:
+    """One JSON array of the leads (proto field names, every field), on one line."""
+    return to_json([to_dict(lead) for lead in leads])
+
+
+def leads_document(leads: Sequence[jobs_pb2.Lead], fmt: str) -> str:
+    """The leads in ``fmt`` (one of :data:`LEAD_FORMATS`), ending with a line break."""
+    if fmt == "csv":
+        return leads_csv(leads)
+    if fmt == "json":
+        return leads_json(leads) + "\n"
+    if fmt != "table":
+        raise ValueError(f"unknown leads format {fmt!r}")
+    if not leads:
+        return "no leads\n"
+    total = format_money(sum(lead.cost for lead in leads))
+    return f"{leads_table(leads)}\n\n{len(leads)} leads, {total} in total\n"
 
 
 def jobs_table(jobs: Iterable[jobs_pb2.Job]) -> str:

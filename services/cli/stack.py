@@ -19,9 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any, Self
 
 from services.common.nats_auth import JOBS, SUPERUSER, LocalCredentials, authorization_conf
@@ -335,20 +337,32 @@ class ServiceProcess(_Child):
         return self
 
 
-def wait_all_ready(processes: Iterable[ServiceProcess], timeout: float = 60.0) -> None:
-    """Wait for processes started together; the first to die or the deadline raises."""
+def wait_all_ready(
+    processes: Iterable[ServiceProcess],
+    timeout: float = 60.0,
+    *,
+    interrupted: Callable[[], bool] | None = None,
+) -> bool:
+    """Wait for processes started together; the first to die or the deadline raises.
+
+    True once all are ready; False as soon as ``interrupted()`` is true (a stop was asked
+    for), without waiting for the rest.
+    """
     pending = list(processes)
     deadline = time.monotonic() + timeout
     while pending:
         pending = [p for p in pending if not p.is_ready()]
         if not pending:
-            return
+            return True
+        if interrupted is not None and interrupted():
+            return False
         if time.monotonic() > deadline:
             p = pending[0]
             raise StackError(
                 f"{p.label} not ready after {timeout}s; log {p.log_path}:\n{p.log_tail()}"
             )
         time.sleep(0.05)
+    return True
 
 
 class Stack:
@@ -413,12 +427,15 @@ class Stack:
         proc.start()
         return proc
 
-    def start(self) -> Self:
-        """Start NATS, then the three services together; return when all logged ``ready``."""
+    def start(self, *, interrupted: Callable[[], bool] | None = None) -> Self:
+        """Start NATS, then the three services together; return when all logged ``ready``,
+        or as soon as ``interrupted()`` is true (then some may not be ready: stop them)."""
         try:
             self.nats.start()
+            if interrupted is not None and interrupted():
+                return self
             started = [self.add_service(name) for name in SERVICE_NAMES]
-            wait_all_ready(started, self.ready_timeout)
+            wait_all_ready(started, self.ready_timeout, interrupted=interrupted)
         except BaseException:
             self.stop()
             raise
@@ -482,39 +499,80 @@ def _follow(children: Iterable[_Child], offsets: dict[str, int], out: IO[str]) -
     out.flush()
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***`` (for printing)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class StopRequest:
+    """SIGINT, SIGTERM and SIGHUP recorded, not raised: the first asks for a stop, and
+    later ones (a second Ctrl-C; the SIGTERM that reaches every process of ``make up``'s
+    process group, make and the launcher alike) cannot interrupt the clean-up under way."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)  # nothing else: no I/O inside a signal handler
+
+    def requested(self) -> bool:
+        return bool(self.received)
+
+
 def main() -> int:
-    """``make up``: the stack in the foreground on ./data until Ctrl-C or SIGTERM."""
+    """``make up``: the stack in the foreground until Ctrl-C or SIGTERM (exit 0), or until a
+    process of it fails (exit 1). Data under ``$DATA_DIR`` (default ./data), the jobs API
+    on ``$JOBS_GRPC_ADDR`` (default 127.0.0.1:50051), the database at ``$DATABASE_URL``
+    (default a SQLite file in the data directory)."""
     from services.cli.render import stack_banner  # the library part needs no gRPC imports
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # all stop and clean up
-        signal.signal(sig, signal.default_int_handler)
-    data_dir = Path("data")
+    stop = StopRequest()
+    stop.install()  # from here on, a signal never raises: the loops below look for it
     stack = Stack(
-        data_dir,
+        Path(os.environ.get("DATA_DIR") or "data"),
         jobs_addr=os.environ.get("JOBS_GRPC_ADDR") or "127.0.0.1:50051",
         database_url=os.environ.get("DATABASE_URL") or None,
     )
     offsets: dict[str, int] = {}
     code = 0
     try:
-        print(f"starting nats-server and {', '.join(SERVICE_NAMES)} (logs in {stack.logs_dir})")
+        print(
+            f"starting nats-server and {', '.join(SERVICE_NAMES)} "
+            f"(data in {stack.data_dir}, logs in {stack.logs_dir})",
+            flush=True,
+        )
         offsets = {c.label: len(c.read_log()) for c in stack.children()}  # this run only
-        stack.start()
+        stack.start(interrupted=stop.requested)
         _follow(stack.children(), offsets, sys.stdout)
-        nats = stack.nats
-        banner = stack_banner(stack.jobs_addr, nats.url, nats.monitor_url, stack.database_url)
-        print(banner, flush=True)
-        while True:
+        if not stop.requested():
+            nats = stack.nats
+            database = redact_url(stack.database_url)
+            print(stack_banner(stack.jobs_addr, nats.url, nats.monitor_url, database), flush=True)
+        while not stop.requested():
             _follow(stack.children(), offsets, sys.stdout)
             for child in stack.children():
                 if not child.is_running:
                     raise child._died("exited unexpectedly")
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        print("\nstopping...", flush=True)
+        print(f"\n{signal.Signals(stop.received[0]).name}: stopping...", flush=True)
     except StackError as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 1
+        if not stop.requested():
+            print(f"error: {err}", file=sys.stderr)
+            code = 1
+        else:  # a signal to the whole process group also reaches a child being spawned
+            # (between its fork and its setsid): it died of the stop that was asked for.
+            print(f"\n{signal.Signals(stop.received[0]).name}: stopping...", flush=True)
     finally:
         stack.stop()
         _follow(stack.children(), offsets, sys.stdout)

@@ -18,6 +18,13 @@ def micros_to_usd(micros: int) -> float:
     return micros / MICROS_PER_USD
 
 
+def exact_micros(micros: int, usd: float) -> int:
+    """The exact amount of an API amount given in two forms, a double ``usd`` and its
+    ``micros`` twin (the value to compute with): ``micros`` when given (not 0), else
+    ``usd`` in micro-dollars. ValueError for a NaN or infinite ``usd`` it falls back to."""
+    return micros if micros else usd_to_micros(usd)
+
+
 def split_micros(total: int, parts: int) -> list[int]:
     """``total`` micro-dollars in ``parts`` exact shares (they add up to ``total``), the
     first ones larger by one where it does not divide evenly."""

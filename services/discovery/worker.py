@@ -6,9 +6,9 @@ within PROGRESS_MIN_INTERVAL_S; the qualified places), each carrying the charges
 calls made since the last report. Paid requests are on the books as they leave (see
 metering), so every billable call is accounted for whatever happens next.
 
-With a ``budget_limit``, every paid call of the job's discovery goes through the shared
-ledger ``job.<job_id>`` (services/common/allowance.py): a redelivered or retried discovery
-spends only what earlier tries left of the budget.
+With a budget (``budget_limit_micros``), every paid call of the job's discovery goes
+through the shared ledger ``job.<job_id>`` (services/common/allowance.py): a redelivered or
+retried discovery spends only what earlier tries left of the budget.
 
 Every delivery and attempt of a job's discovery shares what its predecessors got (the
 job's memo, services/discovery/memo.py) and pays only for what it lacks; one with nothing
@@ -34,7 +34,7 @@ from prospect.v1 import jobs_pb2, work_pb2
 from services.common import bus
 from services.common.allowance import Allowance
 from services.common.errors import PermanentProviderError, ProviderError
-from services.common.money import usd_to_micros
+from services.common.money import exact_micros, micros_to_usd, usd_to_micros
 from services.common.plan import SEARCH_MAX, SEARCH_MIN
 from services.common.providers import Charge, SearchPage
 from services.common.providers.metering import Meter, WorkStopped
@@ -122,7 +122,9 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
     async def run(self, task: work_pb2.DiscoveryTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
         prefix = self.delivery_id(task, delivery)
-        budget = self.allowance(f"job.{task.job_id}", usd_to_micros(task.config.budget_limit))
+        # The exact form; a task queued before it existed carries only the double.
+        cap = exact_micros(task.config.budget_limit_micros, task.config.budget_limit)
+        budget = self.allowance(f"job.{task.job_id}", cap)
         run = _Run(task, prefix, delivery, self.start_meter(task, prefix), budget)
         try:
             await self._discover_alone(run)
@@ -273,7 +275,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             if price > cap:
                 raise PermanentProviderError(
                     places.name,
-                    f"budget_limit ${config.budget_limit:.2f} is below the price of one search "
+                    f"budget_limit ${micros_to_usd(cap):.2f} is below the price of one search "
                     f"(${places.price('text_search'):.3f})",
                 )
             pages = min(pages, cap // price)
@@ -289,7 +291,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 return page
         raise PermanentProviderError(
             places.name,
-            f"budget_limit ${config.budget_limit:.2f} was spent by earlier tries of this "
+            f"budget_limit ${micros_to_usd(cap):.2f} was spent by earlier tries of this "
             "discovery: nothing left for a search",
         )
 

@@ -1,7 +1,12 @@
 """RPC handlers of prospect.v1.JobService: validate, scope to the caller, call, map errors.
 
-Domain errors become status codes here and only here; anything unexpected is logged and
-answered INTERNAL without detail, never with a traceback.
+Domain errors become statuses here and only here (:func:`rich_status`; the auth interceptor
+answers through :func:`abort` too): the code, the message, and ``google.rpc.Status``
+details in the ``grpc-status-details-bin`` trailer, the gRPC richer error model. Every error
+carries an ``ErrorInfo`` (domain ``prospect``, a :class:`~services.common.errors.Reason`);
+INVALID_ARGUMENT a ``BadRequest`` naming the field, RESOURCE_EXHAUSTED a ``QuotaFailure``,
+and a limit that time frees or a shutdown a ``RetryInfo``. Anything unexpected is logged
+and answered INTERNAL without detail, never with a traceback.
 """
 
 from __future__ import annotations
@@ -9,21 +14,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.common.errors import (
+    DOMAIN,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    MalformedRequest,
     NotFound,
     PermissionDenied,
     ProspectError,
+    Reason,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from services.jobs import store, validation
@@ -39,9 +53,14 @@ log = logging.getLogger(__name__)
 # A watcher re-reads the job when no update arrived for this long, so a snapshot lost on
 # core NATS (e.g. during a server restart) is caught up, terminal one included.
 WATCH_RESYNC_S = 2.0
+# A watch ended by this replica's shutdown can resume on another at once; RetryInfo asks
+# for a moment first, for a load balancer to see this replica go.
+SHUTDOWN_RETRY_S = 0.2
 
 _CODES: dict[type[ProspectError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    MalformedRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     NotFound: grpc.StatusCode.NOT_FOUND,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
@@ -53,12 +72,53 @@ _CODES: dict[type[ProspectError], grpc.StatusCode] = {
 R = TypeVar("R")
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    for kind, code in _CODES.items():
-        if isinstance(exc, kind):
-            await context.abort(code, str(exc))
-    log.exception("unexpected error", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+def _code_of(exc: Exception) -> grpc.StatusCode | None:
+    return next((code for kind, code in _CODES.items() if isinstance(exc, kind)), None)
+
+
+def rich_status(exc: Exception) -> status_pb2.Status:
+    """The ``google.rpc.Status`` answering ``exc``: its code, its message (the status
+    details string, as the client sees it), an ``ErrorInfo``, and per kind a ``BadRequest``
+    (the field and the rule), a ``QuotaFailure`` (whose limit, which setting) and a
+    ``RetryInfo`` (when a retry can succeed). An error that is not one of :data:`_CODES`
+    is INTERNAL, "internal error", with nothing of it sent."""
+    code = _code_of(exc)
+    if code is None or not isinstance(exc, ProspectError):
+        return _status(grpc.StatusCode.INTERNAL, "internal error", [_info(Reason.INTERNAL)])
+    details: list[Message] = [_info(exc.reason, exc.metadata)]
+    if isinstance(exc, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=exc.rule
+        )
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if isinstance(exc, ResourceExhausted):
+        quota = error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=exc.quota)
+        details.append(error_details_pb2.QuotaFailure(violations=[quota]))
+    if isinstance(exc, ResourceExhausted | Unavailable) and exc.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(math.ceil(exc.retry_after * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    return _status(code, str(exc), details)
+
+
+def _info(reason: Reason, metadata: dict[str, str] | None = None) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason.value, domain=DOMAIN, metadata=metadata)
+
+
+def _status(code: grpc.StatusCode, message: str, details: list[Message]) -> status_pb2.Status:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    return status
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """End the RPC with the status answering ``exc`` (:func:`rich_status`); an unexpected
+    error is logged first."""
+    if _code_of(exc) is None:
+        log.exception("unexpected error", exc_info=exc)
+    await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
+    raise AssertionError("abort_with_status returned")  # it raises AbortError
 
 
 def unary(
@@ -71,8 +131,7 @@ def unary(
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await _abort(context, exc)
-            raise  # unreachable: abort raises
+            await abort(context, exc)
 
     return wrapper
 
@@ -88,7 +147,7 @@ def streaming(
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     return wrapper
 
@@ -246,7 +305,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         user = _user()
         if self._watches.get(user, 0) >= self._max_watches:
             raise ResourceExhausted(
-                f"too many open watch streams ({self._max_watches}, MAX_WATCHES_PER_USER)"
+                f"too many open watch streams ({self._max_watches}, MAX_WATCHES_PER_USER)",
+                reason=Reason.WATCH_LIMIT,
+                subject=f"user:{user}",
+                quota=f"at most {self._max_watches} open watch streams per user "
+                "(MAX_WATCHES_PER_USER)",
+                metadata={"setting": "MAX_WATCHES_PER_USER", "limit": str(self._max_watches)},
             )
         self._watches[user] = self._watches.get(user, 0) + 1
         try:
@@ -277,7 +341,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     # Not OK: a client reads OK as "the job is done"; UNAVAILABLE is what its
                     # retry logic resumes on, at another replica.
                     raise Unavailable(
-                        f"jobs service shutting down; watch again with after_version={last}"
+                        f"jobs service shutting down; watch again with after_version={last}",
+                        metadata={"job_id": job_id, "after_version": str(last)},
+                        retry_after=SHUTDOWN_RETRY_S,
                     )
                 if self._closing.is_set():
                     # A fresh read: the queue may hold an older snapshot than the database.

@@ -7,7 +7,8 @@ runs. HS256 with AUTH_JWT_SECRET or RS256 with AUTH_JWT_PUBLIC_KEY, never both a
 ``alg: none``; ``exp`` and ``sub`` required; ``nbf``, and ``iss``/``aud`` when configured,
 checked; a token may live at most AUTH_JWT_MAX_LIFETIME_S (``exp`` no further ahead than
 that, and ``exp - iat`` no longer when ``iat`` is given), so a leaked long-lived token is
-not a standing credential. A failure says only "missing bearer token" or "invalid token".
+not a standing credential. A failure says only "missing bearer token" or "invalid token"
+(reasons UNAUTHENTICATED and INVALID_TOKEN).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, NoReturn, TypeGuard
 
 import grpc
 import jwt
 
+from services.common.errors import MalformedRequest, Reason, Unauthenticated
 from services.common.settings import Settings
 
 SERVICE_ROLE = "service"
@@ -38,10 +40,6 @@ class Principal:
     @property
     def is_service(self) -> bool:
         return self.role == SERVICE_ROLE
-
-
-class Unauthenticated(Exception):
-    """No valid credentials; the message is safe to send to the caller."""
 
 
 _principal: ContextVar[Principal | None] = ContextVar("prospect_principal", default=None)
@@ -118,7 +116,7 @@ def bearer_token(metadata: Any) -> str:
             scheme, _, token = value.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
-    raise Unauthenticated("missing bearer token")
+    raise Unauthenticated("missing bearer token", reason=Reason.UNAUTHENTICATED)
 
 
 def mint_token(
@@ -161,13 +159,20 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
+Abort = Callable[[grpc.aio.ServicerContext, Exception], Awaitable[NoReturn]]
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every RPC except health and reflection (AUTH_MODE=jwt; with no verifier
     every caller is the local user), and answers undecodable requests INVALID_ARGUMENT.
-    The handler then sees the caller as :func:`current_principal`."""
+    The handler then sees the caller as :func:`current_principal`.
 
-    def __init__(self, verifier: TokenVerifier | None) -> None:
+    ``abort`` ends an RPC with the status answering an error: the API's own
+    (:func:`services.jobs.api.abort`), so these errors carry the same details as the rest."""
+
+    def __init__(self, verifier: TokenVerifier | None, *, abort: Abort) -> None:
         self._verifier = verifier
+        self._abort = abort
 
     async def intercept_service(
         self,
@@ -210,7 +215,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
             except Unauthenticated as exc:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                await self._abort(context, exc)
         if isinstance(request, _Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid message")
+            await self._abort(context, MalformedRequest("request: not a valid message"))
         return principal

@@ -5,7 +5,7 @@ the caller (another user's job is NotFound) and is one change (:mod:`services.jo
 from __future__ import annotations
 
 from prospect.v1 import jobs_pb2
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, Reason
 from services.jobs import machine as m
 from services.jobs import store
 from services.jobs.changes import Changes, apply_event
@@ -49,7 +49,9 @@ class Commands:
             if status.terminal or status == m.Status.FAILING:
                 raise FailedPrecondition(
                     f"job {job_id} is {status.value}; only pending, processing or cancelling "
-                    "jobs can be cancelled"
+                    "jobs can be cancelled",
+                    reason=Reason.JOB_NOT_CANCELLABLE,
+                    metadata={"job_id": job_id, "status": status.value},
                 )
             rows.append(row)
             applied, _ = apply_event(unit, row, m.CancelRequested())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from prospect.v1 import jobs_pb2
-from services.common.money import micros_to_usd, usd_to_micros
+from services.common.money import exact_micros, micros_to_usd
 from services.jobs.machine import JobState, Metrics, Stage, Status
 from services.jobs.models import JobRow, LeadRow
 
@@ -22,18 +23,35 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def config_to_json(config: jobs_pb2.CampaignConfig) -> dict[str, Any]:
+    """``config`` as stored (JobRow.config): the budget in one canonical form, its exact
+    micro-dollars and the double derived from them, whichever form ``config`` gave (so
+    equal budgets store equal, and every key is a CampaignConfig field)."""
+    budget = exact_micros(config.budget_limit_micros, config.budget_limit)
     return {
         "business_type": config.business_type,
         "location": config.location,
         "max_results": config.max_results,
         "min_confidence_score": config.min_confidence_score,
-        "budget_limit": config.budget_limit,
+        "budget_limit": micros_to_usd(budget),
+        "budget_limit_micros": budget,
         "verify_emails": config.verify_emails,
     }
 
 
+def budget_micros_of(data: Mapping[str, Any]) -> int:
+    """A stored config's budget in micro-dollars (0 = none): its ``budget_limit_micros``,
+    or for a config stored before that key, its ``budget_limit``."""
+    micros = int(data.get("budget_limit_micros", 0) or 0)
+    return exact_micros(micros, float(data.get("budget_limit", 0.0) or 0.0))
+
+
 def config_from_json(data: dict[str, Any]) -> jobs_pb2.CampaignConfig:
-    return jobs_pb2.CampaignConfig(**data)
+    """The config stored as ``data``, its budget in both forms (from the exact one; a
+    config stored before ``budget_limit_micros`` has only the double)."""
+    config = jobs_pb2.CampaignConfig(**data)
+    budget = budget_micros_of(data)
+    config.budget_limit, config.budget_limit_micros = micros_to_usd(budget), budget
+    return config
 
 
 def state_of(row: JobRow) -> JobState:
@@ -46,7 +64,7 @@ def state_of(row: JobRow) -> JobState:
         error=row.error,
         attempts=row.attempts,
         max_attempts=row.max_attempts,
-        budget_micros=usd_to_micros(float(row.config.get("budget_limit", 0.0))),
+        budget_micros=budget_micros_of(row.config),
     )
 
 
@@ -83,6 +101,8 @@ def metrics_proto(m: Metrics) -> jobs_pb2.JobMetrics:
         leads_skipped_budget=m.leads_skipped_budget,
         cost_by_provider={p: micros_to_usd(v) for p, v in m.cost_by_provider.items()},
         leads_from_cache=m.leads_from_cache,
+        total_cost_micros=m.total_cost_micros,
+        cost_by_provider_micros=m.cost_by_provider,
     )
 
 
@@ -133,4 +153,5 @@ def lead_proto(row: LeadRow) -> jobs_pb2.Lead:
         review_count=row.review_count,
         from_cache=row.from_cache,
         cost_by_provider={p: micros_to_usd(v) for p, v in (row.cost_by_provider or {}).items()},
+        cost_micros=row.cost_micros,
     )

@@ -10,8 +10,8 @@ MAX_ACTIVE_JOBS_PER_USER, are counted in the database).
 - :class:`RowBudget`: how many rows one user's ListJobs and ListLeads pages may list, a token
   bucket of LIST_ROWS_PER_USER_PER_S refilled up to LIST_ROWS_PER_USER_BURST.
 
-Both raise :class:`~services.common.errors.ResourceExhausted` naming the setting; the API
-maps it to RESOURCE_EXHAUSTED.
+Both raise :class:`~services.common.errors.ResourceExhausted` naming the setting, with how
+long until a retry can succeed; the API maps it to RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from services.common.errors import ResourceExhausted
+from services.common.errors import Reason, ResourceExhausted
 
 Clock = Callable[[], float]
 
@@ -50,9 +50,22 @@ class DistinctUsers:
         users = self._seen.setdefault(principal, OrderedDict())
         _expire(users, now - WINDOW_S)
         if user not in users and len(users) >= self._limit:
+            # The earliest a slot frees: when the least recent user ages out of the window.
+            oldest = next(iter(users.values()), now)
             raise ResourceExhausted(
                 f"this service token acted for {self._limit} different users in the last "
-                f"minute (MAX_USERS_PER_PRINCIPAL_PER_MINUTE); retry later"
+                f"minute (MAX_USERS_PER_PRINCIPAL_PER_MINUTE); retry later",
+                reason=Reason.PRINCIPAL_USER_LIMIT,
+                subject=f"principal:{principal}",
+                quota=(
+                    f"at most {self._limit} different users per service token per minute "
+                    "(MAX_USERS_PER_PRINCIPAL_PER_MINUTE)"
+                ),
+                metadata={
+                    "setting": "MAX_USERS_PER_PRINCIPAL_PER_MINUTE",
+                    "limit": str(self._limit),
+                },
+                retry_after=max(0.0, oldest + WINDOW_S - now),
             )
         users[user] = now
         users.move_to_end(user)
@@ -117,7 +130,20 @@ class RowBudget:
             raise ResourceExhausted(
                 f"listing too many rows: at most {self._rate:g} per second with a burst of "
                 f"{self._burst:.0f} per user (LIST_ROWS_PER_USER_PER_S, "
-                "LIST_ROWS_PER_USER_BURST); retry later or ask for smaller pages"
+                "LIST_ROWS_PER_USER_BURST); retry later or ask for smaller pages",
+                reason=Reason.LIST_RATE_LIMIT,
+                subject=f"user:{user}",
+                quota=(
+                    f"at most {self._rate:g} rows listed per second, {self._burst:.0f} at "
+                    "once, per user (LIST_ROWS_PER_USER_PER_S, LIST_ROWS_PER_USER_BURST)"
+                ),
+                metadata={
+                    "setting": "LIST_ROWS_PER_USER_PER_S",
+                    "limit": f"{self._rate:g}",
+                    "burst": f"{self._burst:.0f}",
+                },
+                # When the bucket holds this page again (a smaller page may go sooner).
+                retry_after=(need - bucket.tokens) / self._rate if self._rate > 0 else None,
             )
         bucket.tokens -= need
         reservation = Reservation(held=int(need))

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,7 +25,7 @@ from services.common.logs import lifecycle, setup_logging
 from services.common.settings import Settings
 from services.common.signals import stop_on_signals
 from services.jobs import db
-from services.jobs.api import JobService
+from services.jobs.api import JobService, abort
 from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
 from services.jobs.changes import Changes
 from services.jobs.commands import Commands
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 MAX_MESSAGE_BYTES = 1024 * 1024
+REFLECTION_V1 = "grpc.reflection.v1"
+REFLECTION_V1_SERVICE = f"{REFLECTION_V1}.ServerReflection"
+REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
 def is_loopback(addr: str) -> bool:
@@ -79,6 +83,63 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)])
 
 
+def _add_reflection_v1_file() -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` in the default descriptor pool, so
+    reflection describes the v1 service as well. grpcio-reflection ships v1alpha only
+    (grpc/grpc#38576); v1 is the same messages field for field under another package, so
+    the file is v1alpha's with the package (and the options naming it) replaced."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(REFLECTION_V1_FILE)
+        return  # added already (a second server in this process, or a future library)
+    except KeyError:
+        pass
+    alpha = reflection_pb2.DESCRIPTOR.package
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name, file.package = REFLECTION_V1_FILE, REFLECTION_V1
+    file.options.Clear()
+    file.options.java_package = f"io.{REFLECTION_V1}"
+    file.options.java_outer_classname = "ServerReflectionProto"
+    file.options.java_multiple_files = True
+    file.options.go_package = "google.golang.org/grpc/reflection/grpc_reflection_v1"
+
+    def renamed(type_name: str) -> str:  # ".grpc.reflection.v1alpha.X" -> "...v1.X"
+        prefix = f".{alpha}."
+        if type_name.startswith(prefix):
+            return f".{REFLECTION_V1}.{type_name.removeprefix(prefix)}"
+        return type_name
+
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = renamed(field.type_name)
+    for service in file.service:
+        for method in service.method:
+            method.input_type = renamed(method.input_type)
+            method.output_type = renamed(method.output_type)
+    pool.AddSerializedFile(file.SerializeToString())
+
+
+def add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    """Serve server reflection under both ``grpc.reflection.v1`` (what current clients ask
+    first) and ``grpc.reflection.v1alpha``, listing ``service_names`` and both reflection
+    services. One servicer answers both: a v1 request or response is, byte for byte, the
+    v1alpha message of the same name."""
+    _add_reflection_v1_file()
+    names = (*service_names, REFLECTION_V1_SERVICE, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE, {"ServerReflectionInfo": v1}),)
+    )
+
+
 def build_grpc_server(
     servicer: JobService, settings: Settings
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -86,7 +147,7 @@ def build_grpc_server(
     authenticated by AUTH_MODE and encrypted when GRPC_TLS_CERT/KEY are set."""
     verifier = TokenVerifier(settings) if settings.auth_mode == "jwt" else None
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(verifier)],
+        interceptors=[AuthInterceptor(verifier, abort=abort)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
@@ -95,9 +156,7 @@ def build_grpc_server(
     jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     addr = settings.jobs_grpc_addr
     credentials = _credentials(settings)
     if credentials is None:

@@ -16,7 +16,7 @@ def owned(row: JobRow | None, user_id: str, job_id: str) -> JobRow:
     """``row`` if it is ``user_id``'s job; NotFound otherwise (another user's job is
     indistinguishable from a missing one)."""
     if row is None or row.user_id != user_id:
-        raise NotFound(f"job {job_id} not found")
+        raise NotFound(f"job {job_id} not found", metadata={"job_id": job_id})
     return row
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from prospect.v1 import jobs_pb2
-from services.common.errors import AlreadyExists, ResourceExhausted
+from services.common.errors import AlreadyExists, Reason, ResourceExhausted
 from services.common.settings import Settings
 from services.jobs import machine as m
 from services.jobs.convert import config_from_json, config_to_json
@@ -121,7 +121,12 @@ class Submits:
                 answers.append(
                     ResourceExhausted(
                         f"{active[request.user_id]} unfinished jobs: at most {limit} at once "
-                        "(MAX_ACTIVE_JOBS_PER_USER)"
+                        "(MAX_ACTIVE_JOBS_PER_USER)",
+                        reason=Reason.ACTIVE_JOB_LIMIT,
+                        subject=f"user:{request.user_id}",  # the owner's, whoever submits
+                        quota=f"at most {limit} unfinished jobs per user "
+                        "(MAX_ACTIVE_JOBS_PER_USER)",
+                        metadata={"setting": "MAX_ACTIVE_JOBS_PER_USER", "limit": str(limit)},
                     )
                 )
                 continue
@@ -195,5 +200,6 @@ def _answer_for_known_key(existing: JobRow, request: _Submit) -> JobRow | Alread
         return existing
     return AlreadyExists(
         f"idempotency_key {request.key!r} was used for job {existing.id} with a different "
-        "config; use a new key"
+        "config; use a new key",
+        metadata={"idempotency_key": request.key, "job_id": existing.id},
     )

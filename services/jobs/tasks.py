@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import uuid
 
-from prospect.v1 import jobs_pb2, work_pb2
+from prospect.v1 import work_pb2
 from services.common import bus
-from services.common.money import usd_to_micros
+from services.jobs.convert import budget_micros_of, config_from_json
 from services.jobs.models import JobRow, LeadRow, OutboxRow, TaskRow, transient, utcnow
 from services.jobs.outbox import outbox_row
 from services.jobs.unit import Unit
@@ -50,11 +50,11 @@ def _record(
 
 def queue_discovery(unit: Unit, job: JobRow, attempt: int) -> OutboxRow:
     """Record ``job``'s discovery task for ``attempt`` in ``unit``; the row to publish."""
-    budget = usd_to_micros(float(job.config.get("budget_limit", 0.0) or 0.0))
+    budget = budget_micros_of(job.config)
     task = work_pb2.DiscoveryTask(
         job_id=job.id,
         campaign_id=job.campaign_id,
-        config=jobs_pb2.CampaignConfig(**job.config),
+        config=config_from_json(job.config),  # the budget in both forms
         attempt=attempt,
         task_id=_record(unit, job, DISCOVERY, attempt, "", budget),
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from prospect.v1 import jobs_pb2
 from services.common.errors import InvalidArgument
+from services.common.money import micros_to_usd, usd_to_micros
 
 # Ids are matched whole: \A and \Z, since ``$`` also matches before a trailing newline (so
 # even a caller's ``.match`` takes no "job_...\n"); prefer :func:`is_job_id`/:func:`is_lead_id`.
@@ -22,6 +23,7 @@ LEAD_ID = re.compile(r"\Alead_[0-9a-f]{32}\Z")  # as services.jobs.tasks.new_id 
 TEXT_MAX = 200
 MAX_RESULTS = 100
 BUDGET_MAX = 10_000.0
+BUDGET_MAX_MICROS = usd_to_micros(BUDGET_MAX)
 PAGE_SIZE_MAX = 500
 PAGE_SIZE_DEFAULT = 50
 IDEMPOTENCY_KEY_MAX = 200
@@ -56,19 +58,41 @@ def validate_config(config: jobs_pb2.CampaignConfig) -> jobs_pb2.CampaignConfig:
         raise InvalidArgument("config.max_results", f"must be between 1 and {MAX_RESULTS}")
     if not 0 <= config.min_confidence_score <= 100:
         raise InvalidArgument("config.min_confidence_score", "must be between 0 and 100")
-    budget = config.budget_limit
-    if not math.isfinite(budget) or not 0 <= budget <= BUDGET_MAX:
-        raise InvalidArgument(
-            "config.budget_limit", f"must be a finite amount between 0 and {BUDGET_MAX:,.0f} USD"
-        )
+    budget = validate_budget(config)
     return jobs_pb2.CampaignConfig(
         business_type=business_type,
         location=location,
         max_results=config.max_results,
         min_confidence_score=config.min_confidence_score,
-        budget_limit=budget,
+        budget_limit=micros_to_usd(budget),
+        budget_limit_micros=budget,
         verify_emails=config.verify_emails,
     )
+
+
+def validate_budget(config: jobs_pb2.CampaignConfig) -> int:
+    """``config``'s budget in micro-dollars (0 = none), given in either form or both.
+
+    Each form given (not 0) must be in range: 0 to BUDGET_MAX USD; both given must be the
+    same amount (the double rounded to the nearest micro-dollar), else InvalidArgument
+    naming ``config.budget_limit_micros``."""
+    usd, micros = config.budget_limit, config.budget_limit_micros
+    if not math.isfinite(usd) or not 0 <= usd <= BUDGET_MAX:
+        raise InvalidArgument(
+            "config.budget_limit", f"must be a finite amount between 0 and {BUDGET_MAX:,.0f} USD"
+        )
+    if not 0 <= micros <= BUDGET_MAX_MICROS:
+        raise InvalidArgument(
+            "config.budget_limit_micros",
+            f"must be between 0 and {BUDGET_MAX_MICROS:,} micro-dollars ({BUDGET_MAX:,.0f} USD)",
+        )
+    if micros and usd and usd_to_micros(usd) != micros:
+        raise InvalidArgument(
+            "config.budget_limit_micros",
+            f"is {micros:,} micro-dollars but config.budget_limit is {usd!r} USD "
+            f"({usd_to_micros(usd):,} micro-dollars): give one of the two, or both the same",
+        )
+    return micros or usd_to_micros(usd)
 
 
 def validate_submit(request: jobs_pb2.SubmitCampaignRequest) -> tuple[jobs_pb2.CampaignConfig, str]:

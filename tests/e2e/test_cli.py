@@ -1,5 +1,6 @@
-"""End to end: the ``prospect`` command-line client as a subprocess against a real stack, and
-the ``make run`` demo (``python -m services.cli.demo``) from start to clean shutdown."""
+"""End to end: the ``prospect`` command-line client as a subprocess against a real stack:
+submit, watch, get, list, cancel and their errors. Its leads (formats, files, ``submit
+--watch``) are in ``test_cli_leads.py``, the ``make run`` demo in ``test_demo.py``."""
 
 from __future__ import annotations
 
@@ -8,95 +9,31 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from services.cli.stack import REPO_ROOT, Stack, free_port
+from tests.e2e.cli import (
+    BAR_COMPLETED,
+    CLI_TIMEOUT,
+    MISSING_JOB,
+    Submitted,
+    json_lines,
+    ok,
+    run_cli,
+    submit_watched,
+    summary_field,
+    table_rows,
+)
 
 pytestmark = pytest.mark.e2e
-
-CLI_TIMEOUT = 90.0  # per CLI call; the CLI's own RPC deadline is 30 s
-DEMO_TIMEOUT = 120.0
-MISSING_JOB = "job_" + "0" * 32
-BAR_COMPLETED = re.compile(r"^\[#{20}\]\s+100%\s+COMPLETED\b", re.MULTILINE)
-
-
-def run_cli(
-    addr: str | None, *args: str, env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT
-) -> subprocess.CompletedProcess[str]:
-    """``python -m services.cli [--addr addr] args...`` from the repo root."""
-    argv = [sys.executable, "-m", "services.cli"]
-    if addr is not None:
-        argv += ["--addr", addr]
-    return subprocess.run(
-        [*argv, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    """The stdout of a call that must have succeeded (its stderr in the failure message)."""
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def summary_field(text: str, label: str) -> str:
-    """The value of one ``label  value`` row of a job summary."""
-    match = re.search(rf"^{re.escape(label)}\s{{2,}}(.+)$", text, re.MULTILINE)
-    assert match, f"no {label!r} row in:\n{text}"
-    return match.group(1).strip()
-
-
-def table_rows(text: str, first_header: str) -> list[str]:
-    """The body lines of the table whose header starts with ``first_header``."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(first_header + " "))
-    assert set(lines[start + 1].replace(" ", "")) == {"-"}, lines[start + 1]
-    rows = []
-    for line in lines[start + 2 :]:
-        if not line.strip():
-            break
-        rows.append(line)
-    return rows
-
-
-@dataclass
-class Submitted:
-    job_id: str
-    final: dict[str, Any]  # the terminal Job as JSON
-    output: str  # stdout of ``--json submit ... --watch``
 
 
 @pytest.fixture(scope="module")
 def finished(stack: Stack) -> Submitted:
     """One campaign submitted and watched to its end with ``--json``."""
-    out = ok(
-        run_cli(
-            stack.jobs_addr,
-            "--json",
-            "submit",
-            "coffee shop",
-            "Seattle, WA",
-            "--max-results",
-            "4",
-            "--watch",
-        )
-    )
-    lines = json_lines(out)
-    job_id = lines[0]["job_id"]
-    return Submitted(job_id=job_id, final=lines[-1]["job"], output=out)
+    return submit_watched(stack.jobs_addr)
 
 
 def test_submit_and_watch_prints_progress_and_a_completed_summary(stack: Stack) -> None:
@@ -120,7 +57,7 @@ def test_submit_and_watch_prints_progress_and_a_completed_summary(stack: Stack) 
 
 def test_submit_json_is_one_document_per_line(finished: Submitted) -> None:
     lines = json_lines(finished.output)
-    first, updates = lines[0], lines[1:]
+    first, updates, last = lines[0], lines[1:-1], lines[-1]
     assert re.fullmatch(r"job_[0-9a-f]{32}", finished.job_id)
     assert first["campaign_id"].startswith("cmp_")
     assert first["status"] == "JOB_STATUS_PENDING"
@@ -137,6 +74,10 @@ def test_submit_json_is_one_document_per_line(finished: Submitted) -> None:
     assert 0 < final["metrics"]["qualified_leads"] <= 4
     assert final["config"]["max_results"] == 4
     assert [u["job"]["status"] for u in updates].count("JOB_STATUS_COMPLETED") == 1
+    # The last line: every lead of the job, after its final update.
+    assert list(last) == ["leads"]
+    assert len(last["leads"]) == final["metrics"]["qualified_leads"]
+    assert {lead["campaign_id"] for lead in last["leads"]} == {final["campaign_id"]}
 
 
 def test_get_shows_the_finished_job(stack: Stack, finished: Submitted) -> None:
@@ -162,6 +103,10 @@ def test_list_shows_the_job(stack: Stack, finished: Submitted) -> None:
     completed = json.loads(ok(run_cli(stack.jobs_addr, "--json", "list", "--status", "completed")))
     assert finished.job_id in [job["id"] for job in completed["jobs"]]
     assert {job["status"] for job in completed["jobs"]} == {"JOB_STATUS_COMPLETED"}
+    # The README's spelling, any other case, and the enum's own name: the same filter.
+    for spelling in ("COMPLETED", "Completed", "JOB_STATUS_COMPLETED", "job_status_completed"):
+        same = json.loads(ok(run_cli(stack.jobs_addr, "--json", "list", "--status", spelling)))
+        assert same["jobs"] == completed["jobs"], spelling
     failed = json.loads(ok(run_cli(stack.jobs_addr, "--json", "list", "--status", "failed")))
     assert finished.job_id not in [job["id"] for job in failed["jobs"]]
 
@@ -190,27 +135,19 @@ def test_list_pages_follow_the_printed_token(stack: Stack, finished: Submitted) 
     assert seen[: len(all_ids)] == all_ids
 
 
-def test_leads_json_and_table_agree(stack: Stack, finished: Submitted) -> None:
-    leads = json.loads(ok(run_cli(stack.jobs_addr, "--json", "leads", finished.job_id)))
-    assert isinstance(leads, list)
-    assert len(leads) == finished.final["metrics"]["qualified_leads"]
-    place_ids = [lead["place_id"] for lead in leads]
-    assert len(set(place_ids)) == len(place_ids) and all(place_ids)
-    assert {lead["campaign_id"] for lead in leads} == {finished.final["campaign_id"]}
-    scores = [lead["confidence_score"] for lead in leads]
-    assert scores == sorted(scores, reverse=True) and min(scores) >= 50
-    assert round(sum(lead["cost"] for lead in leads), 6) == round(
-        finished.final["metrics"]["total_cost"], 6
-    )
+def test_list_an_unknown_status_is_a_usage_error() -> None:
+    proc = run_cli(f"127.0.0.1:{free_port()}", "list", "--status", "done")
+    assert proc.returncode == 2, proc
+    assert "argument --status: invalid status 'done'" in proc.stderr, proc.stderr
+    assert "completed" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
 
-    text = ok(run_cli(stack.jobs_addr, "leads", finished.job_id))
-    rows = table_rows(text, "NAME")
-    assert len(rows) == len(leads)
-    for row, lead in zip(rows, leads, strict=True):
-        assert row.startswith(lead["business_name"] + " "), (row, lead)
-        assert f" {lead['confidence_score']} " in row
-        assert (lead["email"] or "-") in row.split()
-    assert re.search(rf"^{len(leads)} leads, \$[\d.,]+ in total$", text, re.MULTILINE), text
+
+def test_help_lists_the_exit_codes() -> None:
+    text = ok(run_cli(None, "--help"))
+    codes = text[text.index("exit codes:") :]
+    found = re.findall(r"^  (\d+) ", codes, re.MULTILINE)
+    assert found == ["0", "1", "2", "130"], codes
 
 
 def test_leads_of_a_missing_job_fail(stack: Stack) -> None:
@@ -306,69 +243,3 @@ def test_nothing_listening_is_a_clear_unavailable_error(args: tuple[str, ...]) -
     assert proc.stderr.startswith("error: UNAVAILABLE: "), proc.stderr
     assert "127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
-
-
-# --- the demo ---------------------------------------------------------------------------
-
-
-def processes_mentioning(needle: str) -> list[str]:
-    """Live processes whose command line or environment contains ``needle`` (via /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:  # gone meanwhile, or not ours
-            continue
-        if state != "Z" and (needle.encode() in cmdline or needle.encode() in environ):
-            argv = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{entry.name}: {argv}")
-    return found
-
-
-def test_process_scan_sees_a_running_stack(stack: Stack) -> None:
-    """The check used on the demo finds every process of a live stack."""
-    found = processes_mentioning(str(stack.data_dir))
-    pids = {str(child.pid) for child in stack.children() if child.is_running}
-    assert len(pids) >= 4
-    assert pids <= {line.split(":")[0] for line in found}, found
-
-
-def test_demo_completes_from_any_directory_and_stops_everything(tmp_path: Path) -> None:
-    cwd = tmp_path.resolve()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["SANDBOX_LATENCY_MS"] = "1"
-    proc = subprocess.run(
-        [sys.executable, "-m", "services.cli.demo"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEMO_TIMEOUT,
-        check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr}"
-
-    assert re.search(r"^submitted job job_[0-9a-f]{32}: coffee shop in Seattle, WA", out, re.M)
-    assert BAR_COMPLETED.search(out), out
-    assert summary_field(out, "status") == "COMPLETED"
-    rows = table_rows(out, "NAME")
-    assert 0 < len(rows) <= 10
-    assert len(rows) == int(summary_field(out, "qualified"))
-    assert all(re.search(r"\s\d{1,3}\s.*\$[\d.,]+$", row) for row in rows), rows
-
-    # Its data lives under the working directory, and every process of it has stopped.
-    data_dir = cwd / "data" / "demo"
-    logs = data_dir / "logs"
-    assert logs.is_dir() and (data_dir / "prospect.db").is_file()
-    assert processes_mentioning(str(data_dir)) == []
-    for name in ("jobs", "discovery", "enrichment"):
-        log = (logs / f"{name}.log").read_text()
-        assert re.search(r"\bready\b", log), log
-        assert re.search(rf"\b{name}\b.* stopped$", log, re.MULTILINE), log
-    nats_log = (logs / "nats-server.log").read_text()
-    assert "Server Exiting" in nats_log

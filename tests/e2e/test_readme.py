@@ -44,7 +44,7 @@ def block(starting_with: str) -> str:
 
 
 # The blocks the tests below run, by their first line.
-RUN_HERE = ("make setup && mkdir -p data",)
+RUN_HERE = ("make setup && mkdir -p data", "make run")
 
 
 def test_every_example_is_run_or_says_why_not() -> None:
@@ -117,3 +117,15 @@ def test_running_the_services_yourself(
     output = (tmp_path / "run.log").read_text()
     assert "Traceback" not in output
     assert not re.search(r"\bp[0-9a-f]{48}\b", output + conf)  # no password written out
+
+
+def test_the_two_commands() -> None:
+    """``make run`` as written; ``make test`` is what runs this test."""
+    lines = [line.split("#")[0].strip() for line in block("make run").splitlines()]
+    assert lines == ["make run", "make test"]
+    done = subprocess.run(
+        ["make", "run"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "SANDBOX_LATENCY_MS": "0"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "COMPLETED" in done.stdout and "Traceback" not in done.stdout + done.stderr

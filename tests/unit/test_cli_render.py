@@ -63,7 +63,7 @@ def test_table_aligns_columns():
     assert lines[3] == "Cafe           100  $12.34"
 
 
-def _lead(name: str, score: int, cost: float, email: str = "") -> jobs_pb2.Lead:
+def _lead(name: str, score: int, cost: float, email: str = "", **kw) -> jobs_pb2.Lead:
     return jobs_pb2.Lead(
         business_name=name,
         confidence_score=score,
@@ -72,22 +72,48 @@ def _lead(name: str, score: int, cost: float, email: str = "") -> jobs_pb2.Lead:
         phone="+1 206 555 0100",
         website="https://example.com",
         cost=cost,
+        **kw,
     )
 
 
 def test_leads_table_has_every_column_and_aligns():
-    leads = [_lead("Espresso Vivace", 92, 0.059, "hi@vivace.com"), _lead("Zeitgeist", 71, 0.034)]
+    leads = [
+        _lead("Espresso Vivace", 92, 0.059, "hi@vivace.com", address="532 Broadway E, Seattle",
+              rating=4.6, review_count=1234),
+        _lead("Zeitgeist", 71, 0.034),
+    ]  # fmt: skip
     out = render.leads_table(leads)
     lines = out.splitlines()
     header = lines[0]
-    for column in ("NAME", "SCORE", "EMAIL", "EMAIL STATUS", "PHONE", "WEBSITE", "COST"):
+    assert header.split()[:3] == ["NAME", "ADDRESS", "RATING"]
+    for column in ("SCORE", "EMAIL", "EMAIL STATUS", "PHONE", "WEBSITE", "COST"):
         assert column in header
     assert len(lines) == 4
-    assert lines[3].split()[0] == "Zeitgeist"
+    assert "  532 Broadway E, Seattle  " in lines[2]
+    assert "  4.6 (1,234)  " in lines[2]
+    cells = lines[3].split()
+    assert cells[0] == "Zeitgeist"
+    assert cells[1:3] == ["-", "-"]  # no address, unrated
     assert "-" in lines[3].split()  # missing email shown as a dash
     # right-aligned cost column: all rows end at the same column
     assert len({len(line) for line in lines[1:]}) == 1
     assert lines[2].endswith("$0.06") and lines[3].endswith("$0.03")
+
+
+def test_rating_text():
+    assert render.rating_text(jobs_pb2.Lead(rating=4.25, review_count=7)) == "4.2 (7)"
+    assert render.rating_text(jobs_pb2.Lead(rating=0, review_count=3)) == "0.0 (3)"
+    assert render.rating_text(jobs_pb2.Lead()) == "-"
+
+
+def test_leads_document_table_and_empty():
+    leads = [_lead("A", 90, 0.5), _lead("B", 80, 0.25)]
+    text = render.leads_document(leads, "table")
+    assert text.startswith("NAME ") and text.endswith("\n\n2 leads, $0.75 in total\n")
+    assert render.leads_document([], "table") == "no leads\n"
+    assert render.leads_document([], "json") == "[]\n"
+    with pytest.raises(ValueError, match="xml"):
+        render.leads_document(leads, "xml")
 
 
 def _update(progress: int, **kw) -> jobs_pb2.JobUpdate:
