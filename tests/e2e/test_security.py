@@ -455,7 +455,10 @@ def test_secrets_appear_in_no_log_output_or_record(locked: Stack, fakes: FakePro
     submitted = run_cli("--addr", locked.jobs_addr, "--json", *SUBMIT_AND_WATCH, env=cli)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id = json.loads(submitted.stdout.splitlines()[0])["job_id"]
-    final = json.loads(submitted.stdout.splitlines()[-1])["job"]
+    # The JSON stream: the submit, each update, then the leads (the last update is the job's
+    # final snapshot).
+    lines = [json.loads(line) for line in submitted.stdout.splitlines()]
+    final = [line["job"] for line in lines if "job" in line][-1]
     assert "sandbox" not in final["metrics"]["providers"].values()  # the keys were used
     for name, proc in {
         "token": minted,
