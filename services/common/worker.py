@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from prospect.v1 import work_pb2
-from services.common import bus, heap
+from services.common import bus, gc_freeze
 from services.common.allowance import Allowance
 from services.common.health import HealthServer
 from services.common.logs import lifecycle, setup_logging
@@ -312,7 +312,7 @@ async def _work(kind: type[TaskWorker], settings: Settings, stop: asyncio.Event)
         js, bus.WORK_STREAM, kind.consumer, worker.handle, concurrency, settings.ack_wait_s / 3
     )
     await health.serving()
-    heap.settle()
+    gc_freeze.settle()
     lifecycle.info(
         "%s worker ready (consumer %s, %d at a time)", kind.name, kind.consumer, concurrency
     )

@@ -40,13 +40,14 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.jobs import store, validation
+from services.jobs import queries, validation
 from services.jobs.auth import current_principal
 from services.jobs.commands import Commands
 from services.jobs.convert import job_proto, lead_proto, status_from_proto
 from services.jobs.fanout import Fanout
 from services.jobs.limits import DistinctUsers, RowBudget
 from services.jobs.machine import Status
+from services.jobs.page_tokens import PageTokens
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         sessions: async_sessionmaker[AsyncSession],
         commands: Commands,
         fanout: Fanout,
-        tokens: validation.PageTokens,
+        tokens: PageTokens,
         *,
         max_watches_per_user: int = 10,
         max_users_per_principal_per_minute: int = 1000,
@@ -242,7 +243,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         user = _user()
         with self._list_rows.reserve(user, page_size) as listing:
             async with self._sessions() as session:
-                rows, token = await store.list_jobs(
+                rows, token = await queries.list_jobs(
                     session, self._tokens, user, page_size, request.page_token, status
                 )
             listing.used = len(rows)
@@ -264,8 +265,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         user = _user()
         with self._list_rows.reserve(user, page_size) as listing:
             async with self._sessions() as session:
-                job = await store.job_for_user(session, user, job_id)
-                rows, token = await store.list_leads(
+                job = await queries.job_for_user(session, user, job_id)
+                rows, token = await queries.list_leads(
                     session, self._tokens, job, page_size, request.page_token
                 )
             listing.used = len(rows)

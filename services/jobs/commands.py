@@ -7,7 +7,7 @@ from __future__ import annotations
 from prospect.v1 import jobs_pb2
 from services.common.errors import FailedPrecondition, Reason
 from services.jobs import machine as m
-from services.jobs import store
+from services.jobs import queries
 from services.jobs.changes import Changes, apply_event
 from services.jobs.convert import state_of
 from services.jobs.db import Writer
@@ -25,7 +25,7 @@ class Commands:
 
     async def job(self, user_id: str, job_id: str) -> JobRow:
         """The caller's job as stored now (NotFound for anyone else's)."""
-        return await self._writer.read(lambda conn: store.job_of_user(conn, user_id, job_id))
+        return await self._writer.read(lambda conn: queries.job_of_user(conn, user_id, job_id))
 
     async def submit(
         self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str
@@ -44,7 +44,7 @@ class Commands:
         rows: list[JobRow] = []
 
         def change(unit: Unit) -> list[Applied]:
-            row = store.owned(unit.job(job_id), user_id, job_id)
+            row = queries.owned(unit.job(job_id), user_id, job_id)
             status = state_of(row).status
             if status.terminal or status == m.Status.FAILING:
                 raise FailedPrecondition(

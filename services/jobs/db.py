@@ -20,7 +20,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from services.jobs.checkpoints import INTERVAL_S, Checkpointer
+from services.jobs.sqlite_wal import INTERVAL_S, Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _sqlite_explicit_transactions(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_no_checkpoints(dbapi_conn: Any, _record: Any) -> None:
-    # Checkpoints run on a thread of their own (services.jobs.checkpoints), not in a commit.
+    # Checkpoints run on a thread of their own (services.jobs.sqlite_wal), not in a commit.
     dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
     # When the log starts over, what it grew to past this is given back to the disk.
     dbapi_conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -110,7 +110,7 @@ class Writer:
     SQLite's busy handler (which sleeps in growing steps). The price: while another
     process holds SQLite's write lock (a retention purge), the event loop waits with the
     transaction. Its commits leave WAL checkpoints to a thread of its own, which holds
-    them off for a moment each round (:mod:`services.jobs.checkpoints`). On PostgreSQL,
+    them off for a moment each round (:mod:`services.jobs.sqlite_wal`). On PostgreSQL,
     through ``run_sync`` on the async engine.
     """
 

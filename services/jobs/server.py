@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
-from services.common import bus, heap
+from services.common import bus, gc_freeze
 from services.common.errors import ConfigError
 from services.common.logs import lifecycle, setup_logging
 from services.common.settings import Settings
@@ -31,11 +31,11 @@ from services.jobs.changes import Changes
 from services.jobs.commands import Commands
 from services.jobs.fanout import Fanout
 from services.jobs.outbox import Outbox
+from services.jobs.page_tokens import PageTokens
 from services.jobs.partitions import Membership
 from services.jobs.publishing import Publisher
 from services.jobs.report_consumer import ReportConsumer
 from services.jobs.submits import Submits
-from services.jobs.validation import PageTokens
 from services.jobs.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
     tls = " with TLS" if settings.grpc_tls_cert else ""
-    heap.settle()
+    gc_freeze.settle()
     lifecycle.info("jobs ready on %s:%d%s (auth %s)", host, port, tls, settings.auth_mode)
     await stop.wait()
 

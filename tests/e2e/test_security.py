@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.stack import NatsServer, ServiceProcess, Stack, free_port
-from services.jobs.validation import PageTokens
+from services.jobs.page_tokens import PageTokens
 from tests.e2e import tokens as t
 from tests.e2e.tokens import RPCS, Metadata, failure, invoke, job_ids, run_cli, submit
 from tests.fakes import FakeProviders

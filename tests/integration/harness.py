@@ -22,9 +22,9 @@ from services.jobs.commands import Commands
 from services.jobs.fanout import Fanout
 from services.jobs.models import JobRow, LeadRow, TaskRow
 from services.jobs.outbox import Outbox
+from services.jobs.page_tokens import PageTokens
 from services.jobs.report_consumer import ReportConsumer
 from services.jobs.server import assemble
-from services.jobs.validation import PageTokens
 from services.jobs.watchdog import Watchdog
 from tests.nats_helpers import connected
 

@@ -20,7 +20,7 @@ from services.common.errors import (
     ResourceExhausted,
 )
 from services.common.settings import Settings
-from services.jobs import db, store
+from services.jobs import db, queries
 from services.jobs.models import JobRow, OutboxRow, TaskRow, utcnow
 from services.jobs.unit import JOBS, Conflict, Unit
 from tests.integration.harness import Harness, config, places, report
@@ -118,19 +118,19 @@ async def test_listing_is_scoped_paged_and_tokens_are_checked(harness: Harness) 
     token = ""
     async with harness.sessions() as session:
         while True:
-            rows, token = await store.list_jobs(session, harness.tokens, "alice", 2, token, None)
+            rows, token = await queries.list_jobs(session, harness.tokens, "alice", 2, token, None)
             seen += [r.id for r in rows]
             if not token:
                 break
         assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
-        _, token = await store.list_jobs(session, harness.tokens, "alice", 2, "", None)
+        _, token = await queries.list_jobs(session, harness.tokens, "alice", 2, "", None)
         with pytest.raises(InvalidArgument, match="page_token"):
             altered = token[:-1] + ("1" if token[-1] != "1" else "2")
-            await store.list_jobs(session, harness.tokens, "alice", 2, altered, None)
+            await queries.list_jobs(session, harness.tokens, "alice", 2, altered, None)
         with pytest.raises(InvalidArgument, match="page_token"):  # another user's listing
-            await store.list_jobs(session, harness.tokens, "bob", 2, token, None)
+            await queries.list_jobs(session, harness.tokens, "bob", 2, token, None)
         with pytest.raises(NotFound):
-            await store.job_for_user(session, "bob", ids[0])
+            await queries.job_for_user(session, "bob", ids[0])
 
 
 async def test_cancel_then_cancel_again(harness: Harness) -> None:

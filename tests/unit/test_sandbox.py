@@ -17,7 +17,7 @@ from services.common.providers import (
     SandboxEmailFinder,
     SandboxEmailVerifier,
     SandboxPlaces,
-    select_providers,
+    sandbox_providers,
 )
 from services.common.settings import Settings
 
@@ -199,8 +199,8 @@ async def test_simulated_latency_still_answers() -> None:
     assert (await SandboxEmailVerifier(settings).verify("info@example.com")).status
 
 
-def test_select_providers_serves_everything_from_the_sandbox() -> None:
-    providers = select_providers(SETTINGS)
+def test_sandbox_providers_serves_everything_from_the_sandbox() -> None:
+    providers = sandbox_providers(SETTINGS)
     assert isinstance(providers, Providers)
     assert isinstance(providers.places, SandboxPlaces)
     assert providers.names() == {

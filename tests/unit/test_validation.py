@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from services.common.errors import InvalidArgument
+from services.jobs import page_tokens
 from services.jobs import validation as v
 
 JOB = "job_" + "0123456789abcdef" * 2
@@ -57,28 +58,28 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     ],
 )
 def test_malformed_jobs_positions_are_invalid_argument(position: dict[str, Any]) -> None:
-    tokens = v.PageTokens(b"k" * 32)
+    tokens = page_tokens.PageTokens(b"k" * 32)
     decoded = tokens.decode(tokens.encode("jobs:ann:*", position), "jobs:ann:*")
     assert decoded == position  # the signature is good: only the position is wrong
     with pytest.raises(InvalidArgument, match=r"^page_token: is not a token this listing"):
-        v.jobs_position(decoded)
+        page_tokens.jobs_position(decoded)
 
 
 def test_jobs_positions_give_utc_times() -> None:
-    assert v.jobs_position({"c": NOW.isoformat(), "i": JOB}) == (NOW, JOB)
+    assert page_tokens.jobs_position({"c": NOW.isoformat(), "i": JOB}) == (NOW, JOB)
     east = NOW.astimezone(timezone(timedelta(hours=5)))
-    assert v.jobs_position({"c": east.isoformat(), "i": JOB}) == (NOW, JOB)
+    assert page_tokens.jobs_position({"c": east.isoformat(), "i": JOB}) == (NOW, JOB)
 
 
 @pytest.mark.parametrize("rank", ["3", None, 1.5, True, [1], -1, 2**31, 2**80, {"r": 1}], ids=repr)
 def test_malformed_leads_positions_are_invalid_argument(rank: object) -> None:
     with pytest.raises(InvalidArgument, match=r"^page_token: is not a token this listing"):
-        v.leads_position({"r": rank})
+        page_tokens.leads_position({"r": rank})
 
 
 def test_leads_positions_give_the_rank() -> None:
-    assert v.leads_position({"r": 0}) == 0 and v.leads_position({"r": 99}) == 99
+    assert page_tokens.leads_position({"r": 0}) == 0 and page_tokens.leads_position({"r": 99}) == 99
     with pytest.raises(InvalidArgument, match=r"^page_token:"):
-        v.leads_position({"r": 1, "extra": 2})
+        page_tokens.leads_position({"r": 1, "extra": 2})
     with pytest.raises(InvalidArgument, match=r"^page_token:"):
-        v.leads_position({})
+        page_tokens.leads_position({})

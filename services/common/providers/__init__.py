@@ -55,7 +55,7 @@ __all__ = [
     "SearchPage",
     "Verification",
     "open_providers",
-    "select_providers",
+    "sandbox_providers",
 ]
 
 
@@ -86,7 +86,7 @@ class Providers:
             await self.client.aclose()
 
 
-def select_providers(settings: Settings) -> Providers:
+def sandbox_providers(settings: Settings) -> Providers:
     """Sandbox providers for every capability (no network, no NATS): the offline default."""
     return Providers(
         places=SandboxPlaces(settings),
@@ -99,7 +99,7 @@ async def open_providers(settings: Settings, js: JetStreamContext) -> Providers:
     """The providers for ``settings``: per capability, the real adapter when its API key is
     set, otherwise the sandbox. Real adapters share one pooled HTTP client per process and
     one rate limit per provider across every process (kept in NATS KV)."""
-    sandbox = select_providers(settings)
+    sandbox = sandbox_providers(settings)
     if not (
         settings.google_places_api_key or settings.hunter_api_key or settings.neverbounce_api_key
     ):

@@ -1,7 +1,7 @@
 """The provider interfaces: one small Protocol per capability.
 
 Sandbox and real HTTP adapters implement the same Protocols and are interchangeable; which
-one serves a capability is decided in one place, :func:`services.common.providers.select_providers`.
+one serves a capability is decided in one place, :func:`services.common.providers.open_providers`.
 Every method returns the charges it incurred, so the caller can account for each billable
 call even when the call found nothing.
 """

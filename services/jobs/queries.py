@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.errors import NotFound
 from services.jobs.machine import Status
 from services.jobs.models import JobRow, LeadRow
+from services.jobs.page_tokens import PageTokens, jobs_position, leads_position
 from services.jobs.unit import Unit
-from services.jobs.validation import PageTokens, jobs_position, leads_position
 
 
 def owned(row: JobRow | None, user_id: str, job_id: str) -> JobRow:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.jobs import db
-from services.jobs.checkpoints import Checkpoint, Checkpointer
+from services.jobs.sqlite_wal import Checkpoint, Checkpointer
 
 # Each row overflows its 4 KiB page, so every commit adds at least one page to the log.
 _INSERT = text("INSERT INTO t (x) VALUES (randomblob(5000))")
