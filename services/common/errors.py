@@ -62,7 +62,9 @@ class ConfigError(ProspectError):
 
 class InvalidArgument(ProspectError):
     """A request field breaks a rule. The message names the field and the rule; ``field``
-    is its path in the request (``config.max_results``), ``rule`` the rule broken."""
+    is its path in the request (``config.max_results``), ``rule`` the rule broken.
+    ``violations``: every (field, rule) of the request that is wrong, this one first (see
+    :meth:`of`)."""
 
     reason = Reason.INVALID_FIELD
 
@@ -70,6 +72,16 @@ class InvalidArgument(ProspectError):
         super().__init__(f"{field}: {rule}", metadata={"field": field})
         self.field = field
         self.rule = rule
+        self.violations: tuple[tuple[str, str], ...] = ((field, rule),)
+
+    @classmethod
+    def of(cls, errors: list[InvalidArgument]) -> InvalidArgument:
+        """One error for all of ``errors`` (at least one): its message lists each field and
+        rule, its ``violations`` hold them all, its ``field`` is the first's."""
+        first = cls(errors[0].field, errors[0].rule)
+        first.violations = tuple(v for e in errors for v in e.violations)
+        first.args = ("; ".join(f"{field}: {rule}" for field, rule in first.violations),)
+        return first
 
 
 class MalformedRequest(ProspectError):

@@ -88,10 +88,11 @@ def rich_status(exc: Exception) -> status_pb2.Status:
         return _status(grpc.StatusCode.INTERNAL, "internal error", [_info(Reason.INTERNAL)])
     details: list[Message] = [_info(exc.reason, exc.metadata)]
     if isinstance(exc, InvalidArgument):
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=exc.rule
-        )
-        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=rule)
+            for field, rule in exc.violations
+        ]
+        details.append(error_details_pb2.BadRequest(field_violations=violations))
     if isinstance(exc, ResourceExhausted):
         quota = error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=exc.quota)
         details.append(error_details_pb2.QuotaFailure(violations=[quota]))

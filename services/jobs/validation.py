@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
+from typing import TypeVar
 
 from prospect.v1 import jobs_pb2
 from services.common.errors import InvalidArgument
@@ -21,6 +23,7 @@ BUDGET_MAX_MICROS = usd_to_micros(BUDGET_MAX)
 PAGE_SIZE_MAX = 500
 PAGE_SIZE_DEFAULT = 50
 IDEMPOTENCY_KEY_MAX = 200
+T = TypeVar("T")
 
 
 def is_job_id(value: object) -> bool:
@@ -44,15 +47,37 @@ def _text(field: str, value: str) -> str:
     return value
 
 
-def validate_config(config: jobs_pb2.CampaignConfig) -> jobs_pb2.CampaignConfig:
-    """A cleaned copy of ``config`` (text trimmed), or InvalidArgument naming the field."""
-    business_type = _text("config.business_type", config.business_type)
-    location = _text("config.location", config.location)
-    if not 1 <= config.max_results <= MAX_RESULTS:
+def _max_results(value: int) -> int:
+    if not 1 <= value <= MAX_RESULTS:
         raise InvalidArgument("config.max_results", f"must be between 1 and {MAX_RESULTS}")
-    if not 0 <= config.min_confidence_score <= 100:
+    return value
+
+
+def _min_score(value: int) -> int:
+    if not 0 <= value <= 100:
         raise InvalidArgument("config.min_confidence_score", "must be between 0 and 100")
-    budget = validate_budget(config)
+    return value
+
+
+def validate_config(config: jobs_pb2.CampaignConfig) -> jobs_pb2.CampaignConfig:
+    """A cleaned copy of ``config`` (text trimmed), or InvalidArgument naming every field
+    that breaks a rule (each field's first broken rule)."""
+    errors: list[InvalidArgument] = []
+
+    def checked(check: Callable[[], T], default: T) -> T:
+        try:
+            return check()
+        except InvalidArgument as exc:
+            errors.append(exc)
+            return default
+
+    business_type = checked(lambda: _text("config.business_type", config.business_type), "")
+    location = checked(lambda: _text("config.location", config.location), "")
+    checked(lambda: _max_results(config.max_results), 0)
+    checked(lambda: _min_score(config.min_confidence_score), 0)
+    budget = checked(lambda: validate_budget(config), 0)
+    if errors:
+        raise InvalidArgument.of(errors)
     return jobs_pb2.CampaignConfig(
         business_type=business_type,
         location=location,

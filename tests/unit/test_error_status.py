@@ -9,9 +9,11 @@ import re
 
 from google.rpc import code_pb2, error_details_pb2
 
+from prospect.v1 import jobs_pb2
 from services.cli.stack import REPO_ROOT
-from services.common.errors import ConfigError, Reason
+from services.common.errors import ConfigError, InvalidArgument, Reason
 from services.jobs.api import rich_status
+from services.jobs.validation import validate_config
 
 
 def test_an_unexpected_error_is_internal_with_nothing_of_it_sent() -> None:
@@ -32,3 +34,29 @@ def test_the_readme_lists_every_reason_and_no_other() -> None:
     assert len(listed) == len(set(listed)), listed
     assert set(listed) == {r.value for r in Reason}
     assert all(re.fullmatch(r"[A-Z]+(_[A-Z]+)*", r.value) and r.name == r.value for r in Reason)
+
+
+def test_a_request_with_several_bad_fields_gets_one_violation_per_field() -> None:
+    config = jobs_pb2.CampaignConfig(
+        business_type="", location="Seattle", max_results=0, min_confidence_score=101,
+        budget_limit=-1.0,
+    )  # fmt: skip
+    try:
+        validate_config(config)
+    except InvalidArgument as exc:
+        status = rich_status(exc)
+    else:
+        raise AssertionError("an invalid config was accepted")
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    bad_request = error_details_pb2.BadRequest()
+    assert any(packed.Unpack(bad_request) for packed in status.details)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("config.business_type", "is required"),
+        ("config.max_results", "must be between 1 and 100"),
+        ("config.min_confidence_score", "must be between 0 and 100"),
+        ("config.budget_limit", "must be a finite amount between 0 and 10,000 USD"),
+    ]
+    assert status.message.startswith("config.business_type: is required; config.max_results")
+    valid = validate_config(jobs_pb2.CampaignConfig(
+        business_type="cafe", location="Seattle", max_results=5))  # fmt: skip
+    assert valid.max_results == 5
