@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from prospect.v1 import jobs_pb2
 from services.cli.client import is_terminal
+from services.common.money import usd_to_micros
 
 BAR_WIDTH = 20
 
@@ -193,6 +194,18 @@ def neutralize_cell(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
 
 
+def lead_micros(lead: jobs_pb2.Lead) -> int:
+    """A lead's exact cost in micro-dollars (a server without the micros field: from the
+    double)."""
+    return lead.cost_micros or usd_to_micros(lead.cost)
+
+
+def format_micros(micros: int) -> str:
+    """Micro-dollars as an exact plain decimal of USD (``0.059``, ``12``, ``0``)."""
+    whole, fraction = divmod(micros, 1_000_000)
+    return f"{whole}.{fraction:06d}".rstrip("0").rstrip(".")
+
+
 def format_decimal(value: float, places: int = 6) -> str:
     """A plain decimal a spreadsheet reads as a number: at most ``places`` decimals, no
     exponent, no trailing zeros (``0.059``, ``4.5``, ``0``)."""
@@ -219,7 +232,7 @@ def lead_csv_row(rank: int, lead: jobs_pb2.Lead) -> list[str]:
         neutralize_cell(lead.email),
         neutralize_cell(lead.email_status),
         "true" if lead.from_cache else "false",
-        format_decimal(lead.cost),
+        format_micros(lead_micros(lead)),
         neutralize_cell(by_provider),
         neutralize_cell(lead.id),
         neutralize_cell(lead.place_id),
@@ -252,7 +265,7 @@ def leads_document(leads: Sequence[jobs_pb2.Lead], fmt: str) -> str:
         raise ValueError(f"unknown leads format {fmt!r}")
     if not leads:
         return "no leads\n"
-    total = format_money(sum(lead.cost for lead in leads))
+    total = format_money(sum(lead_micros(lead) for lead in leads) / 1_000_000)
     return f"{leads_table(leads)}\n\n{len(leads)} leads, {total} in total\n"
 
 

@@ -134,3 +134,15 @@ def test_no_leads_is_a_header_only():
 )
 def test_format_decimal(value, places, text):
     assert render.format_decimal(value, places) == text
+
+
+def test_costs_are_written_from_the_exact_micros() -> None:
+    assert [render.format_micros(m) for m in (0, 1, 100_001, 12_000_000, 35_000)] == [
+        "0", "0.000001", "0.100001", "12", "0.035",
+    ]  # fmt: skip
+    # The micros are the books; the double is for display (here one that rounds otherwise).
+    leads = [jobs_pb2.Lead(id=f"lead_{i}", cost=0.1000009, cost_micros=100_000) for i in range(3)]
+    assert "3 leads, $0.30 in total" in render.leads_document(leads, "table")
+    rows = list(csv.reader(io.StringIO(render.leads_document(leads, "csv"), newline="")))
+    cost = rows[0].index("cost_usd")
+    assert [row[cost] for row in rows[1:]] == ["0.1", "0.1", "0.1"]
