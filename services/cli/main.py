@@ -377,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "local", None) is not None:
         code: int = args.local(args)
         return code
+    if args.tls_ca and not os.path.isfile(args.tls_ca):
+        print(f"error: --tls-ca {args.tls_ca}: no such file", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_run(args))
     except grpc.aio.AioRpcError as err:

@@ -138,3 +138,9 @@ def test_an_unwritable_output_is_an_output_error(tmp_path: Path):
     with pytest.raises(main.OutputError):
         main.output_leads(_args(format="csv", output=str(tmp_path)), LEADS)  # a directory
     assert os.listdir(tmp_path) == []
+
+
+def test_a_missing_tls_ca_file_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["--tls-ca", "/nonexistent/ca.pem", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --tls-ca /nonexistent/ca.pem: no such file\n"
