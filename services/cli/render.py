@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import sys
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
@@ -115,9 +116,16 @@ def job_summary(job: jobs_pb2.Job) -> str:
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control and format characters (escape
+    sequences, newlines, direction overrides from a provider's data) become spaces."""
+    return "".join(" " if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text)
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Iterable[int] = ()) -> str:
-    """Columns padded to their widest cell; the column indexes in ``right`` align right."""
-    body = [list(map(str, row)) for row in rows]
+    """Columns padded to their widest cell; the column indexes in ``right`` align right.
+    Cells are made :func:`printable`."""
+    body = [[printable(str(cell)) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in body:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]

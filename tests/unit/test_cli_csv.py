@@ -146,3 +146,15 @@ def test_costs_are_written_from_the_exact_micros() -> None:
     rows = list(csv.reader(io.StringIO(render.leads_document(leads, "csv"), newline="")))
     cost = rows[0].index("cost_usd")
     assert [row[cost] for row in rows[1:]] == ["0.1", "0.1", "0.1"]
+
+
+def test_a_table_never_prints_a_providers_control_characters() -> None:
+    lead = jobs_pb2.Lead(
+        business_name="Cafe\x1b[2J\x1b]0;pwned\x07", address="1 Main St\nEvil line",
+        website="https://x.example/\u202egnp.exe",
+    )  # fmt: skip
+    out = render.leads_document([lead], "table")
+    assert not any(ch in out for ch in "\x1b\x07\u202e")
+    assert len(out.splitlines()) == len(
+        render.leads_document([jobs_pb2.Lead()], "table").splitlines()
+    )
