@@ -16,7 +16,8 @@ What the chaos test needs beyond :mod:`services.cli.stack`:
   first seen terminal.
 - :func:`read_database`: the rows the checks compare with the API.
 
-Everything is timed with ``time.monotonic()``, the clock of the fakes' records.
+Everything is timed with ``time.monotonic()``, the clock of the fakes' records. The
+campaigns the test runs on it are in chaos_campaigns.py, the checks in chaos_checks.py.
 """
 
 from __future__ import annotations

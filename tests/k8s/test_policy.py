@@ -150,7 +150,7 @@ def test_no_plain_secret_values(target: str) -> None:
                 assert "secretKeyRef" in var.get("valueFrom", {}), f"{where(obj, c)} {var}"
             assert not _CREDENTIALS_IN_URL.search(str(var.get("value", ""))), where(obj, c)
         # Not even as $(VAR): the kubelet expands it into the process's argv, which any
-        # process of the node may read (tests/k8s/test_nats_security.py checks more).
+        # process of the node may read (tests/k8s/test_nats_authorization.py checks more).
         argv = [*c.get("command", []), *c.get("args", [])]
         for arg in argv:
             flag = arg.split("=", 1)[0]

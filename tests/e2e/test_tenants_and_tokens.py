@@ -1,52 +1,42 @@
-"""End to end, against real stacks: JWT on every RPC, tenants that never see each other,
-service tokens, per-user limits, TLS, AUTH_MODE=none only on loopback, and secrets that
-never leave the processes that hold them."""
+"""End to end, against one stack with AUTH_MODE=jwt (HS256) and a second jobs replica
+verifying RS256: tenants never see each other (another user's job is exactly as not found
+as an unknown one; lists, page tokens and idempotency keys are per user), every RPC needs
+a valid bearer token (forged, expired, alg none, HS/RS confusion... refused without
+detail; health and reflection need none), and a service token only submits on a user's
+behalf. The tests share the stack: they stay in one module so that it starts once."""
 
 from __future__ import annotations
 
-import json
 import secrets
-import socket
 import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from urllib.parse import quote
 
 import grpc
 import pytest
-from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
-from services.cli.stack import NatsServer, ServiceProcess, Stack, free_port
+from services.cli.stack import Stack, free_port
 from services.jobs.page_tokens import PageTokens
 from tests.e2e import tokens as t
-from tests.e2e.tokens import RPCS, Metadata, failure, invoke, job_ids, run_cli, submit
-from tests.fakes import FakeProviders
+from tests.e2e.secured_stack import (
+    AUDIENCE,
+    AUTH_ENV,
+    ISSUER,
+    PAGE_SECRET,
+    SERVICE,
+    as_user,
+    token,
+)
+from tests.e2e.tokens import RPCS, failure, invoke, job_ids, submit
 
 pytestmark = pytest.mark.e2e
 
-SECRET, PAGE_SECRET = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-ISSUER, AUDIENCE = "https://auth.prospect.test", "prospect-jobs"
-AUTH_ENV = {"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": SECRET, "SANDBOX_LATENCY_MS": "5"}
-AUTH_ENV |= {"PAGE_TOKEN_SECRET": PAGE_SECRET}
-AUTH_ENV |= {"AUTH_JWT_ISSUER": ISSUER, "AUTH_JWT_AUDIENCE": AUDIENCE}
 JOB_RPCS = ("GetJob", "WatchJob", "CancelJob", "ListLeads")  # those naming a job
 Code = grpc.StatusCode
-
-
-def token(user: str, *, role: str | None = None, key: str = SECRET, **claims: object) -> str:
-    payload = {**t.claims(user, issuer=ISSUER, audience=AUDIENCE, role=role), **claims}
-    return t.hs256(key, {k: v for k, v in payload.items() if v is not None})
-
-
-def as_user(user: str) -> Metadata:
-    return t.bearer(token(user))
-
-
-SERVICE = t.bearer(token("scheduler", role="service"))
 
 
 @pytest.fixture(scope="module")
@@ -294,203 +284,3 @@ def test_users_cannot_submit_for_someone_else(stub: jobs_pb2_grpc.JobServiceStub
     assert job_ids(stub, as_user("bob")) == before
     own = submit(stub, as_user("alice"), on_behalf_of="alice")  # naming oneself is harmless
     assert own in job_ids(stub, as_user("alice"))
-
-
-# -- limits -------------------------------------------------------------------------------
-
-LIMITED_ENV = AUTH_ENV | {"SANDBOX_LATENCY_MS": "5000", "SHUTDOWN_GRACE_S": "2"}
-LIMITED_ENV |= {"MAX_ACTIVE_JOBS_PER_USER": "3", "MAX_WATCHES_PER_USER": "2"}
-UNFINISHED = {jobs_pb2.JOB_STATUS_PENDING, jobs_pb2.JOB_STATUS_PROCESSING}
-SUBMIT_AND_WATCH = ("submit", "bakery", "Springfield 9", "--max-results", "4", "--watch")
-
-
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[jobs_pb2_grpc.JobServiceStub]:
-    """Slow sandbox calls (5 s each), so jobs stay unfinished while a test runs."""
-    running = Stack(tmp_path_factory.mktemp("limited"), env=LIMITED_ENV)
-    try:
-        running.start()
-        with grpc.insecure_channel(running.jobs_addr) as channel:
-            yield jobs_pb2_grpc.JobServiceStub(channel)
-    finally:
-        running.stop()
-
-
-def test_active_jobs_per_user_are_limited(limited: jobs_pb2_grpc.JobServiceStub) -> None:
-    carol, dave = as_user("carol"), as_user("dave")
-    try:
-        jobs = [submit(limited, carol, idempotency_key="first")]
-        jobs += [submit(limited, carol) for _ in range(2)]
-        for job_id in jobs:
-            got = limited.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=carol)
-            assert got.status in UNFINISHED, "jobs finished too fast for this test"
-        code, details = failure(partial(submit, limited, carol))
-        assert code == Code.RESOURCE_EXHAUSTED and "at most 3" in details
-        code, _ = failure(partial(submit, limited, SERVICE, on_behalf_of="carol"))
-        assert code == Code.RESOURCE_EXHAUSTED  # the owner's limit, not the caller's
-        assert submit(limited, carol, idempotency_key="first") == jobs[0]  # a resubmit is fine
-        assert submit(limited, dave)  # other users are unaffected
-        limited.CancelJob(jobs_pb2.CancelJobRequest(job_id=jobs[1]), metadata=carol)
-        jobs.append(submit(limited, carol))  # the cancelled job freed its slot
-        assert failure(partial(submit, limited, carol))[0] == Code.RESOURCE_EXHAUSTED
-        assert len(job_ids(limited, carol)) == 4
-    finally:
-        t.cancel_all(limited, carol)
-        t.cancel_all(limited, dave)
-
-
-def test_watch_streams_per_user_are_limited(limited: jobs_pb2_grpc.JobServiceStub) -> None:
-    erin, frank = as_user("erin"), as_user("frank")
-    streams = []
-
-    def watch(md: Metadata, job_id: str) -> jobs_pb2.JobUpdate:
-        stream = limited.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), metadata=md, timeout=60)
-        streams.append(stream)
-        return next(stream)  # the first snapshot: the stream is open on the server
-
-    try:
-        erins, franks = submit(limited, erin), submit(limited, frank)
-        assert watch(erin, erins).job.id == erins and watch(erin, erins).job.id == erins
-        code, details = failure(partial(watch, erin, erins))
-        assert code == Code.RESOURCE_EXHAUSTED and "MAX_WATCHES_PER_USER" in details
-        assert watch(frank, franks) and watch(frank, franks)  # per user
-        streams[0].cancel()
-        deadline = time.monotonic() + 10  # the server notices the cancel within moments
-        while True:
-            try:
-                assert watch(erin, erins).job.id == erins
-                break
-            except grpc.RpcError as err:
-                assert err.code() == Code.RESOURCE_EXHAUSTED
-                assert time.monotonic() < deadline, "a closed watch still counts"
-                time.sleep(0.1)
-    finally:
-        for stream in streams:
-            stream.cancel()
-        t.cancel_all(limited, erin)
-        t.cancel_all(limited, frank)
-
-
-# -- transport ----------------------------------------------------------------------------
-
-
-def test_tls_serves_the_cli_and_refuses_plaintext(tmp_path: Path) -> None:
-    (tmp_path / "ca").mkdir()
-    cert, key = t.self_signed_cert(tmp_path)
-    other_ca, _ = t.self_signed_cert(tmp_path / "ca")
-    env = {"AUTH_MODE": "none", "SANDBOX_LATENCY_MS": "5"}
-    env |= {"GRPC_TLS_CERT": str(cert), "GRPC_TLS_KEY": str(key)}
-    with Stack(tmp_path / "stack", env=env) as running:
-        addr = running.jobs_addr
-        proc = run_cli("--addr", addr, "--tls-ca", str(cert), *SUBMIT_AND_WATCH)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "COMPLETED" in proc.stdout
-        trusted = grpc.ssl_channel_credentials(cert.read_bytes())
-        with grpc.secure_channel(addr, trusted) as channel:
-            assert t.health_status(channel) == health_pb2.HealthCheckResponse.SERVING
-        untrusted = grpc.ssl_channel_credentials(other_ca.read_bytes())
-        for channel in (grpc.insecure_channel(addr), grpc.secure_channel(addr, untrusted)):
-            with channel:
-                assert failure(partial(t.health_status, channel))[0] == Code.UNAVAILABLE
-        proc = run_cli("--addr", addr, "list")  # the CLI without --tls-ca
-        assert proc.returncode == 2 and "UNAVAILABLE" in proc.stderr, proc.stderr
-
-
-@pytest.mark.parametrize("host", ["0.0.0.0", "[::]"])
-def test_none_mode_refuses_a_non_loopback_bind(
-    nats_server: NatsServer, tmp_path: Path, host: str
-) -> None:
-    env = {**nats_server.client_env("jobs"), "DATA_DIR": str(tmp_path), "AUTH_MODE": "none"}
-    env |= {"JOBS_GRPC_ADDR": f"{host}:{free_port()}", "AUTH_JWT_SECRET": ""}
-    proc = ServiceProcess("jobs", env, tmp_path / "jobs.log")
-    try:
-        proc.start()
-        deadline = time.monotonic() + 60
-        while proc.is_running and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.returncode not in (None, 0), proc.log_tail()
-        log = proc.log_text()
-        assert f"JOBS_GRPC_ADDR={host}:" in log and "AUTH_MODE" in log, log
-    finally:
-        proc.stop()
-
-
-# -- secrets ------------------------------------------------------------------------------
-
-LOCKED_SECRET, LOCKED_PAGE_SECRET = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-
-
-@pytest.fixture(scope="module")
-def fakes() -> Iterator[FakeProviders]:
-    with FakeProviders(places_per_query=8) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def locked(tmp_path_factory: pytest.TempPathFactory, fakes: FakeProviders) -> Iterator[Stack]:
-    """Real (fake) provider keys, a JWT secret and the services' NATS passwords, logging
-    at DEBUG."""
-    env = {
-        **fakes.env(),
-        **{"AUTH_MODE": "jwt", "AUTH_JWT_SECRET": LOCKED_SECRET, "LOG_LEVEL": "DEBUG"},
-        "PAGE_TOKEN_SECRET": LOCKED_PAGE_SECRET,
-    }
-    running = Stack(tmp_path_factory.mktemp("locked"), env=env)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-
-
-def test_secrets_appear_in_no_log_output_or_record(locked: Stack, fakes: FakeProviders) -> None:
-    with socket.create_connection(("127.0.0.1", locked.nats.port), timeout=5) as sock:
-        info = json.loads(sock.makefile().readline().removeprefix("INFO "))
-    assert info.get("auth_required") is True  # the services got in with their credentials
-
-    outputs: dict[str, str] = {}
-    minted = run_cli("token", "--user", "alice", env={"AUTH_JWT_SECRET": LOCKED_SECRET})
-    assert minted.returncode == 0, minted.stderr
-    cli = {"PROSPECT_TOKEN": minted.stdout.strip()}
-    submitted = run_cli("--addr", locked.jobs_addr, "--json", *SUBMIT_AND_WATCH, env=cli)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    job_id = json.loads(submitted.stdout.splitlines()[0])["job_id"]
-    # The JSON stream: the submit, each update, then the leads (the last update is the job's
-    # final snapshot).
-    lines = [json.loads(line) for line in submitted.stdout.splitlines()]
-    final = [line["job"] for line in lines if "job" in line][-1]
-    assert "sandbox" not in final["metrics"]["providers"].values()  # the keys were used
-    for name, proc in {
-        "token": minted,
-        "submit": submitted,
-        "leads": run_cli("--addr", locked.jobs_addr, "--json", "leads", job_id, env=cli),
-        "refused": run_cli(
-            "--addr", locked.jobs_addr, "get", job_id, env={"PROSPECT_TOKEN": "forged"}
-        ),
-    }.items():
-        outputs[f"cli {name}"] = proc.stdout + proc.stderr
-    assert "UNAUTHENTICATED" in outputs["cli refused"]
-
-    md = t.bearer(minted.stdout.strip())
-    with grpc.insecure_channel(locked.jobs_addr) as channel:
-        api = jobs_pb2_grpc.JobServiceStub(channel)
-        job = api.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=md)
-        jobs = api.ListJobs(jobs_pb2.ListJobsRequest(), metadata=md)
-        leads = api.ListLeads(jobs_pb2.ListLeadsRequest(job_id=job_id), metadata=md)
-    assert leads.leads
-    outputs["records"] = json.dumps([MessageToDict(r) for r in (job, jobs, leads)])
-    logs = {f"log {label}": text for label, text in locked.logs().items()}
-    assert all(logs.values()), "a process logged nothing"
-
-    known = {k: v for k, v in locked.extra_env.items() if k.endswith(("_KEY", "_SECRET"))}
-    assert locked.nats.credentials is not None
-    known.update(locked.nats.credentials.server_env())
-    # three provider keys, the JWT and page-token secrets, three NATS passwords
-    assert len(known) == 5 + 3
-    found = [
-        (name, where)
-        for where, text in {**outputs, **logs}.items()
-        for name, value in known.items()
-        if value in text or quote(value) in text
-    ]
-    assert not found, found
