@@ -56,11 +56,12 @@ def main() -> int:
     stack = Stack(DEMO_DIR, env=env)
     failed = True
     try:
-        print("starting nats-server, jobs, discovery and enrichment...", flush=True)
+        print("starting nats-server, jobs, discovery, enrichment and web...", flush=True)
         started = time.monotonic()
         stack.start()
         print(
-            f"ready in {time.monotonic() - started:.1f}s: jobs API {stack.jobs_addr}, "
+            f"ready in {time.monotonic() - started:.1f}s: web {stack.web_url}/, "
+            f"jobs API {stack.jobs_addr}, "
             f"NATS {stack.nats_url}, data in {DEMO_DIR}/",
             flush=True,
         )

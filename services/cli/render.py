@@ -308,14 +308,18 @@ def to_json(data: Message | Mapping[str, Any] | list[Any]) -> str:
     return json.dumps(to_dict(data) if isinstance(data, Message) else data, sort_keys=True)
 
 
-def stack_banner(jobs_addr: str, nats_url: str, monitor_url: str, database_url: str) -> str:
+def stack_banner(
+    jobs_addr: str, nats_url: str, monitor_url: str, database_url: str, *, web_url: str = ""
+) -> str:
     """What ``make up`` prints once everything is ready: addresses and commands to try."""
     body = (
         '{"config": {"business_type": "coffee shop", "location": "Seattle, WA", '
         '"max_results": 10, "min_confidence_score": 50, "verify_emails": true}}'
     )
+    web = f"  web page, API  {web_url}/ ({web_url}/v1/openapi.json)\n" if web_url else ""
     return (
         f"\nprospect is up\n"
+        f"{web}"
         f"  jobs gRPC API  {jobs_addr}\n"
         f"  NATS           {nats_url} (monitor {monitor_url})\n"
         f"  database       {database_url}\n\n"

@@ -31,6 +31,7 @@ from services.common.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE_NAMES = ("jobs", "discovery", "enrichment")
+WEB = "web"  # the HTTP API and page: a client of the jobs API, never of NATS
 _READY = re.compile(rb"\bready\b", re.IGNORECASE)
 
 _live: set[subprocess.Popen[bytes]] = set()
@@ -366,7 +367,8 @@ def wait_all_ready(
 
 
 class Stack:
-    """NATS plus the jobs, discovery and enrichment services, all on loopback.
+    """NATS plus the jobs, discovery and enrichment services and the web process (HTTP on
+    ``web_addr``), all on loopback.
 
     Layout of ``data_dir``: ``nats/`` (JetStream store), ``logs/<label>.log``, and
     ``prospect.db`` (the SQLite database unless ``database_url`` is given). Without a
@@ -378,6 +380,7 @@ class Stack:
         data_dir: str | Path | None = None,
         *,
         jobs_addr: str | None = None,
+        web_addr: str | None = None,
         database_url: str | None = None,
         env: Mapping[str, str] | None = None,
         nats_port: int | None = None,
@@ -387,6 +390,7 @@ class Stack:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="prospect-stack-")).resolve()
         self.logs_dir = self.data_dir / "logs"
         self.jobs_addr = jobs_addr or f"127.0.0.1:{free_port()}"
+        self.web_addr = web_addr or f"127.0.0.1:{free_port()}"
         self.database_url = database_url or f"sqlite+aiosqlite:///{self.data_dir / 'prospect.db'}"
         self.extra_env = dict(env or {})
         self.ready_timeout = ready_timeout
@@ -394,6 +398,8 @@ class Stack:
             self.data_dir / "nats", log_path=self.logs_dir / "nats-server.log", port=nats_port
         )
         self.processes: dict[str, ServiceProcess] = {}  # by label: jobs, discovery, jobs-2...
+        # The web process, apart: ``processes`` are the NATS clients (the services).
+        self.web: ServiceProcess | None = None
 
     @property
     def nats_url(self) -> str:
@@ -409,6 +415,31 @@ class Stack:
             "JOBS_GRPC_ADDR": self.jobs_addr,
             **self.extra_env,
         }
+
+    @property
+    def web_url(self) -> str:
+        """The web process's base URL (``http://127.0.0.1:8080``)."""
+        return f"http://{self.web_addr}"
+
+    def web_env(self) -> dict[str, str]:
+        """The web process's overrides: the jobs API and its own address, and no NATS
+        credentials at all (empty values hide any the launcher's environment has)."""
+        no_nats = dict.fromkeys(("NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS"), "")
+        return {
+            **no_nats,
+            "DATA_DIR": str(self.data_dir),  # unused by it; names the stack it belongs to
+            "JOBS_GRPC_ADDR": self.jobs_addr,
+            "WEB_ADDR": self.web_addr,
+            **self.extra_env,
+        }
+
+    def add_web(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
+        """Start the web process as :attr:`web` (not waiting for it to be ready)."""
+        if self.web is not None and self.web.is_running:
+            raise StackError(f"{WEB} is already running")
+        self.web = ServiceProcess(WEB, {**self.web_env(), **(env or {})}, self.logs_dir / "web.log")
+        self.web.start()
+        return self.web
 
     def add_service(
         self, name: str, *, label: str | None = None, env: Mapping[str, str] | None = None
@@ -428,13 +459,15 @@ class Stack:
         return proc
 
     def start(self, *, interrupted: Callable[[], bool] | None = None) -> Self:
-        """Start NATS, then the three services together; return when all logged ``ready``,
-        or as soon as ``interrupted()`` is true (then some may not be ready: stop them)."""
+        """Start NATS, then the three services and the web process together; return when
+        all logged ``ready``, or as soon as ``interrupted()`` is true (then some may not be
+        ready: stop them)."""
         try:
             self.nats.start()
             if interrupted is not None and interrupted():
                 return self
             started = [self.add_service(name) for name in SERVICE_NAMES]
+            started.append(self.add_web())
             wait_all_ready(started, self.ready_timeout, interrupted=interrupted)
         except BaseException:
             self.stop()
@@ -457,7 +490,7 @@ class Stack:
 
     def logs(self) -> dict[str, str]:
         """Full log text of every process, NATS included, by label."""
-        out = {label: p.log_text() for label, p in self.processes.items()}
+        out = {p.label: p.log_text() for p in self._services()}
         out[self.nats.label] = self.nats.log_text()
         return out
 
@@ -468,14 +501,18 @@ class Stack:
 
     def children(self) -> list[_Child]:
         """Every process of the stack, NATS last."""
-        return [*self.processes.values(), self.nats]
+        return [*self._services(), self.nats]
+
+    def _services(self) -> list[ServiceProcess]:
+        """The services, then the web process."""
+        return [*self.processes.values(), *([self.web] if self.web is not None else [])]
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop every service (SIGTERM, SIGKILL after ``grace``), then NATS. Idempotent."""
-        for proc in self.processes.values():  # signal all first so they drain in parallel
+        for proc in self._services():  # signal all first so they drain in parallel
             proc.terminate()
         deadline = time.monotonic() + grace
-        for proc in self.processes.values():
+        for proc in self._services():
             proc.stop(max(0.1, deadline - time.monotonic()))
         self.nats.stop(grace)
         if self._own_dir:
@@ -542,13 +579,14 @@ def main() -> int:
     stack = Stack(
         Path(os.environ.get("DATA_DIR") or "data"),
         jobs_addr=os.environ.get("JOBS_GRPC_ADDR") or "127.0.0.1:50051",
+        web_addr=os.environ.get("WEB_ADDR") or "127.0.0.1:8080",
         database_url=os.environ.get("DATABASE_URL") or None,
     )
     offsets: dict[str, int] = {}
     code = 0
     try:
         print(
-            f"starting nats-server and {', '.join(SERVICE_NAMES)} "
+            f"starting nats-server, {', '.join(SERVICE_NAMES)} and {WEB} "
             f"(data in {stack.data_dir}, logs in {stack.logs_dir})",
             flush=True,
         )
@@ -558,7 +596,12 @@ def main() -> int:
         if not stop.requested():
             nats = stack.nats
             database = redact_url(stack.database_url)
-            print(stack_banner(stack.jobs_addr, nats.url, nats.monitor_url, database), flush=True)
+            print(
+                stack_banner(
+                    stack.jobs_addr, nats.url, nats.monitor_url, database, web_url=stack.web_url
+                ),
+                flush=True,
+            )
         while not stop.requested():
             _follow(stack.children(), offsets, sys.stdout)
             for child in stack.children():

@@ -37,7 +37,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "job_max_attempts", "max_deliver", "sandbox_max_places", "provider_max_attempts",
             "rate_limit_google_places_burst", "rate_limit_hunter_burst",
             "rate_limit_neverbounce_burst", "max_active_jobs_per_user", "max_watches_per_user",
-            "report_partitions",
+            "report_partitions", "web_max_body_bytes",
         ),
         lambda v: v >= 1,
         "be at least 1",
@@ -104,6 +104,11 @@ class Settings:
     list_rows_per_user_burst: int = 5000
     grpc_tls_cert: str = ""  # PEM paths: the jobs API serves TLS when both are set
     grpc_tls_key: str = ""
+    # Web (``python -m services.web``): the HTTP API and page, a client of the jobs API.
+    web_addr: str = "127.0.0.1:8080"
+    web_allowed_origins: str = ""  # comma-separated exact origins for CORS; empty: none
+    web_max_body_bytes: int = 65536  # a larger request body is refused (413) unread
+    web_jobs_tls_ca: str = ""  # PEM path: the web process calls the jobs API over TLS
     # NATS credentials, for every service (never logged).
     nats_user: str = ""
     nats_password: str = field(default="", repr=False)
@@ -245,6 +250,7 @@ class Settings:
             "nats_tls_ca",
             "nats_tls_cert",
             "nats_tls_key",
+            "web_jobs_tls_ca",
         ):
             path = getattr(self, name)
             if path and not Path(path).is_file():
@@ -252,6 +258,15 @@ class Settings:
         host, sep, port = self.jobs_grpc_addr.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"JOBS_GRPC_ADDR={self.jobs_grpc_addr!r} must be host:port")
+        host, sep, port = self.web_addr.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"WEB_ADDR={self.web_addr!r} must be host:port")
+        for origin in self.web_origins:
+            scheme, sep, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                raise ConfigError(
+                    f"WEB_ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port])"
+                )
 
     @classmethod
     def load_or_exit(cls) -> Settings:
@@ -267,6 +282,11 @@ class Settings:
     def effective_database_url(self) -> str:
         """DATABASE_URL, or a SQLite file under DATA_DIR when it is unset."""
         return self.database_url or _default_database_url(self.data_dir)
+
+    @property
+    def web_origins(self) -> frozenset[str]:
+        """WEB_ALLOWED_ORIGINS as a set of exact origins (``https://app.example.com``)."""
+        return frozenset(o.strip() for o in self.web_allowed_origins.split(",") if o.strip())
 
     @property
     def effective_page_token_secret(self) -> str:

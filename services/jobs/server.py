@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.common import bus, gc_freeze
+from services.common.addresses import is_loopback
 from services.common.errors import ConfigError
 from services.common.logs import lifecycle, setup_logging
 from services.common.settings import Settings
@@ -45,24 +44,6 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 REFLECTION_V1 = "grpc.reflection.v1"
 REFLECTION_V1_SERVICE = f"{REFLECTION_V1}.ServerReflection"
 REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
-
-
-def is_loopback(addr: str) -> bool:
-    """Whether every address the host of ``addr`` (``host:port``, ``[v6]:port``) resolves
-    to is a loopback one: ``localhost``, ``127.0.0.1``, ``[::1]`` are; ``0.0.0.0``, ``[::]``,
-    an empty host, a name that resolves elsewhere (``127.evil.example``) or not at all are
-    not."""
-    host = addr.rpartition(":")[0]
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        return False
-    try:
-        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-        resolved = {ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in found}
-    except (OSError, UnicodeError, ValueError):
-        return False
-    return bool(resolved) and all(ip.is_loopback for ip in resolved)
 
 
 def check_auth_mode(settings: Settings) -> None:

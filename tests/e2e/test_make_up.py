@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 BANNER_END = "Ctrl-C stops everything."
 START_TIMEOUT = 90.0  # guards against a hang only
 STOP_TIMEOUT = 120.0
-SERVICES = ("jobs", "discovery", "enrichment")
+SERVICES = ("jobs", "discovery", "enrichment", "web")
 
 
 def wait_for_output(proc: subprocess.Popen[bytes], log: Path, text: str) -> str:
@@ -98,12 +98,15 @@ def test_make_up_uses_its_environment_and_stops_cleanly_on_repeated_signals(
     jobs_port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTHONPATH")}
     env.update(DATA_DIR=str(data_dir), JOBS_GRPC_ADDR=f"127.0.0.1:{jobs_port}")
+    web_port = free_port()
+    env["WEB_ADDR"] = f"127.0.0.1:{web_port}"
     env["SANDBOX_LATENCY_MS"] = "5"
     log = tmp_path / "launcher.out"
 
     with launcher(cwd, env, log, tmp_path) as proc:
         out = wait_for_output(proc, log, BANNER_END)
         assert f"jobs gRPC API  127.0.0.1:{jobs_port}" in out, out
+        assert f"web page, API  http://127.0.0.1:{web_port}/" in out, out
         nats = re.search(
             r"NATS\s+nats://127\.0\.0\.1:(\d+) \(monitor http://127\.0\.0\.1:(\d+)\)", out
         )
@@ -113,7 +116,7 @@ def test_make_up_uses_its_environment_and_stops_cleanly_on_repeated_signals(
         # The API answers where JOBS_GRPC_ADDR says, and the stack lives under DATA_DIR.
         ok(run_cli(f"127.0.0.1:{jobs_port}", "list"))
         children = processes_mentioning(str(data_dir))
-        assert len(children) >= 4, children  # nats-server and the three services
+        assert len(children) >= 5, children  # nats-server, the three services and web
         secrets = {
             value
             for pid in pids(children)
@@ -136,7 +139,7 @@ def test_make_up_uses_its_environment_and_stops_cleanly_on_repeated_signals(
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert out.rstrip().endswith("stopped"), out
     assert left == [], left
-    assert not any(accepts(port) for port in [jobs_port, *nats_ports]), out
+    assert not any(accepts(port) for port in [jobs_port, web_port, *nats_ports]), out
     assert not any(secret in out for secret in secrets), "a NATS password was printed"
     # Everything under DATA_DIR, nothing in the working directory; each stopped by itself.
     assert list(cwd.iterdir()) == []
@@ -153,6 +156,7 @@ def test_make_up_stopped_while_starting_stops_what_it_started(tmp_path: Path) ->
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PYTHONPATH")}
     env.update(DATA_DIR=str(data_dir), JOBS_GRPC_ADDR=f"127.0.0.1:{free_port()}")
+    env["WEB_ADDR"] = f"127.0.0.1:{free_port()}"
     with launcher(cwd, env, None, tmp_path) as proc:
         assert proc.stdout is not None
         first = proc.stdout.readline()  # printed just before it spawns nats-server

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from services.common.addresses import is_loopback
 from services.common.errors import ConfigError
 from services.common.settings import Settings
-from services.jobs.server import check_auth_mode, is_loopback
+from services.jobs.server import check_auth_mode
 
 # Names a hostile resolver (or /etc/hosts) could answer; anything else is resolved for real.
 FAKE_DNS = {

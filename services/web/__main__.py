@@ -1,0 +1,3 @@
+from services.web.server import main
+
+main()

@@ -1,0 +1,244 @@
+"""The aiohttp application: routes, the error middleware (every error is the JSON error
+shape), CORS and security headers on every response, and the static page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from prospect.v1 import jobs_pb2, jobs_pb2_grpc
+from services.cli.render import leads_csv
+from services.web import cors, openapi, sse
+from services.web.security import add_security_headers, call_metadata, refuse_token_in_url
+from services.web.transcode import (
+    HttpError,
+    dumps,
+    error_body,
+    from_rpc_error,
+    invalid_argument,
+    list_jobs_request,
+    parse_json_body,
+    submit_request,
+    to_json,
+)
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+RPC_TIMEOUT_S = 30.0
+LEADS_PAGE_SIZE = 100
+_STATIC_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+STUB: web.AppKey[jobs_pb2_grpc.JobServiceStub] = web.AppKey("stub")
+CHANNEL: web.AppKey[grpc.aio.Channel] = web.AppKey("channel")
+ORIGINS: web.AppKey[frozenset[str]] = web.AppKey("origins")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: object, status: int = 200, **kw: object) -> web.Response:
+    return web.Response(
+        text=dumps(data),
+        status=status,
+        content_type="application/json",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def error_response(err: HttpError) -> web.Response:
+    return json_response(error_body(err.code, err.message, err.details), err.status)
+
+
+# HTTP errors of aiohttp itself (routing, body size) as gRPC codes.
+_HTTP_CODES = {
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as ``{"error": {...}}``: gRPC errors with their code's HTTP status,
+    aiohttp's own (404, 405, 413) likewise."""
+    try:
+        if request.method == "OPTIONS":
+            return cors.preflight(request, request.app[ORIGINS])
+        refuse_token_in_url(request)
+        return await handler(request)
+    except HttpError as err:
+        return error_response(err)
+    except grpc.aio.AioRpcError as err:
+        return error_response(from_rpc_error(err))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
+        response = error_response(HttpError(exc.status, code, exc.reason))
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    add_security_headers(response)
+    cors.add_cors_headers(request, response, request.app[ORIGINS])
+
+
+def _stub(request: web.Request) -> jobs_pb2_grpc.JobServiceStub:
+    return request.app[STUB]
+
+
+async def submit_campaign(request: web.Request) -> web.Response:
+    submit = submit_request(parse_json_body(await request.read()))
+    md = call_metadata(request)
+    stub = _stub(request)
+    answer = await stub.SubmitCampaign(submit, metadata=md, timeout=RPC_TIMEOUT_S)
+    get = jobs_pb2.GetJobRequest(job_id=answer.job_id)
+    job = await stub.GetJob(get, metadata=md, timeout=RPC_TIMEOUT_S)
+    return json_response(to_json(job), 202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    req = list_jobs_request(request.query)
+    page = await _stub(request).ListJobs(
+        req, metadata=call_metadata(request), timeout=RPC_TIMEOUT_S
+    )
+    return json_response(to_json(page))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    req = jobs_pb2.GetJobRequest(job_id=request.match_info["job_id"])
+    job = await _stub(request).GetJob(req, metadata=call_metadata(request), timeout=RPC_TIMEOUT_S)
+    return json_response(to_json(job))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    req = jobs_pb2.CancelJobRequest(job_id=request.match_info["job_id"])
+    stub = _stub(request)
+    job = await stub.CancelJob(req, metadata=call_metadata(request), timeout=RPC_TIMEOUT_S)
+    return json_response(to_json(job))
+
+
+async def list_leads(request: web.Request) -> web.Response:
+    """Every page of ListLeads: ``{"leads": [...]}``, or ``?format=csv`` the CLI's CSV."""
+    job_id = request.match_info["job_id"]
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise invalid_argument("format must be json or csv", "format")
+    md, stub = call_metadata(request), _stub(request)
+    leads: list[jobs_pb2.Lead] = []
+    token = ""
+    while True:
+        req = jobs_pb2.ListLeadsRequest(job_id=job_id, page_size=LEADS_PAGE_SIZE, page_token=token)
+        page = await stub.ListLeads(req, metadata=md, timeout=RPC_TIMEOUT_S)
+        leads.extend(page.leads)
+        token = page.next_page_token
+        if not token:
+            break
+    if fmt == "csv":
+        return web.Response(
+            body=leads_csv(leads).encode(),
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="{job_id}.csv"',
+            },
+        )
+    return json_response({"leads": [to_json(lead) for lead in leads]})
+
+
+def _after_version(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("afterVersion") or "0"
+    if not raw.isdigit():
+        raise invalid_argument(
+            "Last-Event-ID / afterVersion must be a job version", "after_version"
+        )
+    return int(raw)
+
+
+async def watch_job(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events of the job (see :mod:`services.web.sse`). The job is read first,
+    so an unknown job (or another user's) is a plain 404 JSON answer."""
+    job_id = request.match_info["job_id"]
+    after = _after_version(request)
+    md, stub = call_metadata(request), _stub(request)
+    await stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=md, timeout=RPC_TIMEOUT_S)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    try:
+        await sse.stream_job(stub, job_id, after, md, response.write)
+    except grpc.aio.AioRpcError as err:
+        failure = from_rpc_error(err)
+        await response.write(
+            sse.error_event(error_body(failure.code, failure.message, failure.details))
+        )
+    except TimeoutError as exc:
+        body = error_body(grpc.StatusCode.UNAVAILABLE, str(exc), [])
+        await response.write(sse.error_event(body))
+    await response.write_eof()
+    return response
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 once the channel to the jobs API is ready (connecting if it is idle)."""
+    channel = request.app[CHANNEL]
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 2.0)
+    except TimeoutError:
+        return json_response({"status": "NOT_SERVING"}, 503)
+    return json_response({"status": "SERVING"})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(page)
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    """A file directly under ``static/`` (no dot files, no sub-directories)."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if not _STATIC_NAME.fullmatch(name) or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
+def build_app(
+    stub: jobs_pb2_grpc.JobServiceStub,
+    channel: grpc.aio.Channel,
+    origins: frozenset[str],
+    max_body_bytes: int,
+) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+    app[STUB], app[CHANNEL], app[ORIGINS] = stub, channel, origins
+    app.on_response_prepare.append(_on_prepare)
+    job = r"{job_id:[^/:]+}"
+    app.router.add_post("/v1/campaigns", submit_campaign)
+    app.router.add_get("/v1/jobs", list_jobs)
+    app.router.add_get(f"/v1/jobs/{job}", get_job)
+    app.router.add_post(f"/v1/jobs/{job}:cancel", cancel_job)
+    app.router.add_get(f"/v1/jobs/{job}/leads", list_leads)
+    app.router.add_get(f"/v1/jobs/{job}/events", watch_job)
+    app.router.add_get("/v1/openapi.json", openapi_json)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static_file)
+    return app
