@@ -35,8 +35,9 @@ RUN pip install --require-hashes -r requirements/runtime.lock \
 COPY pyproject.toml README.md ./
 COPY protos ./protos
 COPY services ./services
-RUN /opt/tools/bin/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. \
-        --grpc_python_out=. protos/prospect/v1/*.proto \
+RUN GOOGLEAPIS="$(/opt/tools/bin/python -c 'import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])')" \
+    && /opt/tools/bin/python -m grpc_tools.protoc -I protos -I "$GOOGLEAPIS" --python_out=. \
+        --pyi_out=. --grpc_python_out=. protos/prospect/v1/*.proto \
     && touch prospect/__init__.py prospect/v1/__init__.py prospect/py.typed \
     && pip install --no-deps . \
     && python -m pip uninstall -y pip setuptools wheel \

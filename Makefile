@@ -34,9 +34,12 @@ lock: setup
 	$(LOCK) -o requirements/runtime.lock
 	$(LOCK) --extra dev -o requirements/dev.lock
 
+# Where googleapis-common-protos keeps google/api/*.proto (the http annotations).
+export GOOGLEAPIS_PROTOS := import google.api.annotations_pb2 as m, pathlib; print(pathlib.Path(m.__file__).parents[2])
 $(STAMP_PROTO): $(PROTOS) $(STAMP_INSTALL)
 	@rm -rf prospect && mkdir -p prospect/v1
-	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -I protos -I "$$($(PY) -c "$$GOOGLEAPIS_PROTOS")" \
+		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
 	@touch prospect/__init__.py prospect/v1/__init__.py prospect/py.typed
 	@touch $@
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from google.api import annotations_pb2
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.render import leads_csv
@@ -221,6 +222,24 @@ async def static_file(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path)
 
 
+def http_rules() -> dict[str, tuple[str, str]]:
+    """RPC name -> (HTTP method, path template) from the ``google.api.http`` options of
+    ``prospect.v1.JobService``: the proto says which route each RPC has."""
+    rules = {}
+    for method in jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        if verb is not None:
+            rules[method.name] = (verb.upper(), str(getattr(rule, verb)))
+    return rules
+
+
+def _aiohttp_path(template: str) -> str:
+    """``/v1/jobs/{job_id}:cancel`` as an aiohttp route: a variable is one path segment,
+    up to a ``/`` or a ``:`` (the custom verb)."""
+    return re.sub(r"\{(\w+)\}", r"{\1:[^/:]+}", template)
+
+
 def build_app(
     stub: jobs_pb2_grpc.JobServiceStub,
     channel: grpc.aio.Channel,
@@ -230,13 +249,16 @@ def build_app(
     app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
     app[STUB], app[CHANNEL], app[ORIGINS] = stub, channel, origins
     app.on_response_prepare.append(_on_prepare)
-    job = r"{job_id:[^/:]+}"
-    app.router.add_post("/v1/campaigns", submit_campaign)
-    app.router.add_get("/v1/jobs", list_jobs)
-    app.router.add_get(f"/v1/jobs/{job}", get_job)
-    app.router.add_post(f"/v1/jobs/{job}:cancel", cancel_job)
-    app.router.add_get(f"/v1/jobs/{job}/leads", list_leads)
-    app.router.add_get(f"/v1/jobs/{job}/events", watch_job)
+    handlers = {
+        "SubmitCampaign": submit_campaign,
+        "ListJobs": list_jobs,
+        "GetJob": get_job,
+        "CancelJob": cancel_job,
+        "ListLeads": list_leads,
+        "WatchJob": watch_job,
+    }
+    for rpc, (verb, path) in http_rules().items():
+        app.router.add_route(verb, _aiohttp_path(path), handlers[rpc])
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
