@@ -51,7 +51,7 @@ run: setup
 	$(PY) -m services.cli.demo
 
 up: setup
-	$(PY) -m services.cli.stack
+	$(PY) -m services.cli.up
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""``make up`` (``python -m services.cli.stack``): the stack in the foreground, where the
+"""``make up`` (``python -m services.cli.up``): the stack in the foreground, where the
 environment puts it, stopped cleanly by the signals a terminal or a process manager sends.
 
 A SIGTERM or Ctrl-C reaches every process of the foreground process group: make and the
@@ -60,14 +60,14 @@ def accepts(port: int) -> bool:
 def launcher(
     cwd: Path, env: dict[str, str], log: Path | None, scope: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m services.cli.stack`` in a process group of its own, its output in ``log``
+    """``python -m services.cli.up`` in a process group of its own, its output in ``log``
     (None: a pipe, ``proc.stdout``); it and every process mentioning ``scope`` (its stack's,
     wherever their data went) are killed on the way out if still there, so a failing test
     leaves nothing running."""
     with contextlib.ExitStack() as files:
         out = files.enter_context(open(log, "wb")) if log is not None else subprocess.PIPE
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.stack"],
+            [sys.executable, "-m", "services.cli.up"],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,

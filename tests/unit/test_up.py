@@ -1,4 +1,4 @@
-"""services.cli.stack's ``make up`` helpers: signals recorded instead of raised, and a
+"""services.cli.up's ``make up`` helpers: signals recorded instead of raised, and a
 database URL printed without its password (the launcher itself: tests/e2e/test_make_up.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.cli.stack import StopRequest, redact_url
+from services.cli.up import StopRequest, redact_url
 
 
 @pytest.fixture
