@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from services.common.addresses import is_loopback
 from services.common.errors import ConfigError
 
 DEFAULT_DATA_DIR = "data"
@@ -89,7 +91,10 @@ class Settings:
     # Authentication: "none" (one local user, loopback only) or "jwt".
     auth_mode: str = "none"
     auth_jwt_secret: str = field(default="", repr=False)  # HS256
-    auth_jwt_public_key: str = ""  # path to a PEM public key: RS256
+    auth_jwt_public_key: str = ""  # path to a PEM public key: RS256 (RSA) or ES256 (P-256)
+    # The identity provider's JWKS endpoint (RS256/ES256 keys by kid, cached, refreshed);
+    # https, or http to a loopback host for development.
+    auth_jwks_url: str = ""
     auth_jwt_issuer: str = ""  # checked when set
     auth_jwt_audience: str = ""  # checked when set
     # A token whose exp is further ahead than this (or exp - iat longer) is refused.
@@ -170,11 +175,15 @@ class Settings:
     enrichment_cache_days: float = 30.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, verifies_tokens: bool = True
+    ) -> Settings:
         """Build settings from ``environ`` (default: the process environment).
 
         Each field reads the upper-cased field name; a value that does not parse, or breaks
         a rule of :meth:`validate`, is a :class:`ConfigError` naming the variable.
+        ``verifies_tokens=False`` is for a process that passes bearer tokens on without
+        checking them (the web process): AUTH_MODE=jwt then needs no key of its own.
         """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
@@ -194,10 +203,10 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
         settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
+        settings.validate(verifies_tokens=verifies_tokens)
         return settings
 
-    def validate(self) -> None:
+    def validate(self, *, verifies_tokens: bool = True) -> None:
         """Raise :class:`ConfigError` naming the first variable that breaks its rule: every
         float finite (``float()`` takes ``nan``, ``inf`` and ``1e999``, which would poison
         prices and timeouts alike), numbers within their bounds, prices and sandbox costs
@@ -217,12 +226,15 @@ class Settings:
                 raise ConfigError(f"{f.name.upper()} must not be negative")
         if self.auth_mode not in ("none", "jwt"):
             raise ConfigError(f"AUTH_MODE={self.auth_mode!r} must be none or jwt")
-        if self.auth_mode == "jwt":
-            if bool(self.auth_jwt_secret) == bool(self.auth_jwt_public_key):
+        if self.auth_mode == "jwt" and verifies_tokens:
+            keys = (self.auth_jwt_secret, self.auth_jwt_public_key, self.auth_jwks_url)
+            if sum(map(bool, keys)) != 1:
                 raise ConfigError(
-                    "AUTH_MODE=jwt needs exactly one of AUTH_JWT_SECRET (HS256) or "
-                    "AUTH_JWT_PUBLIC_KEY (RS256)"
+                    "AUTH_MODE=jwt needs exactly one of AUTH_JWT_SECRET (HS256), "
+                    "AUTH_JWT_PUBLIC_KEY (RS256/ES256) or AUTH_JWKS_URL (RS256/ES256)"
                 )
+            if self.auth_jwks_url:
+                _check_jwks_url(self.auth_jwks_url)
             if self.auth_jwt_public_key and not Path(self.auth_jwt_public_key).is_file():
                 raise ConfigError(f"AUTH_JWT_PUBLIC_KEY={self.auth_jwt_public_key}: no such file")
             if self.auth_jwt_secret and len(self.auth_jwt_secret.encode()) < MIN_SECRET_BYTES:
@@ -269,11 +281,11 @@ class Settings:
                 )
 
     @classmethod
-    def load_or_exit(cls) -> Settings:
+    def load_or_exit(cls, *, verifies_tokens: bool = True) -> Settings:
         """Settings for a service's ``main()``: a bad setting ends the process with a one-line
         message naming it (exit code 2), not a traceback."""
         try:
-            return cls.from_env()
+            return cls.from_env(verifies_tokens=verifies_tokens)
         except ConfigError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -293,3 +305,12 @@ class Settings:
         """PAGE_TOKEN_SECRET, or a built-in key when it is unset (AUTH_MODE=none only:
         :meth:`validate` refuses AUTH_MODE=jwt without one)."""
         return self.page_token_secret or LOCAL_PAGE_TOKEN_SECRET
+
+
+def _check_jwks_url(url: str) -> None:
+    """https, or http to a loopback host (a key set fetched in the clear could be swapped)."""
+    parts = urlsplit(url)
+    if not parts.hostname or parts.scheme not in ("https", "http") or parts.username:
+        raise ConfigError(f"AUTH_JWKS_URL={url!r} must be an https:// URL")
+    if parts.scheme == "http" and not is_loopback(f"{parts.hostname}:0"):
+        raise ConfigError(f"AUTH_JWKS_URL={url!r}: http only to a loopback host; use https")

@@ -3,11 +3,13 @@
 AUTH_MODE=none: every caller is the one local user (the server refuses this mode unless it
 listens on loopback only). AUTH_MODE=jwt: every RPC but health and reflection carries
 ``authorization: Bearer <token>``, checked by :class:`AuthInterceptor` before the handler
-runs. HS256 with AUTH_JWT_SECRET or RS256 with AUTH_JWT_PUBLIC_KEY, never both and never
-``alg: none``; ``exp`` and ``sub`` required; ``nbf``, and ``iss``/``aud`` when configured,
-checked; a token may live at most AUTH_JWT_MAX_LIFETIME_S (``exp`` no further ahead than
-that, and ``exp - iat`` no longer when ``iat`` is given), so a leaked long-lived token is
-not a standing credential. A failure says only "missing bearer token" or "invalid token"
+runs. The keys come from exactly one of AUTH_JWT_SECRET (HS256), AUTH_JWT_PUBLIC_KEY (a
+PEM: RS256 or ES256) or AUTH_JWKS_URL (the identity provider's RS256 and ES256 keys,
+:mod:`services.jobs.jwks`); each key is bound to its one algorithm, never ``alg: none``.
+``exp`` and ``sub`` required; ``nbf``, and ``iss``/``aud`` when configured, checked; a
+token may live at most AUTH_JWT_MAX_LIFETIME_S (``exp`` no further ahead than that, and
+``exp - iat`` no longer when ``iat`` is given), so a leaked long-lived token is not a
+standing credential. A failure says only "missing bearer token" or "invalid token"
 (reasons UNAUTHENTICATED and INVALID_TOKEN).
 """
 
@@ -25,6 +27,7 @@ import jwt
 
 from services.common.errors import MalformedRequest, Reason, Unauthenticated
 from services.common.settings import Settings
+from services.jobs.jwks import JwksKeys, SigningKey, key_of_pem
 
 SERVICE_ROLE = "service"
 LEEWAY_S = 10
@@ -57,25 +60,49 @@ def current_principal() -> Principal:
 
 
 class TokenVerifier:
-    """Checks bearer tokens against the configured key, algorithm, issuer and audience."""
+    """Checks bearer tokens against the configured key, algorithm, issuer and audience.
 
-    def __init__(self, settings: Settings) -> None:
-        if settings.auth_jwt_public_key:
-            self._key: Any = Path(settings.auth_jwt_public_key).read_text()
-            self._algorithm = "RS256"
+    :meth:`authenticate` is the way in for a request: with AUTH_JWKS_URL it first makes sure
+    the key the token names is loaded; :meth:`verify` checks against the keys at hand."""
+
+    def __init__(self, settings: Settings, *, jwks: JwksKeys | None = None) -> None:
+        self._jwks: JwksKeys | None = None
+        self._key: SigningKey | None = None
+        if settings.auth_jwks_url:
+            self._jwks = jwks or JwksKeys(settings.auth_jwks_url)
+        elif settings.auth_jwt_public_key:
+            self._key = key_of_pem(Path(settings.auth_jwt_public_key).read_bytes())
         else:
-            self._key = settings.auth_jwt_secret
-            self._algorithm = "HS256"
+            self._key = SigningKey(settings.auth_jwt_secret, "HS256")
         self._issuer = settings.auth_jwt_issuer or None
         self._audience = settings.auth_jwt_audience or None
         self._max_lifetime_s = settings.auth_jwt_max_lifetime_s
 
+    async def authenticate(self, token: str) -> Principal:
+        if self._jwks is not None:
+            await self._jwks.prepare(token)
+        return self.verify(token)
+
+    def _key_of(self, token: str) -> SigningKey:
+        if self._jwks is None:
+            assert self._key is not None
+            return self._key
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            raise Unauthenticated("invalid token") from None
+        key = self._jwks.key_for(kid if isinstance(kid, str) else None)
+        if key is None:
+            raise Unauthenticated("invalid token")
+        return key
+
     def verify(self, token: str) -> Principal:
+        key = self._key_of(token)
         try:
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=[self._algorithm],  # one algorithm: no none, no HS/RS confusion
+                key.key,
+                algorithms=[key.algorithm],  # one algorithm: no none, no HS/RS confusion
                 issuer=self._issuer,
                 audience=self._audience,
                 leeway=LEEWAY_S,
@@ -213,7 +240,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         principal = None
         if self._verifier is not None:
             try:
-                principal = self._verifier.verify(bearer_token(context.invocation_metadata()))
+                token = bearer_token(context.invocation_metadata())
+                principal = await self._verifier.authenticate(token)
             except Unauthenticated as exc:
                 await self._abort(context, exc)
         if isinstance(request, _Undecodable):

@@ -151,3 +151,12 @@ def test_the_api_limit_settings_default_and_must_be_positive() -> None:
     ):
         with pytest.raises(ConfigError, match=rf"^{name} must {rule}$"):
             Settings.from_env({name: "0"})
+
+
+def test_a_process_that_passes_tokens_on_needs_no_key_of_its_own() -> None:
+    """The web process (verifies_tokens=False) runs AUTH_MODE=jwt without a key or a
+    page-token secret: the jobs API it passes the tokens to checks them."""
+    with pytest.raises(ConfigError, match="exactly one of"):
+        Settings.from_env({"AUTH_MODE": "jwt"})
+    settings = Settings.from_env({"AUTH_MODE": "jwt"}, verifies_tokens=False)
+    assert settings.auth_mode == "jwt" and not settings.auth_jwt_secret
