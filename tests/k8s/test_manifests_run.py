@@ -4,18 +4,23 @@ rendered, Secret values from a fixture, Service names and ports mapped to loopba
 emptyDir mounts to temporary directories) beside a local nats-server run from the NATS
 container's own configuration (its ConfigMap's files, the mounts' paths made local) and
 environment (each service's user's password, from the Secret). Each service logs in as
-its own NATS user. Readiness is the container's own gRPC probe. One campaign, with a
-token minted as a client would, reaches COMPLETED; then the retention CronJob's container
-runs once. So the manifests and the code agree on commands, environment names and ports.
+its own NATS user. Readiness is the container's own probe (gRPC, or HTTP for the web
+process). One campaign, with a token minted as a client would, reaches COMPLETED; the web
+process answers its probes and serves that job over HTTP through its Service, from the
+jobs API through the jobs Service; then the retention CronJob's container runs once. So
+the manifests and the code agree on commands, environment names and ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from secrets import token_hex
@@ -166,8 +171,29 @@ def target_port(owner: Obj, service_port: Obj) -> int:
     return int(port)
 
 
-def probe_passes(process: ContainerProcess, probe: Obj) -> bool:
-    """Kubernetes' native gRPC probe, run against the process's local port."""
+def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    """GET ``url``: the status and the body (an error status is an answer too; a refused
+    connection is 0)."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except OSError:
+        return 0, b""
+
+
+def probe_passes(process: ContainerProcess, container: Obj, probe: Obj) -> bool:
+    """Kubernetes' probe, run against the process's local port: the native gRPC one, or an
+    httpGet (2xx or 3xx passes, as the kubelet has it) on a port given by name or number."""
+    if "httpGet" in probe:
+        action = probe["httpGet"]
+        declared = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        port = declared.get(action["port"], action["port"])
+        url = f"http://{LOOPBACK}:{process.ports[port]}{action.get('path', '/')}"
+        status, _ = http_get(url)
+        return 200 <= status < 400
     action = probe["grpc"]
     request = health_pb2.HealthCheckRequest(service=action.get("service", ""))
     with grpc.insecure_channel(f"{LOOPBACK}:{process.ports[action['port']]}") as channel:
@@ -183,7 +209,7 @@ def wait_ready(pending: list[tuple[ContainerProcess, Obj]]) -> None:
     while pending:
         for process, _ in pending:
             assert process.is_running, f"{process.label} exited:\n{process.log_tail()}"
-        pending = [(p, c) for p, c in pending if not probe_passes(p, c["readinessProbe"])]
+        pending = [(p, c) for p, c in pending if not probe_passes(p, c, c["readinessProbe"])]
         assert time.monotonic() < deadline, f"not ready: {[p.label for p, _ in pending]}\n" + (
             "\n".join(f"--- {p.label}\n{p.log_tail()}" for p, _ in pending)
         )
@@ -252,7 +278,7 @@ def test_dev_overlay_runs_a_campaign(secrets: dict[str, dict[str, str]], tmp_pat
     cluster.bind(nats_set, 8222, nats.monitor_port)
     deployments = of_kind(objects, "Deployment")
     assert {d["metadata"]["name"] for d in deployments} == {
-        "prospect-jobs", "prospect-discovery", "prospect-enrichment"
+        "prospect-jobs", "prospect-discovery", "prospect-enrichment", "prospect-web"
     }  # fmt: skip
     for deployment in deployments:
         for c in containers(deployment):
@@ -281,6 +307,23 @@ def test_dev_overlay_runs_a_campaign(secrets: dict[str, dict[str, str]], tmp_pat
         job, leads = run_campaign(f"{LOOPBACK}:{api}", token)
         assert job.status == jobs_pb2.JOB_STATUS_COMPLETED, job
         assert leads and job.metrics.sandbox, job
+
+        # The web process: every probe of its container passes, and through its Service
+        # it serves the job from the jobs API (the caller's token passed on, none refused).
+        web, web_container = next((p, c) for p, c in pending if c["name"] == "web")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert probe_passes(web, web_container, web_container[probe]), probe
+        site = f"http://{LOOPBACK}:{cluster.addresses['prospect-web', 80]}"
+        status, body = http_get(f"{site}/healthz")
+        assert (status, json.loads(body)) == (200, {"status": "SERVING"}), body
+        status, body = http_get(f"{site}/v1/jobs/{job.id}")
+        assert status == 401, body
+        auth = {"Authorization": f"Bearer {token}"}
+        status, body = http_get(f"{site}/v1/jobs/{job.id}", auth)
+        assert status == 200, body
+        assert json.loads(body)["status"] == "JOB_STATUS_COMPLETED", body
+        status, body = http_get(f"{site}/v1/jobs/{job.id}/leads", auth)
+        assert status == 200 and len(json.loads(body)["leads"]) == len(leads), body
 
         retention = named(objects, "CronJob", "prospect-retention")
         (retention_container,) = containers(retention)

@@ -36,6 +36,8 @@ from tests.k8s.manifests import (
 )
 
 LONG_RUNNING = ("Deployment", "StatefulSet", "DaemonSet")
+# What other namespaces may reach, by NetworkPolicy: the jobs API and the web process.
+OPEN_PORTS = {"prospect-jobs": ["grpc"], "prospect-web": ["http"]}
 _CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 _QUANTITY = re.compile(r"^([0-9.]+)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _UNITS = {"": "1", "m": "0.001", "k": "1e3", "M": "1e6", "G": "1e9", "T": "1e12", "Ki": "1024"}
@@ -81,11 +83,18 @@ def test_every_long_running_container_has_probes(target: str) -> None:
         for c in containers(obj, init=False):
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 assert probe in c, f"{where(obj, c)} has no {probe}"
-            if is_app(c):  # native gRPC probes on the grpc.health.v1 port the container names
-                ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            if not is_app(c):
+                continue
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            if "http" in ports:  # the web process: HTTP probes on its port
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert c[probe]["grpc"]["port"] in ports.values(), where(obj, c)
-                assert ports.keys() & {"grpc", "health"}, f"{where(obj, c)}: ports {ports}"
+                    port = c[probe]["httpGet"]["port"]
+                    assert port in {*ports, *ports.values()}, f"{where(obj, c)} {probe}"
+                continue
+            # The services: native gRPC probes on the grpc.health.v1 port the container names.
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert c[probe]["grpc"]["port"] in ports.values(), where(obj, c)
+            assert ports.keys() & {"grpc", "health"}, f"{where(obj, c)}: ports {ports}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -222,7 +231,7 @@ def named_owner(objects: list[Obj], owner: str) -> Obj:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_only_the_jobs_api_is_open_to_other_namespaces(target: str) -> None:
+def test_only_the_jobs_api_and_the_web_are_open_to_other_namespaces(target: str) -> None:
     objects = rendered(target)
     policies = of_kind(objects, "NetworkPolicy")
     deny = [p for p in policies if p["spec"]["podSelector"] == {}]
@@ -238,8 +247,9 @@ def test_only_the_jobs_api_is_open_to_other_namespaces(target: str) -> None:
                 "namespaceSelector" in p and not p["namespaceSelector"] for p in peers
             )
             if open_to_all:
-                assert policy["metadata"]["name"] == "prospect-jobs", label(policy)
-                assert [p["port"] for p in rule["ports"]] == ["grpc"], label(policy)
+                name = policy["metadata"]["name"]
+                assert name in OPEN_PORTS, label(policy)
+                assert [p["port"] for p in rule["ports"]] == OPEN_PORTS[name], label(policy)
 
 
 def test_streams_are_replicated_across_the_nats_nodes() -> None:
@@ -307,12 +317,15 @@ def test_workers_scale_on_their_consumers_lag() -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_jobs_scale_on_cpu_from_two_replicas(target: str) -> None:
+def test_jobs_and_web_scale_on_cpu_from_two_replicas(target: str) -> None:
     objects = rendered(target)
-    jobs = named(objects, "Deployment", "prospect-jobs")
-    assert jobs["spec"]["replicas"] == 2
-    (hpa,) = of_kind(objects, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "prospect-jobs"
-    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > 2
-    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
-    assert containers(jobs, init=False)[0]["resources"]["requests"]["cpu"]
+    hpas = {
+        o["spec"]["scaleTargetRef"]["name"]: o for o in of_kind(objects, "HorizontalPodAutoscaler")
+    }
+    assert hpas.keys() == {"prospect-jobs", "prospect-web"}
+    for name, hpa in hpas.items():
+        deployment = named(objects, "Deployment", name)
+        assert deployment["spec"]["replicas"] == 2, name
+        assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > 2, name
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"], name
+        assert containers(deployment, init=False)[0]["resources"]["requests"]["cpu"], name
