@@ -9,6 +9,8 @@ module                  scenario
 ======================  ====================================================================
 :mod:`bench.submit`     SubmitCampaign round trip from 8 clients (own channel each)
 :mod:`bench.progress`   report published by a worker -> update received by a watcher
+:mod:`bench.sse`        the same over the web process's Server-Sent Events; RSS of the web
+                        process with 1,000 event streams open
 :mod:`bench.throughput` completed campaigns and leads per second, peak RSS, CPU per process
 :mod:`bench.speedup`    one 10-lead campaign at 300 ms a call vs :mod:`bench.sequential`
 :mod:`bench.scaleout`   enrichment throughput with two enrichment workers over one

@@ -34,6 +34,11 @@ SLOW_WORKER_ENV = {"SANDBOX_LATENCY_MS": str(SLOW_LATENCY_MS), "SANDBOX_MAX_PLAC
 # discovery and the ratio would measure discovery instead.
 SCALEOUT_ENRICHMENT_CONCURRENCY = 4
 
+# SSE streams: this many event streams open at once on the web process, spread over this
+# many queued campaigns (the key is ``sse_streams_1k_rss_mb``: the count is not a knob).
+SSE_STREAMS = 1000
+SSE_STREAM_JOBS = 10
+
 
 def log(message: str) -> None:
     """Progress on stderr, with the time since the bench started."""
@@ -52,6 +57,8 @@ class BenchConfig:
     speedup_runs: int
     progress_s: float
     progress_inflight: int
+    sse_streams: int
+    sse_stream_jobs: int
     throughput_s: float
     throughput_inflight: int
     scaleout_phase_s: float
@@ -74,6 +81,8 @@ class BenchConfig:
             speedup_runs=1 if quick else 3,
             progress_s=4.0 if quick else 15.0,
             progress_inflight=8,
+            sse_streams=SSE_STREAMS,
+            sse_stream_jobs=SSE_STREAM_JOBS,
             throughput_s=8.0 if quick else 30.0,
             throughput_inflight=int(env.get("BENCH_INFLIGHT") or 64),
             scaleout_phase_s=4.0 if quick else 20.0,

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 
 from bench.config import BenchConfig, log
 from bench.procstat import Sampler
-from services.cli.stack import Stack, wait_all_ready
+from services.cli.stack import WEB, Stack, wait_all_ready
 from services.common import bus
 from services.common.nats_auth import JOBS
 from services.common.settings import Settings
@@ -54,8 +54,14 @@ class Harness:
     def jobs_addr(self) -> str:
         return self.stack.jobs_addr
 
+    @property
+    def web_url(self) -> str:
+        """The web process's base URL (after :meth:`start_web`)."""
+        return self.stack.web_url
+
     def pid(self, label: str) -> int:
-        pid = self.stack.processes[label].pid
+        proc = self.stack.web if label == WEB else self.stack.processes[label]
+        pid = proc.pid if proc is not None else None
         if pid is None:
             raise RuntimeError(f"{label} is not running")
         return pid
@@ -92,6 +98,22 @@ class Harness:
         await asyncio.to_thread(wait_all_ready, procs, READY_TIMEOUT_S)
         labels = ", ".join(label for _, label, _ in specs)
         log(f"{labels} ready in {time.monotonic() - started:.1f}s")
+
+    async def start_web(self) -> None:
+        """Start the web process (``python -m services.web``, the stack's settings) on the
+        stack's jobs API, and wait until it serves."""
+        started = time.monotonic()
+        web = self.stack.add_web()
+        self._stopped.discard(WEB)
+        await asyncio.to_thread(wait_all_ready, [web], READY_TIMEOUT_S)
+        log(f"web ready on {self.web_url} in {time.monotonic() - started:.1f}s")
+
+    async def stop_web(self) -> None:
+        """SIGTERM the web process and wait for it to exit."""
+        web = self.stack.web
+        if web is not None:
+            self._stopped.add(WEB)
+            await asyncio.to_thread(web.stop, 10.0)
 
     async def stop_workers(self, labels: Sequence[str]) -> None:
         """SIGTERM the workers together and wait for them to exit."""
@@ -130,6 +152,8 @@ class Harness:
     def check_alive(self) -> None:
         """Raise, with its log tail, if a process of the stack exited unasked."""
         children = [p for label, p in self.stack.processes.items() if label not in self._stopped]
+        if self.stack.web is not None and WEB not in self._stopped:
+            children.append(self.stack.web)
         for child in [*children, self.stack.nats]:
             if child.pid is not None and not child.is_running:
                 tail = child.log_tail()

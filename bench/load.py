@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -56,29 +56,57 @@ class Observed:
         return times[n - 1] if 0 < n <= len(times) else None
 
 
+class Tracker:
+    """What one watcher of ``job_id`` records into ``seen``, whatever the transport: the
+    report-to-watcher latency of stamped updates, leads newly enriched, the ending."""
+
+    def __init__(self, job_id: str, seen: Observed) -> None:
+        self.job_id = job_id
+        self.seen = seen
+        self.enriched = 0
+
+    def update(
+        self, update: jobs_pb2.JobUpdate, now: float, now_ns: int, stamp_ns: int | None = None
+    ) -> jobs_pb2.Job | None:
+        """Record ``update``, received at ``now`` (``time.monotonic()``) and ``now_ns``
+        (``time.time_ns()``); its stamp is ``stamp_ns`` when given (already parsed), else
+        its ``report_published_at``. Returns the job when it is terminal."""
+        seen = self.seen
+        if stamp_ns is None:
+            stamp = update.report_published_at
+            stamp_ns = stamp.ToNanoseconds() if stamp.seconds or stamp.nanos else 0
+        if stamp_ns:
+            seen.progress_ms.append((now, (now_ns - stamp_ns) / 1e6))
+        job = update.job
+        if job.metrics.leads_enriched > self.enriched:
+            seen.lead_events.append((now, job.metrics.leads_enriched - self.enriched))
+            self.enriched = job.metrics.leads_enriched
+        if job.status not in TERMINAL:
+            return None
+        if job.status == jobs_pb2.JOB_STATUS_COMPLETED:
+            seen.completions.append((now, 1.0))
+            seen.leads_done.append((now, float(job.metrics.leads_enriched)))
+        else:
+            seen.not_completed += 1
+            if seen.not_completed <= 3:
+                name = jobs_pb2.JobStatus.Name(job.status)
+                log(f"job {self.job_id} ended {name}: {job.error}")
+        return job
+
+
+# Follows a job to its end, recording into the Observed; returns the terminal job.
+Follow = Callable[[str, Observed], Awaitable[jobs_pb2.Job]]
+
+
 async def follow(
     stub: jobs_pb2_grpc.JobServiceStub, job_id: str, seen: Observed, limit_s: float = 300.0
 ) -> jobs_pb2.Job:
     """Watch ``job_id`` to its end, recording into ``seen``; returns the terminal job."""
-    enriched = 0
+    tracker = Tracker(job_id, seen)
     request = jobs_pb2.WatchJobRequest(job_id=job_id)
     async for update in stub.WatchJob(request, timeout=limit_s):
-        now_ns, now = time.time_ns(), time.monotonic()
-        stamp = update.report_published_at
-        if stamp.seconds or stamp.nanos:
-            seen.progress_ms.append((now, (now_ns - stamp.ToNanoseconds()) / 1e6))
-        job = update.job
-        if job.metrics.leads_enriched > enriched:
-            seen.lead_events.append((now, job.metrics.leads_enriched - enriched))
-            enriched = job.metrics.leads_enriched
-        if job.status in TERMINAL:
-            if job.status == jobs_pb2.JOB_STATUS_COMPLETED:
-                seen.completions.append((now, 1.0))
-                seen.leads_done.append((now, float(job.metrics.leads_enriched)))
-            else:
-                seen.not_completed += 1
-                if seen.not_completed <= 3:
-                    log(f"job {job_id} ended {jobs_pb2.JobStatus.Name(job.status)}: {job.error}")
+        job = tracker.update(update, time.monotonic(), time.time_ns())
+        if job is not None:
             return job
     raise RuntimeError(f"watch of {job_id} ended before the job did")
 
@@ -101,15 +129,19 @@ async def cancel_jobs(
 
 
 class CampaignLoad:
-    """Keeps ``inflight`` campaigns running: as one ends, the next is submitted."""
+    """Keeps ``inflight`` campaigns running: as one ends, the next is submitted. Each is
+    followed with ``follow_job`` (by default :func:`follow`, a WatchJob stream on
+    ``channel``); its errors that count as a campaign's are gRPC ones and RuntimeError."""
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         inflight: int,
         make_config: Callable[[int], jobs_pb2.CampaignConfig],
+        follow_job: Follow | None = None,
     ) -> None:
         self.stub = jobs_pb2_grpc.JobServiceStub(channel)
+        self.follow_job = follow_job or (lambda job_id, seen: follow(self.stub, job_id, seen))
         self.inflight = inflight
         self.make_config = make_config
         self.seen = Observed()
@@ -130,7 +162,7 @@ class CampaignLoad:
                 request = jobs_pb2.SubmitCampaignRequest(config=config)
                 job_id = (await self.stub.SubmitCampaign(request, timeout=30)).job_id
                 self.running.add(job_id)
-                job = await follow(self.stub, job_id, self.seen)
+                job = await self.follow_job(job_id, self.seen)
                 self.running.discard(job_id)
                 if job.status == jobs_pb2.JOB_STATUS_COMPLETED:
                     self.seen.walls.append(time.monotonic() - started)

@@ -15,6 +15,7 @@ from bench.progress import ProgressResult
 from bench.ratelimit import RatelimitResult
 from bench.scaleout import ScaleoutResult
 from bench.speedup import SpeedupResult
+from bench.sse import SseStreamsResult
 from bench.stats import percentile, rounded
 from bench.submit import SubmitResult
 from bench.throughput import ThroughputResult
@@ -25,6 +26,7 @@ RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
 TARGETS: dict[str, tuple[str, float]] = {
     "submit_p99_ms": ("<=", 10),
     "progress_p99_ms": ("<=", 20),
+    "sse_streams_1k_rss_mb": ("<=", 200),
     "campaigns_per_s": (">=", 100),
     "speedup_vs_sequential": (">=", 5),
     "scaleout_2x": (">=", 1.8),
@@ -34,6 +36,10 @@ TARGETS: dict[str, tuple[str, float]] = {
     "rss_mb_discovery": ("<=", 150),
     "rss_mb_enrichment": ("<=", 150),
 }
+# Targets relative to another figure: figure -> (the other, most it may exceed it by).
+RELATIVE_TARGETS: dict[str, tuple[str, float]] = {
+    "sse_progress_p99_ms": ("progress_p99_ms", 10),
+}
 
 
 @dataclass
@@ -42,6 +48,8 @@ class Results:
     database: str
     submit: SubmitResult | None = None
     progress: ProgressResult | None = None
+    sse_progress: ProgressResult | None = None
+    sse_streams: SseStreamsResult | None = None
     throughput: ThroughputResult | None = None
     speedup: SpeedupResult | None = None
     scaleout: ScaleoutResult | None = None
@@ -54,12 +62,17 @@ class Results:
         nan = math.nan
         s, p, t = self.submit, self.progress, self.throughput
         sp, so, rl = self.speedup, self.scaleout, self.ratelimit
+        sse, st = self.sse_progress, self.sse_streams
         rss = t.peak_rss_mb if t else {}
         return {
             "submit_p50_ms": rounded(percentile(s.latencies_ms, 50) if s else nan),
             "submit_p99_ms": rounded(percentile(s.latencies_ms, 99) if s else nan),
             "progress_p50_ms": rounded(percentile(p.latencies_ms, 50) if p else nan),
             "progress_p99_ms": rounded(percentile(p.latencies_ms, 99) if p else nan),
+            "sse_progress_p50_ms": rounded(percentile(sse.latencies_ms, 50) if sse else nan),
+            "sse_progress_p99_ms": rounded(percentile(sse.latencies_ms, 99) if sse else nan),
+            "sse_streams_1k_rss_mb": rounded(st.rss_mb if st and st.opened else nan, 1),
+            "sse_streams_open": st.opened if st else None,
             "campaigns_per_s": rounded(t.campaigns_per_s if t else nan),
             "leads_per_s": rounded(t.leads_per_s if t else nan),
             "speedup_vs_sequential": rounded(sp.speedup if sp else nan),
@@ -99,13 +112,21 @@ class Results:
             f"  {'figure':<24}{'value':>10}   {'target':<10}",
             f"  {'-' * 24}{'-' * 10}   {'-' * 10}",
         ]
-        for key, value in self.figures().items():
+        figures = self.figures()
+        for key, value in figures.items():
             shown = "-" if value is None else f"{value:g}"
             target = ""
             if key in TARGETS:
                 op, bound = TARGETS[key]
                 met = value is not None and (value <= bound if op == "<=" else value >= bound)
                 target = f"{op} {bound:g}  {'ok' if met else 'MISSED'}"
+            elif key in RELATIVE_TARGETS:
+                other, margin = RELATIVE_TARGETS[key]
+                ref = figures.get(other)
+                if ref is not None:
+                    met = value is not None and value <= ref + margin
+                    verdict = "ok" if met else "MISSED"
+                    target = f"<= {ref + margin:g}  {verdict} ({other} + {margin:g})"
             lines.append(f"  {key:<24}{shown:>10}   {target}")
         lines += ["", *self.details()]
         if self.timings:
@@ -127,8 +148,23 @@ class Results:
         if p := self.progress:
             out.append(
                 f"  progress: {len(p.latencies_ms)} stamped updates from {p.campaigns} "
-                f"campaigns (10 leads, 300 ms a call, {p.inflight} in flight)"
+                f"campaigns followed with WatchJob (10 leads, 300 ms a call, {p.inflight} "
+                f"in flight{', every other one followed over SSE' if self.sse_progress else ''})"
             )
+        if sse := self.sse_progress:
+            out.append(
+                f"  SSE progress: {len(sse.latencies_ms)} stamped events from {sse.campaigns} "
+                f"campaigns followed over the web process's event stream, at the same time"
+            )
+        if st := self.sse_streams:
+            out.append(
+                f"  SSE streams: {st.opened} of {st.requested} open over {st.jobs} queued jobs "
+                f"(first events in {st.open_s:.1f}s; {st.failed} failed, {st.dropped} dropped); "
+                f"web RSS {st.idle_rss_mb:.1f} MB before, {st.rss_mb:.1f} MB with them "
+                f"(~{st.kb_per_stream:.0f} KB a stream), peak {st.peak_rss_mb:.1f} MB; "
+                f"jobs service peak {st.jobs_peak_rss_mb:.1f} MB"
+            )
+            out.append(f"    CPU while opening (cores busy): {_cores(st.cpu_cores)}")
         if t := self.throughput:
             out.append(
                 f"  throughput: {t.window_s:.1f}s steady state, {t.completed} campaigns "

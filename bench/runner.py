@@ -4,12 +4,16 @@
    stopped (with the thousands of jobs it queued) while the main stack starts; with
    ``BENCH_DATABASE_URL`` (one database for all) it is the main stack, and the jobs
    submitted are cancelled before the workers start (they drop the queued tasks).
-2. Workers at 300 ms a provider call: **speedup** (the stack's side), then **progress**,
-   then the enrichment worker swapped for one running 4 tasks at once and **scale-out** (a
-   second one added half-way). The sequential side of the speedup runs meanwhile in a
-   process of its own: it only sleeps, so it takes nothing from the stack.
-3. The workers swapped for ones on the zero-latency sandbox: **throughput** (and RSS),
-   then the enrichment worker swapped for one calling the fake Hunter: **rate limit**.
+2. Workers at 300 ms a provider call: **speedup** (the stack's side), then the web
+   process started and **progress** (every other campaign followed over its Server-Sent
+   Events: the SSE figures), then the enrichment worker swapped for one running 4 tasks
+   at once and **scale-out** (a second one added half-way). The sequential side of the
+   speedup runs meanwhile in a process of its own: it only sleeps, so it takes nothing
+   from the stack.
+3. No workers: **SSE streams** (1,000 event streams on campaigns that stay queued, the
+   web process's RSS); the web process is stopped after it.
+4. Workers on the zero-latency sandbox: **throughput** (and RSS), then the enrichment
+   worker swapped for one calling the fake Hunter: **rate limit**.
 
 Between scenarios the campaigns still running are cancelled and the queues drained. Every
 process is stopped at the end, after a failure and on Ctrl-C or SIGTERM alike.
@@ -39,11 +43,15 @@ from bench.ratelimit import run_ratelimit
 from bench.report import Results
 from bench.scaleout import run_scaleout
 from bench.speedup import SequentialBaseline, SpeedupResult, run_stack_campaigns
+from bench.sse import client_session, raise_fd_limit, run_sse_streams, sse_follow
 from bench.stats import percentile
 from bench.submit import run_submit
 from bench.throughput import run_throughput
 from prospect.v1 import jobs_pb2_grpc
+from services.cli.stack import WEB
 from tests.fakes import FakeProviders
+
+FDS_SPARE = 1024  # open files besides the SSE streams' sockets (one each, per process)
 
 
 @asynccontextmanager
@@ -71,6 +79,7 @@ async def _run(
     config: BenchConfig, submit_h: Harness, h: Harness, fakes: FakeProviders, results: Results
 ) -> None:
     baseline = SequentialBaseline()
+    session = client_session()
     slow = [
         ("discovery", "discovery", SLOW_WORKER_ENV),
         ("enrichment", "enrichment", SLOW_WORKER_ENV),
@@ -98,11 +107,19 @@ async def _run(
             # The sequential side of the speedup runs meanwhile, in a process of its own: it
             # only sleeps, and its start-up falls in the progress warm-up.
             await baseline.start()
-            results.progress = run = await run_progress(
-                h.channel, config.progress_s, config.progress_inflight
+            await h.start_web()
+            grpc_run, sse_run = await run_progress(
+                h.channel,
+                config.progress_s,
+                config.progress_inflight,
+                sse_follow(session, h.web_url),
             )
-            p50, p99 = percentile(run.latencies_ms, 50), percentile(run.latencies_ms, 99)
-            log(f"progress: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(run.latencies_ms)} updates)")
+            results.progress, results.sse_progress = grpc_run, sse_run
+            for name, run in (("progress", grpc_run), ("sse progress", sse_run)):
+                if run is not None:
+                    p50, p99 = percentile(run.latencies_ms, 50), percentile(run.latencies_ms, 99)
+                    count = len(run.latencies_ms)
+                    log(f"{name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({count} updates)")
             h.check_alive()
             await h.wait_drained()
 
@@ -124,8 +141,28 @@ async def _run(
         results.speedup = SpeedupResult(walls, await baseline.result())
 
         await h.stop_workers(["discovery", "enrichment", "enrichment-2"])
+        async with _scenario(results, "sse_streams"):
+            stub = jobs_pb2_grpc.JobServiceStub(h.channel)
+            sampler = h.sampler(["jobs", WEB])
+            streams, job_ids = await run_sse_streams(
+                stub, session, h.web_url, sampler, config.sse_streams, config.sse_stream_jobs
+            )
+            results.sse_streams = streams
+            log(
+                f"sse streams: {streams.opened} of {streams.requested} open in "
+                f"{streams.open_s:.1f}s, web RSS {streams.rss_mb:.1f} MB "
+                f"({streams.idle_rss_mb:.1f} MB before)"
+            )
+            for error in streams.errors:
+                log(f"sse streams: {error}")
+            h.check_alive()
+            await cancel_jobs(stub, job_ids)
+
         fast = [("discovery", "discovery", FAST_WORKER_ENV)]
-        await h.start_workers([*fast, ("enrichment", "enrichment", FAST_WORKER_ENV)])
+        await asyncio.gather(
+            h.stop_web(),
+            h.start_workers([*fast, ("enrichment", "enrichment", FAST_WORKER_ENV)]),
+        )
         await h.wait_drained()
 
         async with _scenario(results, "throughput"):
@@ -155,6 +192,7 @@ async def _run(
             log(f"rate limit: {rl.utilization:.3f} of {rl.rps:g}/s, {rl.rate_limited} 403s")
             h.check_alive()
     finally:
+        await session.close()
         await baseline.aclose()
         await submit_h.close()
         await h.close()
@@ -162,6 +200,8 @@ async def _run(
 
 def main() -> int:
     config = BenchConfig.from_env()
+    # Before any process starts: the web process inherits the limit.
+    raise_fd_limit(config.sse_streams + FDS_SPARE)
     # SIGTERM and SIGHUP stop the bench like Ctrl-C, through the finally blocks; SIGINT too
     # when started with it ignored (in the background of a script).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
