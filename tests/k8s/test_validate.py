@@ -1,6 +1,7 @@
 """Every kustomization renders, and every object it renders is valid: built-in kinds against
 the Kubernetes API schemas (kubernetes-validate, strict: unknown fields are errors), the
-CRD kinds (KEDA, CloudNativePG) against the schemas kept in tests/k8s/schemas/."""
+CRD kinds (KEDA, CloudNativePG, the Prometheus Operator) against the schemas kept in
+tests/k8s/schemas/."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from tests.k8s.manifests import (
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_ScaledObject.json",
     ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io_v1_Cluster.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_v1_PodMonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_v1_PrometheusRule.json",
 }
 
 

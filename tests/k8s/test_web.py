@@ -68,7 +68,9 @@ def test_web_runs_the_web_process_on_8080_against_the_jobs_service(target: str) 
     objects = rendered(target)
     c = web_container(objects)
     assert is_app(c) and c["command"] == ["python", "-m", "services.web"], c
-    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", 8080)]
+    # HTTP, and Prometheus metrics (test_monitoring.py checks the metrics port everywhere).
+    ports = [(p["name"], p["containerPort"]) for p in c["ports"]]
+    assert ports == [("http", 8080), ("metrics", 9464)], ports
     env = {v["name"]: v.get("value") for v in c["env"]}
     assert env["WEB_ADDR"] == "0.0.0.0:8080"
     assert env["AUTH_MODE"] == "jwt", "off loopback the web process refuses AUTH_MODE=none"
@@ -117,12 +119,20 @@ def test_web_holds_no_credentials(target: str) -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_web_may_reach_only_the_jobs_api(target: str) -> None:
-    """Policies add up: of all that select the web pods, only the default deny and
-    prospect-web, whose egress is DNS and the jobs pods' gRPC port alone."""
+    """Policies add up: of all that select the web pods, only the default deny, the
+    metrics scrapes' (ingress alone) and prospect-web, whose egress is DNS and the jobs
+    pods' gRPC port alone."""
     objects = rendered(target)
     web_labels = pod_labels_of(objects, WEB)
     selecting = policies_selecting(objects, web_labels)
-    assert sorted(p["metadata"]["name"] for p in selecting) == ["default-deny-ingress", WEB]
+    assert sorted(p["metadata"]["name"] for p in selecting) == [
+        "default-deny-ingress",
+        "prospect-metrics",
+        WEB,
+    ]
+    assert named(objects, "NetworkPolicy", "prospect-metrics")["spec"]["policyTypes"] == [
+        "Ingress"
+    ], "egress stays prospect-web's alone"
     spec = named(objects, "NetworkPolicy", WEB)["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert [r["ports"] for r in spec["ingress"]] == [[{"port": "http", "protocol": "TCP"}]]
