@@ -309,20 +309,31 @@ def to_json(data: Message | Mapping[str, Any] | list[Any]) -> str:
 
 
 def stack_banner(
-    jobs_addr: str, nats_url: str, monitor_url: str, database_url: str, *, web_url: str = ""
+    jobs_addr: str,
+    nats_url: str,
+    monitor_url: str,
+    database_url: str,
+    *,
+    web_url: str = "",
+    metrics_urls: Mapping[str, str] | None = None,
 ) -> str:
-    """What ``make up`` prints once everything is ready: addresses and commands to try."""
+    """What ``make up`` prints once everything is ready: addresses (each process's
+    Prometheus endpoint among them, by label) and commands to try."""
     body = (
         '{"config": {"business_type": "coffee shop", "location": "Seattle, WA", '
         '"max_results": 10, "min_confidence_score": 50, "verify_emails": true}}'
     )
     web = f"  web page, API  {web_url}/ ({web_url}/v1/openapi.json)\n" if web_url else ""
+    metrics = "".join(
+        f"  metrics        {url} ({label})\n" for label, url in (metrics_urls or {}).items()
+    )
     return (
         f"\nprospect is up\n"
         f"{web}"
         f"  jobs gRPC API  {jobs_addr}\n"
         f"  NATS           {nats_url} (monitor {monitor_url})\n"
-        f"  database       {database_url}\n\n"
+        f"  database       {database_url}\n"
+        f"{metrics}\n"
         f"try:\n"
         f"  .venv/bin/prospect --addr {jobs_addr} submit 'coffee shop' 'Seattle, WA' --watch\n"
         f"  .venv/bin/prospect --addr {jobs_addr} list\n"

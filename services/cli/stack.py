@@ -311,6 +311,12 @@ class ServiceProcess(_Child):
         """JOBS_GRPC_ADDR given to this process (meaningful for jobs replicas)."""
         return self.env.get("JOBS_GRPC_ADDR")
 
+    @property
+    def metrics_url(self) -> str:
+        """Its Prometheus endpoint (``http://127.0.0.1:PORT/metrics``), "" when off."""
+        addr = self.env.get("METRICS_ADDR", "")
+        return f"http://{addr}/metrics" if addr else ""
+
     def start(self) -> Self:
         """Spawn the process (again, after it stopped); does not wait for readiness."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -364,6 +370,13 @@ def wait_all_ready(
     return True
 
 
+def _text_logs() -> dict[str, str]:
+    """LOG_FORMAT for the stack's services: the launcher's, else text (people read these
+    logs through ``make up``, and readiness is a line of them), even where LOG_FORMAT=auto
+    would choose json (a development container)."""
+    return {"LOG_FORMAT": os.environ.get("LOG_FORMAT") or "text"}
+
+
 class Stack:
     """NATS plus the jobs, discovery and enrichment services and the web process (HTTP on
     ``web_addr``), all on loopback.
@@ -383,7 +396,10 @@ class Stack:
         env: Mapping[str, str] | None = None,
         nats_port: int | None = None,
         ready_timeout: float = 60.0,
+        metrics: bool = False,
     ) -> None:
+        """``metrics``: every process serves Prometheus metrics on a free port of its own
+        (METRICS_ADDR; see :meth:`metrics_urls`)."""
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="prospect-stack-")).resolve()
         self.logs_dir = self.data_dir / "logs"
@@ -392,6 +408,7 @@ class Stack:
         self.database_url = database_url or f"sqlite+aiosqlite:///{self.data_dir / 'prospect.db'}"
         self.extra_env = dict(env or {})
         self.ready_timeout = ready_timeout
+        self.metrics = metrics
         self.nats = NatsServer(
             self.data_dir / "nats", log_path=self.logs_dir / "nats-server.log", port=nats_port
         )
@@ -408,6 +425,7 @@ class Stack:
         launcher's environment)."""
         return {
             **self.nats.client_env(identity),
+            **_text_logs(),
             "DATABASE_URL": self.database_url,
             "DATA_DIR": str(self.data_dir),
             "JOBS_GRPC_ADDR": self.jobs_addr,
@@ -425,6 +443,7 @@ class Stack:
         no_nats = dict.fromkeys(("NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS"), "")
         return {
             **no_nats,
+            **_text_logs(),
             "DATA_DIR": str(self.data_dir),  # unused by it; names the stack it belongs to
             "JOBS_GRPC_ADDR": self.jobs_addr,
             "WEB_ADDR": self.web_addr,
@@ -435,7 +454,8 @@ class Stack:
         """Start the web process as :attr:`web` (not waiting for it to be ready)."""
         if self.web is not None and self.web.is_running:
             raise StackError(f"{WEB} is already running")
-        self.web = ServiceProcess(WEB, {**self.web_env(), **(env or {})}, self.logs_dir / "web.log")
+        env = {**self.web_env(), **self._metrics_env(), **(env or {})}
+        self.web = ServiceProcess(WEB, env, self.logs_dir / "web.log")
         self.web.start()
         return self.web
 
@@ -448,7 +468,7 @@ class Stack:
             raise StackError(f"{label} is already running")
         proc = ServiceProcess(
             name,
-            {**self.service_env(name), **(env or {})},
+            {**self.service_env(name), **self._metrics_env(), **(env or {})},
             self.logs_dir / f"{label}.log",
             label=label,
         )
@@ -485,6 +505,16 @@ class Stack:
         if wait:
             proc.wait_ready(self.ready_timeout)
         return proc
+
+    def _metrics_env(self) -> dict[str, str]:
+        """METRICS_ADDR on a free port for one more process, when metrics are on (kept
+        across its restarts: it is in the process's env)."""
+        return {"METRICS_ADDR": f"127.0.0.1:{free_port()}"} if self.metrics else {}
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Each process's Prometheus endpoint by label (jobs, discovery, ..., web), for
+        those serving one."""
+        return {p.label: p.metrics_url for p in self._services() if p.metrics_url}
 
     def logs(self) -> dict[str, str]:
         """Full log text of every process, NATS included, by label."""

@@ -72,6 +72,7 @@ def main() -> int:
         jobs_addr=os.environ.get("JOBS_GRPC_ADDR") or "127.0.0.1:50051",
         web_addr=os.environ.get("WEB_ADDR") or "127.0.0.1:8080",
         database_url=os.environ.get("DATABASE_URL") or None,
+        metrics=True,  # each process on a free port, printed in the banner
     )
     offsets: dict[str, int] = {}
     code = 0
@@ -87,12 +88,11 @@ def main() -> int:
         if not stop.requested():
             nats = stack.nats
             database = redact_url(stack.database_url)
-            print(
-                stack_banner(
-                    stack.jobs_addr, nats.url, nats.monitor_url, database, web_url=stack.web_url
-                ),
-                flush=True,
-            )
+            banner = stack_banner(
+                stack.jobs_addr, nats.url, nats.monitor_url, database,
+                web_url=stack.web_url, metrics_urls=stack.metrics_urls(),
+            )  # fmt: skip
+            print(banner, flush=True)
         while not stop.requested():
             _follow(stack.children(), offsets, sys.stdout)
             for child in stack.children():

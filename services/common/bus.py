@@ -33,6 +33,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from services.common import tracing
 from services.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -280,8 +281,10 @@ async def wait_for_consumer(js: JetStreamContext, stream: str, consumer: str) ->
 
 
 async def publish_proto(js: JetStreamContext, subject: str, message: Message, msg_id: str) -> None:
-    """Publish a protobuf message to JetStream, de-duplicated by ``msg_id``."""
-    await js.publish(subject, message.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
+    """Publish a protobuf message to JetStream, de-duplicated by ``msg_id`` (with the
+    current span's trace context when tracing is on)."""
+    headers = tracing.inject({"Nats-Msg-Id": msg_id})
+    await js.publish(subject, message.SerializeToString(), headers=headers)
 
 
 async def publish_proto_no_ack(nc: NATS, subject: str, message: Message, msg_id: str) -> None:
@@ -290,7 +293,8 @@ async def publish_proto_no_ack(nc: NATS, subject: str, message: Message, msg_id:
     it, de-duplicated by ``msg_id``, when it arrives). Only for a message whose loss
     something else makes good. Raises ``nats.errors.Error`` when the client cannot take it
     (closed, or its reconnect buffer full)."""
-    await nc.publish(subject, message.SerializeToString(), headers={"Nats-Msg-Id": msg_id})
+    headers = tracing.inject({"Nats-Msg-Id": msg_id})
+    await nc.publish(subject, message.SerializeToString(), headers=headers)
 
 
 class CancelRegistry:

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from services.common import bus
+from services.common import bus, worker_metrics
 
 
 def _key(provider: str, kind: str, value: str) -> str:
@@ -55,6 +55,12 @@ class EnrichmentCache:
     async def _get(self, key: str) -> dict[str, object] | None:
         if self._kv is None:
             return None
+        data = await self._fresh(key)
+        worker_metrics.cache_lookup(hit=data is not None)
+        return data
+
+    async def _fresh(self, key: str) -> dict[str, object] | None:
+        assert self._kv is not None
         try:
             entry = await self._kv.get(key)
         except KeyNotFoundError:

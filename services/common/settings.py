@@ -75,8 +75,12 @@ class Settings:
     database_url: str = ""  # empty: SQLite file under data_dir
     jobs_grpc_addr: str = "127.0.0.1:50051"
     health_grpc_addr: str = ""  # workers: grpc.health.v1 here (e.g. 0.0.0.0:8081); empty: off
+    metrics_addr: str = ""  # Prometheus /metrics here (e.g. 0.0.0.0:9464); empty: off
     data_dir: str = DEFAULT_DATA_DIR
     log_level: str = "INFO"
+    # "text" (for people), "json" (one object a line), or "auto": text on a terminal, json
+    # in a container (Kubernetes, Docker, Podman), else text. See services/common/logs.py.
+    log_format: str = "auto"
     shutdown_grace_s: float = 25.0  # under Kubernetes' default 30 s termination grace
     # JetStream
     stream_replicas: int = 1
@@ -224,6 +228,8 @@ class Settings:
         for f in fields(self):
             if f.name.startswith(("price_", "sandbox_cost_")) and getattr(self, f.name) < 0:
                 raise ConfigError(f"{f.name.upper()} must not be negative")
+        if self.log_format not in ("auto", "json", "text"):
+            raise ConfigError(f"LOG_FORMAT={self.log_format!r} must be auto, json or text")
         if self.auth_mode not in ("none", "jwt"):
             raise ConfigError(f"AUTH_MODE={self.auth_mode!r} must be none or jwt")
         if self.auth_mode == "jwt" and verifies_tokens:
@@ -273,6 +279,10 @@ class Settings:
         host, sep, port = self.web_addr.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"WEB_ADDR={self.web_addr!r} must be host:port")
+        if self.metrics_addr:
+            host, sep, port = self.metrics_addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError(f"METRICS_ADDR={self.metrics_addr!r} must be host:port")
         for origin in self.web_origins:
             scheme, sep, rest = origin.partition("://")
             if scheme not in ("http", "https") or not sep or not rest or "/" in rest:

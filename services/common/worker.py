@@ -27,19 +27,23 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from prospect.v1 import work_pb2
-from services.common import bus, gc_freeze
+from services.common import bus, gc_freeze, metrics, tracing, worker_metrics
 from services.common.allowance import Allowance
+from services.common.errors import ConfigError
 from services.common.health import HealthServer
-from services.common.logs import lifecycle, setup_logging
+from services.common.logs import bind_job, lifecycle, setup_logging
 from services.common.providers import Charge, Providers, open_providers
 from services.common.providers.metering import Meter, charge_proto, current_meter
 from services.common.pull import pull_batches
 from services.common.settings import Settings
 from services.common.signals import stop_on_signals
+from services.common.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
+# The stage of a job each kind of task works for (a task span's prospect.stage).
+TASK_STAGES = {"discovery": "DISCOVERING", "enrichment": "ENRICHING"}
 T = TypeVar("T", work_pb2.DiscoveryTask, work_pb2.EnrichmentTask)
 
 
@@ -65,6 +69,7 @@ async def publish_report(js: JetStreamContext, report: work_pb2.WorkerReport) ->
     the Nats-Msg-Id."""
     stamp(report)
     await bus.publish_proto(js, bus.events_subject(report.job_id), report, report.report_id)
+    worker_metrics.record_spend(report)
 
 
 def add_charges(report: work_pb2.WorkerReport, meter: Meter, charges: list[Charge]) -> None:
@@ -170,6 +175,7 @@ class TaskRunner:
             raise
         except Exception:
             log.exception("task on %s failed unexpectedly; will retry", msg.subject)
+            worker_metrics.task_ended(self._consumer, "retried")
             with contextlib.suppress(Exception):
                 await msg.nak(delay=retry_delay(msg.metadata.num_delivered))
         finally:
@@ -232,12 +238,33 @@ class TaskWorker(Generic[T]):
         self._allowances = await bus.open_bucket(self._js, bus.ALLOWANCE_BUCKET)
 
     async def handle(self, msg: Msg) -> None:
+        started = time.monotonic()
+        try:
+            # A child of the span that queued the task (its message's trace context).
+            with tracing.span(
+                f"{self.name} task", kind=tracing.CONSUMER, parent=msg.headers,
+                attributes=self._span_attributes(msg),
+            ):  # fmt: skip
+                await self._handle(msg)
+        finally:
+            worker_metrics.TASK_DURATION.labels(self.name).observe(time.monotonic() - started)
+
+    def _span_attributes(self, msg: Msg) -> dict[str, str | int] | None:
+        """What the task's span says before the task is read (none when tracing is off)."""
+        if not tracing.enabled():
+            return None
+        return {tracing.TASK_KIND: self.name, tracing.STAGE: TASK_STAGES[self.name]}
+
+    async def _handle(self, msg: Msg) -> None:
         try:
             task = self.task_type.FromString(msg.data)
         except DecodeError:
             log.error("undecodable %s task dropped", self.name)
             await msg.term()
+            self.task_ended("failed")
             return
+        bind_job(task.job_id)  # the rest of this task's coroutine works for this job
+        tracing.annotate({tracing.JOB_ID: task.job_id, tracing.ATTEMPT: task.attempt})
         if await self._cancels.refresh(task.job_id):
             # Queued task of a stopped job: say so (the job waits for every task's word
             # before it ends), then drop it.
@@ -248,12 +275,19 @@ class TaskWorker(Generic[T]):
             report.task_stopped.CopyFrom(stopped)
             await publish_report(self._js, report)
             await msg.ack()
+            self.task_ended("cancelled")
             return
         await self.run(task, msg)
 
     async def run(self, task: T, msg: Msg) -> None:
-        """Do one task; ack, nak with a delay, or term its message."""
+        """Do one task; ack, nak with a delay, or term its message, and say which
+        (:meth:`task_ended`)."""
         raise NotImplementedError
+
+    def task_ended(self, outcome: str) -> None:
+        """This delivery ended ``outcome``: done (acked with its result), retried (handed
+        back), failed (reported as failed) or cancelled (its job stopped)."""
+        worker_metrics.task_ended(self.name, outcome)
 
     def new_report(self, task: T, report_id: str) -> work_pb2.WorkerReport:
         """A report about ``task`` without a body: its job, attempt and providers."""
@@ -285,8 +319,19 @@ class TaskWorker(Generic[T]):
 def worker_main(kind: type[TaskWorker]) -> None:
     """Entry point of a worker process: settings, logging, NATS, the loop, SIGTERM."""
     settings = Settings.load_or_exit()
-    setup_logging(settings.log_level, kind.name)
-    asyncio.run(_serve(kind, settings))
+    setup_logging(settings.log_level, kind.name, settings.log_format)
+    metrics_server = metrics.MetricsServer(settings.metrics_addr, kind.name)
+    try:
+        metrics_server.start()
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        raise SystemExit(2) from None
+    setup_tracing(kind.name)
+    try:
+        asyncio.run(_serve(kind, settings))
+    finally:
+        metrics_server.stop()
+        shutdown_tracing()
 
 
 async def _serve(kind: type[TaskWorker], settings: Settings) -> None:
@@ -302,6 +347,8 @@ async def _work(kind: type[TaskWorker], settings: Settings, stop: asyncio.Event)
     js = nc.jetstream()
     # The jobs service makes the topology; a worker may only use its part of it.
     await bus.wait_for_consumer(js, bus.WORK_STREAM, kind.consumer)
+    lag = metrics.consumer_lag(js, bus.WORK_STREAM, [kind.consumer])
+    refreshing = asyncio.create_task(metrics.refresh_every(lag, stop), name="metrics")
     cancels = await bus.CancelRegistry.open(nc, js)
     providers = await open_providers(settings, js)
     worker = kind(settings, nc, js, cancels, providers)
@@ -317,6 +364,7 @@ async def _work(kind: type[TaskWorker], settings: Settings, stop: asyncio.Event)
         "%s worker ready (consumer %s, %d at a time)", kind.name, kind.consumer, concurrency
     )
     await runner.run(stop, settings.shutdown_grace_s)
+    refreshing.cancel()
     await health.stop()
     # Every publish was already acknowledged and no fetch is outstanding, so a plain close
     # loses nothing (drain would wait for the pull subscriptions' idle inboxes).

@@ -134,16 +134,24 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             await self._report_charges(run, f"Discovery paused ({busy}); retrying")
             log.info("%s: %s; again in %.1fs", prefix, busy, busy.retry_after)
             await msg.nak(delay=busy.retry_after)
+            self.task_ended("retried")
             return
         except WorkStopped:
             # The job waits for this word before it ends; it carries what was spent.
             note = "Discovery stopped: the job is stopped"
             await self._report(run, "stopped", task_stopped=work_pb2.TaskStopped(note=note))
             await msg.ack()
+            self.task_ended("cancelled")
             return
         except ProviderError as exc:
             final = not exc.retryable or run.delivery >= self._settings.max_deliver
             if final:
+                # The one line of this task's failure (the job's own comes from the jobs
+                # service): never the key, which adapters keep out of every error.
+                log.warning(
+                    "discovery failed on delivery %d: %s", run.delivery, exc,
+                    extra={"provider": exc.provider, "error": type(exc).__name__},
+                )  # fmt: skip
                 await self._report(
                     run,
                     "failure",
@@ -155,11 +163,14 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                     ),
                 )
                 await msg.ack()
+                self.task_ended("failed")
             else:
                 await self._report_charges(run, f"Discovery interrupted ({exc}); retrying")
                 await msg.nak(delay=exc.retry_after or retry_delay(run.delivery))
+                self.task_ended("retried")
             return
         await msg.ack()
+        self.task_ended("done")
 
     async def _progress(self, run: _Run, progress: int, found: int, message: str) -> None:
         if run.reports and time.monotonic() - run.last_report < PROGRESS_MIN_INTERVAL_S:
@@ -234,6 +245,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
                 businesses_found=len(memo.found), qualified=[to_place(d, s) for d, s in kept]
             ),
         )
+        log.info("discovery done: %d businesses found, %d qualified", len(memo.found), len(kept))
 
     async def _pay_for_lacking(self, run: _Run, memo: Memo, lease: Lease | None) -> None:
         """The search, unless the memo has it, then the details the memo lacks; each

@@ -12,7 +12,7 @@ import logging
 from nats.aio.msg import Msg
 
 from prospect.v1 import jobs_pb2, work_pb2
-from services.common import bus
+from services.common import bus, worker_metrics
 from services.common.cache import CachedEmail, CachedVerification, EnrichmentCache
 from services.common.domains import domain_of
 from services.common.errors import ProviderError
@@ -74,6 +74,7 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
             add_charges(report, meter, charges)
             await publish_report(self._js, report)
             await msg.ack()
+            self.task_ended("cancelled")
             return
         except ProviderError as exc:
             if exc.retryable and delivery < self._settings.max_deliver:
@@ -84,7 +85,12 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
                     add_charges(report, meter, charges)
                     await publish_report(self._js, report)
                 await msg.nak(delay=exc.retry_after or retry_delay(delivery))
+                self.task_ended("retried")
                 return
+            log.warning(
+                "enrichment of lead %s failed on delivery %d: %s", task.lead_id, delivery, exc,
+                extra={"provider": exc.provider, "error": type(exc).__name__},
+            )  # fmt: skip
             report.task_failure.CopyFrom(
                 work_pb2.TaskFailure(
                     stage=jobs_pb2.STAGE_ENRICHING,
@@ -97,11 +103,15 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
             add_charges(report, meter, charges)
             await publish_report(self._js, report)
             await msg.ack()
+            self.task_ended("failed")
             return
         report.enrichment_result.CopyFrom(result)
         add_charges(report, meter, charges)
         await publish_report(self._js, report)
         await msg.ack()
+        self.task_ended("done")
+        cached = " (from the cache)" if result.from_cache else ""
+        log.debug("lead %s enriched: %s%s", task.lead_id, result.email_status, cached)
 
     async def _enrich(
         self, task: work_pb2.EnrichmentTask, charges: list[Charge]
@@ -131,6 +141,7 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
             )
             if found is None:
                 result.email_status = "skipped_budget"
+                worker_metrics.LEADS_SKIPPED_BUDGET.inc()
                 return result
             charges.extend(found.charges)
             cached = CachedEmail(found.email, found.confidence)

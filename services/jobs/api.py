@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
+from services.common import tracing
 from services.common.errors import (
     DOMAIN,
     AlreadyExists,
@@ -40,7 +41,8 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.jobs import queries, validation
+from services.common.logs import bind_job
+from services.jobs import metrics, queries, validation
 from services.jobs.auth import current_principal
 from services.jobs.commands import Commands
 from services.jobs.convert import job_proto, lead_proto, status_from_proto
@@ -138,6 +140,21 @@ def unary(
     return wrapper
 
 
+def traced(
+    handler: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]:
+    """The RPC in a server span, a child of the caller's when it sent a ``traceparent``
+    (a SubmitCampaign's span is its campaign's trace: services/common/tracing.py)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        parent = tracing.grpc_metadata(context.invocation_metadata())
+        with tracing.span(handler.__name__, kind=tracing.SERVER, parent=parent):
+            return await handler(self, request, context)
+
+    return wrapper
+
+
 def streaming(
     handler: Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]],
 ) -> Callable[[Any, Any, grpc.aio.ServicerContext], AsyncIterator[R]]:
@@ -213,6 +230,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self._closing.set()
 
     @unary
+    @traced
     async def SubmitCampaign(
         self, request: jobs_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitCampaignResponse:
@@ -222,6 +240,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         if principal.is_service:
             self._acted_for.admit(principal.user_id, owner)
         job = await self._commands.submit(owner, config, key)
+        bind_job(job.id)
+        log.info("job %s submitted: %s", job.id, job.status)
+        tracing.annotate({tracing.JOB_ID: job.id})
         return jobs_pb2.SubmitCampaignResponse(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -233,6 +254,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         job_id = validation.validate_job_id(request.job_id)
+        bind_job(job_id)
         return job_proto(await self._commands.job(_user(), job_id))
 
     @unary
@@ -251,10 +273,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ListJobsResponse(jobs=[job_proto(r) for r in rows], next_page_token=token)
 
     @unary
+    @traced
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.Job:
         job_id = validation.validate_job_id(request.job_id)
+        bind_job(job_id)
+        tracing.annotate({tracing.JOB_ID: job_id})
         return job_proto(await self._commands.cancel(_user(), job_id))
 
     @unary
@@ -262,6 +287,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.ListLeadsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListLeadsResponse:
         job_id = validation.validate_job_id(request.job_id)
+        bind_job(job_id)
         page_size = validation.validate_page_size(request.page_size)
         user = _user()
         with self._list_rows.reserve(user, page_size) as listing:
@@ -302,6 +328,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.JobUpdate]:
         job_id = validation.validate_job_id(request.job_id)
+        bind_job(job_id)
         if request.after_version < 0:
             raise InvalidArgument("after_version", "must not be negative")
         user = _user()
@@ -315,10 +342,14 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 metadata={"setting": "MAX_WATCHES_PER_USER", "limit": str(self._max_watches)},
             )
         self._watches[user] = self._watches.get(user, 0) + 1
+        metrics.WATCH_STREAMS.inc()
         try:
             async for update in self._watch(user, job_id, request.after_version):
                 yield update
+                # Written to the stream: from the report behind it (if any) to here.
+                metrics.update_sent(update.report_published_at.ToNanoseconds())
         finally:
+            metrics.WATCH_STREAMS.dec()
             self._watches[user] -= 1
             if not self._watches[user]:
                 del self._watches[user]

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from services.jobs import effects
+from services.common import tracing
+from services.common.logs import job_context
+from services.jobs import effects, metrics
 from services.jobs import machine as m
 from services.jobs.convert import state_of
 from services.jobs.db import Writer
@@ -42,12 +44,51 @@ class GaveUp(RuntimeError):
 def apply_event(unit: Unit, job: JobRow, event: m.Event) -> tuple[Applied, m.Transition]:
     """Run ``event`` through the state machine for ``job`` and carry out the result in
     ``unit``; what it leaves to do after commit, and the transition itself."""
-    result = m.transition(state_of(job), event)
+    before = state_of(job)
+    result = m.transition(before, event)
     applied = Applied(job_id=job.id, stop_work=m.StopWork() in result.effects)
+    if result.state is not None and result.state.status.terminal and not before.status.terminal:
+        applied.finished = result.state.status
     applied.outbox = effects.record(unit, job, result, utcnow())
     if result.state is not None:
         applied.job, applied.snapshots = job, result.snapshots
+        applied.cause = tracing.current_traceparent()
     return applied, result
+
+
+def trace_ending(applied: Applied) -> None:
+    """The span of a job becoming final in ``applied`` (once committed), in the job's
+    trace: a child of the span that caused it (applying the last report), else of the
+    submit's (the watchdog, or a CancelJob call of another trace, linked)."""
+    if not tracing.enabled() or applied.job is None:
+        return
+    final = next((s.state for s in applied.snapshots if s.state.status.terminal), None)
+    if final is None:
+        return
+    attributes = {
+        tracing.JOB_ID: applied.job_id,
+        tracing.STATUS: final.status.value,
+        tracing.STAGE: final.stage.value,
+    }
+    name = f"job {final.status.value.lower()}"
+    with tracing.event_span(name, applied.job.trace_context, applied.cause, attributes):
+        pass
+
+
+def log_ending(applied: Applied) -> None:
+    """The one line of a job becoming final in ``applied``: a WARNING naming the job, the
+    provider and the cause when it FAILED (what to alert on), INFO otherwise. A final job
+    refuses every later event, so this comes once per job."""
+    final = next((s.state for s in applied.snapshots if s.state.status.terminal), None)
+    if final is None:
+        return
+    with job_context(applied.job_id):
+        if final.status != m.Status.FAILED:
+            log.info("job %s %s", applied.job_id, final.status.value)
+            return
+        # The error names the provider that failed the job, when one did.
+        provider = m.failed_provider(final.error)
+        log.warning("job %s FAILED: %s", applied.job_id, final.error, extra={"provider": provider})
 
 
 class Changes:
@@ -78,6 +119,12 @@ class Changes:
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))
         else:
             raise GaveUp(f"a change met a conflict {ATTEMPTS} times in a row")
+        for done in applied:
+            if done.finished is not None:
+                metrics.job_finished(done.finished)
+        for one in applied:
+            log_ending(one)
+            trace_ending(one)
         try:
             await self._publisher.after_commit(*applied)
         except Exception as exc:

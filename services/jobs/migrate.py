@@ -23,7 +23,7 @@ async def run(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings.load_or_exit()
-    setup_logging(settings.log_level, "migrate")
+    setup_logging(settings.log_level, "migrate", settings.log_format)
     asyncio.run(run(settings))
 
 

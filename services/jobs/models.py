@@ -92,6 +92,9 @@ class JobRow(Base):
     updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
     # When the job began CANCELLING or FAILING: the stop deadline counts from here.
     stopping_since: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
+    # The W3C traceparent of its SubmitCampaign span (services/common/tracing.py): later
+    # work without a span of its own (a retry, a stop deadline) continues that trace.
+    trace_context: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class CampaignRow(Base):
@@ -153,6 +156,8 @@ class OutboxRow(Base):
     subject: Mapped[str] = mapped_column(String(200))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow, index=True)
+    # The traceparent of the span that queued it, sent in the message's headers.
+    trace_context: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TaskRow(Base):

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from sqlalchemy import delete, select
 
+from services.common import tracing
 from services.jobs.db import Writer
 from services.jobs.models import OutboxRow, transient, utcnow
 from services.jobs.unit import OUTBOX
@@ -26,10 +27,20 @@ RELAY_MIN_AGE = timedelta(seconds=2)
 RELAY_BATCH = 500
 
 
-def outbox_row(msg_id: str, subject: str, message: Message | bytes) -> OutboxRow:
+def outbox_row(
+    msg_id: str, subject: str, message: Message | bytes, trace_context: str | None = None
+) -> OutboxRow:
+    """A row to publish ``message``; ``trace_context`` (a traceparent) goes in its headers."""
     payload = message if isinstance(message, bytes) else message.SerializeToString()
-    values = {"id": msg_id, "subject": subject, "payload": payload}
+    values = {"id": msg_id, "subject": subject, "payload": payload, "trace_context": trace_context}
     return transient(OutboxRow, {**values, "created_at": utcnow()})
+
+
+def _headers(row: OutboxRow) -> dict[str, str]:
+    headers = {"Nats-Msg-Id": row.id}
+    if row.trace_context:
+        headers[tracing.TRACEPARENT] = row.trace_context
+    return headers
 
 
 class Outbox:
@@ -61,10 +72,7 @@ class Outbox:
         """Publish committed rows. On failure the relay tries again later."""
         # All at once: one round trip of waiting instead of one per row.
         results = await asyncio.gather(
-            *(
-                self._js.publish(row.subject, row.payload, headers={"Nats-Msg-Id": row.id})
-                for row in rows
-            ),
+            *(self._js.publish(row.subject, row.payload, headers=_headers(row)) for row in rows),
             return_exceptions=True,
         )
         for row, result in zip(rows, results, strict=True):

@@ -31,6 +31,8 @@ class Applied:
     job: JobRow | None = None  # the row as stored (the snapshots' fixed fields)
     snapshots: list[m.Snapshot] = field(default_factory=list)
     stamp: Timestamp | None = None  # when the report behind it was published
+    finished: m.Status | None = None  # the final status the job reached, if it did
+    cause: str | None = None  # the traceparent of the span that made it (tracing on)
 
     def updates(self, snapshots: list[m.Snapshot]) -> list[jobs_pb2.JobUpdate]:
         assert self.job is not None

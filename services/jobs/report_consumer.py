@@ -16,16 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from prospect.v1 import work_pb2
-from services.common import bus
+from services.common import bus, tracing
+from services.common.logs import job_context
 from services.common.pull import pull_batches
 from services.common.settings import Settings
-from services.jobs import dispatched, reports
+from services.jobs import dispatched, metrics, reports
 from services.jobs import machine as m
 from services.jobs.changes import Changes, apply_event
 from services.jobs.dispatched import PriceTable
@@ -58,8 +62,12 @@ def _apply_one(unit: Unit, report: work_pb2.WorkerReport, table: PriceTable) -> 
     cost, intents = reports.bookings(report, unit.applied_ids)
     task = unit.task(report.task_id)
     if job is None:
-        raise BadReport(f"job {report.job_id} does not exist")
-    dispatched.check(report, task, cost.micros, job.config, table)
+        raise BadReport(f"job {report.job_id} does not exist", reason="unknown_job")
+    try:
+        dispatched.check(report, task, cost.micros, job.config, table)
+    except BadReport as exc:
+        exc.reason = "not_dispatched"
+        raise
     assert task is not None  # check refuses a report naming no recorded task
     late = dispatched.ended_before(task)
     dispatched.record(task, report, cost.micros)
@@ -78,9 +86,14 @@ def _apply_one(unit: Unit, report: work_pb2.WorkerReport, table: PriceTable) -> 
 
 
 def apply_reports(
-    unit: Unit, batch: list[work_pb2.WorkerReport], table: PriceTable
+    unit: Unit,
+    batch: list[work_pb2.WorkerReport],
+    table: PriceTable,
+    headers: Sequence[Mapping[str, str] | None] | None = None,
 ) -> list[Applied]:
-    """Apply checked reports in one transaction's ``unit``, in order."""
+    """Apply checked reports in one transaction's ``unit``, in order. With tracing on,
+    ``headers`` are the reports' messages' (their trace context): each report is applied
+    in a span of its own, a child of the worker's that sent it."""
     # Four queries load what the batch looks at: which of its report ids (intents
     # included) were applied already, its jobs, the tasks and the leads it is about.
     unit.load_applied(
@@ -90,11 +103,27 @@ def apply_reports(
     unit.load_tasks(r.task_id for r in batch)
     unit.load_leads({reports.lead_id_of(r) for r in batch} - {""})
     done = []
-    for report in batch:
-        applied = _apply_one(unit, report, table)
+    for i, report in enumerate(batch):
+        with job_context(report.job_id), _report_span(report, headers, i):
+            applied = _apply_one(unit, report, table)
         if applied is not None:
             done.append(applied)
     return done
+
+
+def _report_span(
+    report: work_pb2.WorkerReport, headers: Sequence[Mapping[str, str] | None] | None, i: int
+) -> AbstractContextManager[object]:
+    """The span applying ``report`` (the ``i``-th of its batch) when tracing is on."""
+    if headers is None:
+        return contextlib.nullcontext()
+    attributes = {
+        tracing.JOB_ID: report.job_id,
+        tracing.REPORT_KIND: report.WhichOneof("body") or "",
+    }
+    return tracing.span(
+        "apply report", kind=tracing.CONSUMER, parent=headers[i], attributes=attributes
+    )
 
 
 def _decode(msg: Msg) -> work_pb2.WorkerReport:
@@ -102,11 +131,20 @@ def _decode(msg: Msg) -> work_pb2.WorkerReport:
     try:
         report = work_pb2.WorkerReport.FromString(msg.data)
     except DecodeError:
-        raise BadReport("undecodable") from None
+        raise BadReport("undecodable", reason="undecodable") from None
     reports.check(report)
     if bus.job_of_report_subject(msg.subject) != report.job_id:
-        raise BadReport(f"published on {msg.subject[:80]}, not on its job's subject")
+        raise BadReport(
+            f"published on {msg.subject[:80]}, not on its job's subject", reason="wrong_subject"
+        )
     return report
+
+
+def _headers(
+    batch: list[tuple[Msg, work_pb2.WorkerReport]],
+) -> list[Mapping[str, str] | None] | None:
+    """The headers of the batch's messages when tracing is on (their trace context)."""
+    return [msg.headers for msg, _ in batch] if tracing.enabled() else None
 
 
 def consumers_of(partitions: frozenset[int]) -> set[str]:
@@ -200,6 +238,7 @@ class ReportConsumer:
 
     async def take(self, msgs: list[Msg]) -> None:
         """Apply the reports of one fetch and give every message its fate."""
+        metrics.REPORT_BATCH_SIZE.observe(len(msgs))
         batch: list[tuple[Msg, work_pb2.WorkerReport]] = []
         for msg in msgs:
             try:
@@ -209,7 +248,7 @@ class ReportConsumer:
         if not batch:
             return
         try:
-            await self.apply([report for _, report in batch])
+            await self.apply([report for _, report in batch], _headers(batch))
         except Exception as exc:
             if len(batch) == 1:
                 await self._failed(*batch[0], exc)
@@ -221,13 +260,19 @@ class ReportConsumer:
         for msg, _ in batch:
             await msg.ack()
 
-    async def apply(self, batch: list[work_pb2.WorkerReport]) -> None:
+    async def apply(
+        self,
+        batch: list[work_pb2.WorkerReport],
+        headers: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> None:
         """Apply checked reports in one change (committed when this returns)."""
-        await self._changes.run(lambda unit: apply_reports(unit, batch, self.prices))
+        started = time.perf_counter()
+        await self._changes.run(lambda unit: apply_reports(unit, batch, self.prices, headers))
+        metrics.REPORT_APPLY.observe(time.perf_counter() - started)
 
     async def _take_one(self, msg: Msg, report: work_pb2.WorkerReport) -> None:
         try:
-            await self.apply([report])
+            await self.apply([report], _headers([(msg, report)]))
         except Exception as exc:
             await self._failed(msg, report, exc)
             return
@@ -235,22 +280,25 @@ class ReportConsumer:
 
     async def _refuse(self, msg: Msg, exc: BadReport) -> None:
         log.error("report on %s refused: %s", msg.subject[:80], exc)
+        metrics.report_refused(exc.reason)
         with contextlib.suppress(Exception):
             await msg.term()
 
     async def _failed(self, msg: Msg, report: work_pb2.WorkerReport, exc: Exception) -> None:
-        if isinstance(exc, BadReport):
-            await self._refuse(msg, exc)
-            return
-        delivery = msg.metadata.num_delivered
-        if delivery >= self._settings.max_deliver:
-            log.error(
-                "report %s of job %s dropped after %d failed deliveries: %r",
-                report.report_id, report.job_id, delivery, exc,
-            )  # fmt: skip
+        with job_context(report.job_id):  # checked: a job id
+            if isinstance(exc, BadReport):
+                await self._refuse(msg, exc)
+                return
+            delivery = msg.metadata.num_delivered
+            if delivery >= self._settings.max_deliver:
+                log.error(
+                    "report %s of job %s dropped after %d failed deliveries: %r",
+                    report.report_id, report.job_id, delivery, exc,
+                )  # fmt: skip
+                metrics.report_refused("failed")
+                with contextlib.suppress(Exception):
+                    await msg.term()
+                return
+            log.warning("report %s not applied (%r); will retry", report.report_id, exc)
             with contextlib.suppress(Exception):
-                await msg.term()
-            return
-        log.warning("report %s not applied (%r); will retry", report.report_id, exc)
-        with contextlib.suppress(Exception):
-            await msg.nak(delay=RETRY_DELAY_S * delivery)
+                await msg.nak(delay=RETRY_DELAY_S * delivery)

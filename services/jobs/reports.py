@@ -32,7 +32,12 @@ EMAIL_MAX = 320
 
 
 class BadReport(ValueError):
-    """A report that can never be applied; the message says which rule it broke."""
+    """A report that can never be applied; the message says which rule it broke, and
+    ``reason`` which kind of rule (one of services.jobs.metrics.REFUSALS)."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _money(value: float, what: str) -> None:

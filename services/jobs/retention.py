@@ -59,7 +59,7 @@ async def run(settings: Settings) -> int:
 
 def main() -> None:
     settings = Settings.load_or_exit()
-    setup_logging(settings.log_level, "retention")
+    setup_logging(settings.log_level, "retention", settings.log_format)
     asyncio.run(run(settings))
 
 

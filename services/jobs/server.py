@@ -21,14 +21,17 @@ from services.common import bus, gc_freeze
 from services.common.addresses import is_loopback
 from services.common.errors import ConfigError
 from services.common.logs import lifecycle, setup_logging
+from services.common.metrics import MetricsServer, consumer_lag, refresh_every
 from services.common.settings import Settings
 from services.common.signals import stop_on_signals
-from services.jobs import db
+from services.common.tracing import setup_tracing, shutdown_tracing
+from services.jobs import db, metrics
 from services.jobs.api import JobService, abort
 from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
 from services.jobs.changes import Changes
 from services.jobs.commands import Commands
 from services.jobs.fanout import Fanout
+from services.jobs.metrics import RpcMetricsInterceptor
 from services.jobs.outbox import Outbox
 from services.jobs.page_tokens import PageTokens
 from services.jobs.partitions import Membership
@@ -128,7 +131,8 @@ def build_grpc_server(
     authenticated by AUTH_MODE and encrypted when GRPC_TLS_CERT/KEY are set."""
     verifier = TokenVerifier(settings) if settings.auth_mode == "jwt" else None
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(verifier, abort=abort)],
+        # Metrics outermost: refused calls (UNAUTHENTICATED) are counted too.
+        interceptors=[RpcMetricsInterceptor(), AuthInterceptor(verifier, abort=abort)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
@@ -205,6 +209,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(parts.reports.run(stop), name="reports"),
         asyncio.create_task(outbox.run_relay(stop, settings.outbox_poll_s), name="outbox"),
         asyncio.create_task(parts.watchdog.run(stop), name="watchdog"),
+        asyncio.create_task(_refresh_metrics(settings, parts.writer, js, stop), name="metrics"),
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]
     tls = " with TLS" if settings.grpc_tls_cert else ""
@@ -232,13 +237,30 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 def main() -> None:
     settings = Settings.load_or_exit()
-    setup_logging(settings.log_level, "jobs")
+    setup_logging(settings.log_level, "jobs", settings.log_format)
+    metrics_server = MetricsServer(settings.metrics_addr, "jobs")
     try:
         check_auth_mode(settings)
+        metrics_server.start()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         raise SystemExit(2) from None
-    asyncio.run(_run(settings))
+    setup_tracing("jobs")
+    try:
+        asyncio.run(_run(settings))
+    finally:
+        shutdown_tracing()
+        metrics_server.stop()
+
+
+async def _refresh_metrics(
+    settings: Settings, writer: db.Writer, js: JetStreamContext, stop: asyncio.Event
+) -> None:
+    """Keep the gauges read from the database and JetStream fresh until ``stop``. Every
+    replica reports every report consumer's lag (the same values: aggregate with max)."""
+    lag = consumer_lag(js, bus.EVENTS_STREAM, bus.report_consumers(settings.report_partitions))
+    state = metrics.state_refresh(writer, settings.stall_timeout_s)
+    await asyncio.gather(refresh_every(state, stop), refresh_every(lag, stop))
 
 
 async def _run(settings: Settings) -> None:

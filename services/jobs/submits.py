@@ -18,9 +18,11 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from prospect.v1 import jobs_pb2
+from services.common import tracing
 from services.common.errors import AlreadyExists, Reason, ResourceExhausted
 from services.common.settings import Settings
 from services.jobs import machine as m
+from services.jobs import metrics
 from services.jobs.convert import config_from_json, config_to_json
 from services.jobs.db import Writer
 from services.jobs.models import CampaignRow, JobRow, OutboxRow, transient, utcnow
@@ -44,6 +46,8 @@ class _Submit:
     user_id: str
     config: jobs_pb2.CampaignConfig
     key: str
+    # The submit's span (services/common/tracing.py), the root of the campaign's trace.
+    trace_context: str | None = None
     answer: asyncio.Future[JobRow] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -60,13 +64,18 @@ class Submits:
     async def submit(
         self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str
     ) -> JobRow:
-        request = _Submit(user_id, config, idempotency_key)
+        request = _Submit(user_id, config, idempotency_key, tracing.current_traceparent())
         self._queue.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._write_queued())
         return await asyncio.shield(request.answer)
 
     async def _write_queued(self) -> None:
+        # Written for many submits: each job's task continues its own submit's trace.
+        with tracing.detached():
+            await self._write_all_queued()
+
+    async def _write_all_queued(self) -> None:
         while self._queue:
             # Requests reach their handler one by one (each takes gRPC a few passes of
             # the event loop), so without a moment's wait every batch would hold one.
@@ -98,6 +107,7 @@ class Submits:
             else:
                 request.answer.set_result(answer)
         if rows:
+            metrics.JOBS_SUBMITTED.inc(len(rows))  # one discovery task per new job
             self._outbox.publish_soon(rows)
 
     def _record(
@@ -168,6 +178,7 @@ class Submits:
                 "completed_at": None,
                 "updated_at": now,
                 "stopping_since": None,
+                "trace_context": request.trace_context,
             },
         )
         campaign = transient(

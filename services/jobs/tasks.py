@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 
 from prospect.v1 import work_pb2
-from services.common import bus
+from services.common import bus, tracing
 from services.jobs.convert import budget_micros_of, config_from_json
 from services.jobs.models import JobRow, LeadRow, OutboxRow, TaskRow, transient, utcnow
 from services.jobs.outbox import outbox_row
@@ -22,6 +22,12 @@ DISCOVERY, ENRICHMENT = "discovery", "enrichment"
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _trace_context(job: JobRow) -> str | None:
+    """Where a task's span hangs in the job's trace: under the span queueing it (applying
+    a report), else under the job's own (a retry by the watchdog, the submit's batch)."""
+    return tracing.current_traceparent() or job.trace_context
 
 
 def _record(
@@ -58,7 +64,8 @@ def queue_discovery(unit: Unit, job: JobRow, attempt: int) -> OutboxRow:
         attempt=attempt,
         task_id=_record(unit, job, DISCOVERY, attempt, "", budget),
     )
-    return outbox_row(f"discovery.{job.id}.{attempt}", bus.DISCOVERY_SUBJECT, task)
+    subject, msg_id = bus.DISCOVERY_SUBJECT, f"discovery.{job.id}.{attempt}"
+    return outbox_row(msg_id, subject, task, _trace_context(job))
 
 
 def queue_enrichment(
@@ -82,7 +89,8 @@ def queue_enrichment(
         attempt=attempt,
         budget_micros=allowance_micros,
     )
-    return outbox_row(f"enrichment.{lead.id}.{attempt}", bus.ENRICHMENT_SUBJECT, task)
+    subject, msg_id = bus.ENRICHMENT_SUBJECT, f"enrichment.{lead.id}.{attempt}"
+    return outbox_row(msg_id, subject, task, _trace_context(job))
 
 
 def stop_row(job_id: str) -> OutboxRow:

@@ -22,8 +22,10 @@ from nats.js import JetStreamContext
 from sqlalchemy import select
 
 from services.common import bus
+from services.common.logs import job_context
 from services.common.settings import Settings
 from services.jobs import machine as m
+from services.jobs import metrics
 from services.jobs.changes import Changes, apply_event
 from services.jobs.db import Writer
 from services.jobs.models import JobRow, utcnow
@@ -132,7 +134,10 @@ class Watchdog:
             return run
 
         for job_id in job_ids:
-            await self._changes.run(change(job_id))
+            with job_context(job_id):
+                applied = await self._changes.run(change(job_id))
+            if applied and event is m.Stalled:
+                metrics.JOBS_STALLED.inc()
         return len(job_ids)
 
     async def check_stalled(self) -> int:

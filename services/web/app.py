@@ -15,7 +15,9 @@ from google.api import annotations_pb2
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.render import leads_csv
+from services.common import tracing
 from services.web import cors, openapi, sse
+from services.web.metrics import SSE_STREAMS, count_requests
 from services.web.security import add_security_headers, call_metadata, refuse_token_in_url
 from services.web.transcode import (
     HttpError,
@@ -96,9 +98,23 @@ def _stub(request: web.Request) -> jobs_pb2_grpc.JobServiceStub:
     return request.app[STUB]
 
 
+def traced(handler: Handler) -> Handler:
+    """The route in a server span, a child of the caller's ``traceparent`` header when it
+    sent one; its RPCs carry the span's context (services/common/tracing.py)."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        name = f"{request.method} {resource.canonical if resource else handler.__name__}"
+        with tracing.span(name, kind=tracing.SERVER, parent=request.headers):
+            return await handler(request)
+
+    return wrapper
+
+
+@traced
 async def submit_campaign(request: web.Request) -> web.Response:
     submit = submit_request(parse_json_body(await request.read()))
-    md = call_metadata(request)
+    md = call_metadata(request) + tracing.grpc_outgoing()
     stub = _stub(request)
     answer = await stub.SubmitCampaign(submit, metadata=md, timeout=RPC_TIMEOUT_S)
     get = jobs_pb2.GetJobRequest(job_id=answer.job_id)
@@ -120,10 +136,12 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(to_json(job))
 
 
+@traced
 async def cancel_job(request: web.Request) -> web.Response:
     req = jobs_pb2.CancelJobRequest(job_id=request.match_info["job_id"])
     stub = _stub(request)
-    job = await stub.CancelJob(req, metadata=call_metadata(request), timeout=RPC_TIMEOUT_S)
+    md = call_metadata(request) + tracing.grpc_outgoing()
+    job = await stub.CancelJob(req, metadata=md, timeout=RPC_TIMEOUT_S)
     return json_response(to_json(job))
 
 
@@ -178,6 +196,7 @@ async def watch_job(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    SSE_STREAMS.inc()
     try:
         await sse.stream_job(stub, job_id, after, md, response.write)
     except grpc.aio.AioRpcError as err:
@@ -188,6 +207,8 @@ async def watch_job(request: web.Request) -> web.StreamResponse:
     except TimeoutError as exc:
         body = error_body(grpc.StatusCode.UNAVAILABLE, str(exc), [])
         await response.write(sse.error_event(body))
+    finally:
+        SSE_STREAMS.dec()
     await response.write_eof()
     return response
 
@@ -246,7 +267,7 @@ def build_app(
     origins: frozenset[str],
     max_body_bytes: int,
 ) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=max_body_bytes)
+    app = web.Application(middlewares=[count_requests, errors], client_max_size=max_body_bytes)
     app[STUB], app[CHANNEL], app[ORIGINS] = stub, channel, origins
     app.on_response_prepare.append(_on_prepare)
     handlers = {

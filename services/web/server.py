@@ -15,8 +15,10 @@ from prospect.v1 import jobs_pb2_grpc
 from services.common.addresses import is_loopback
 from services.common.errors import ConfigError
 from services.common.logs import lifecycle, setup_logging
+from services.common.metrics import MetricsServer
 from services.common.settings import Settings
 from services.common.signals import stop_on_signals
+from services.common.tracing import setup_tracing, shutdown_tracing
 from services.web.app import build_app
 
 log = logging.getLogger(__name__)
@@ -73,13 +75,19 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def main() -> None:
     # Tokens are checked by the jobs API they are passed on to: no key here.
     settings = Settings.load_or_exit(verifies_tokens=False)
-    setup_logging(settings.log_level, "web")
+    setup_logging(settings.log_level, "web", settings.log_format)
+    setup_tracing("web")
+    metrics_server = MetricsServer(settings.metrics_addr, "web")
     try:
         check_auth_mode(settings)
+        metrics_server.start()
         asyncio.run(_run(settings))
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         raise SystemExit(2) from None
+    finally:
+        metrics_server.stop()
+        shutdown_tracing()
 
 
 async def _run(settings: Settings) -> None:

@@ -75,10 +75,13 @@ def running_stack(
     env: Mapping[str, str] | None = None,
     *,
     enrichment_workers: int = 1,
+    metrics: bool = False,
 ) -> Iterator[Stack]:
     """A stack on the fakes; its log tails are printed when the body fails, and every
-    process is stopped (the fakes released first) whatever happens."""
-    stack = Stack(data_dir, env={**fakes.env(), **BASE_ENV, **(env or {})})
+    process is stopped (the fakes released first) whatever happens. ``metrics``: each
+    process serves Prometheus metrics (``stack.metrics_urls()``)."""
+    env = {**fakes.env(), **BASE_ENV, **(env or {})}
+    stack = Stack(data_dir, env=env, metrics=metrics)
     try:
         stack.start()
         extra = [stack.add_service("enrichment", label=f"enrichment-{n}")

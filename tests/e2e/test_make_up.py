@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,6 +114,12 @@ def test_make_up_uses_its_environment_and_stops_cleanly_on_repeated_signals(
         assert nats, out
         nats_ports = [int(port) for port in nats.groups()]
         assert f"sqlite+aiosqlite:///{data_dir.resolve() / 'prospect.db'}" in out, out
+        # Every process's Prometheus endpoint is printed, and answers.
+        metrics = dict(re.findall(r"metrics\s+(http://127\.0\.0\.1:\d+/metrics) \((\w+)\)", out))
+        assert sorted(metrics.values()) == ["discovery", "enrichment", "jobs", "web"], out
+        for url in metrics:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                assert b"prospect_build_info" in answer.read()
         # The API answers where JOBS_GRPC_ADDR says, and the stack lives under DATA_DIR.
         ok(run_cli(f"127.0.0.1:{jobs_port}", "list"))
         children = processes_mentioning(str(data_dir))

@@ -105,6 +105,17 @@ def _duration_s(value: object) -> float | None:
     return None
 
 
+def _key_refused(code: int, error: dict[str, Any]) -> bool:
+    """Whether an error answer says the API key is wrong (400 API_KEY_INVALID) or not
+    allowed (401, 403)."""
+    if code in (401, 403):
+        return True
+    details = error.get("details") or ()
+    return any(
+        isinstance(d, dict) and str(d.get("reason", "")).startswith("API_KEY_") for d in details
+    )
+
+
 def _error_outcome(response: httpx.Response) -> Outcome[Any]:
     """The meaning of a non-2xx answer, from its status and google.rpc.Status envelope."""
     code = response.status_code
@@ -125,12 +136,12 @@ def _error_outcome(response: httpx.Response) -> Outcome[Any]:
             elif kind.endswith("ErrorInfo"):
                 limit = str((detail.get("metadata") or {}).get("quota_limit", ""))
                 if "perday" in limit.lower():  # resets at midnight: retrying cannot help
-                    return permanent(f"daily quota exhausted: {cause}")
+                    return permanent(f"daily quota exhausted: {cause}", kind="credits_exhausted")
         return rate_limited(cause, wait)
     if code >= 500 or code == 408:
         return retry(cause, retry_after_s(response))
     if code >= 400:  # 400 INVALID_ARGUMENT, 401, 403 PERMISSION_DENIED, 404 NOT_FOUND, ...
-        return permanent(cause)
+        return permanent(cause, kind="auth_error" if _key_refused(code, error) else "")
     return retry(f"unexpected answer (HTTP {code})")
 
 

@@ -44,10 +44,12 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 
+from services.common import tracing
 from services.common.errors import PermanentProviderError, TransientProviderError
 from services.common.providers.base import Charge, RateLimiter
 from services.common.providers.metering import Request, current_meter
 from services.common.settings import Settings
+from services.common.worker_metrics import RATELIMIT_WAIT, provider_request
 
 log = logging.getLogger(__name__)
 
@@ -108,22 +110,41 @@ class Outcome(Generic[T]):
     value: T | None = None  # the parsed answer, for OK
     message: str = ""  # the cause, for the others (may quote the provider; send scrubs it)
     retry_after: float | None = None  # seconds the provider asked us to wait, if it did
+    # What it was, for metrics (services.common.worker_metrics.PROVIDER_OUTCOMES); by
+    # default the verdict's: ok, server_error, rate_limited, client_error.
+    kind: str = ""
+
+
+# An outcome's metrics kind when its classifier named none.
+_KIND = {
+    Verdict.OK: "ok",
+    Verdict.RETRY: "server_error",
+    Verdict.RATE_LIMITED: "rate_limited",
+    Verdict.PERMANENT: "client_error",
+}
+
+
+def metrics_kind(outcome: Outcome[Any]) -> str:
+    """What ``outcome`` counts as in the workers' metrics (one of PROVIDER_OUTCOMES)."""
+    return outcome.kind or _KIND[outcome.verdict]
 
 
 def ok(value: T) -> Outcome[T]:
     return Outcome(Verdict.OK, value)
 
 
-def retry(message: str, retry_after: float | None = None) -> Outcome[Any]:
-    return Outcome(Verdict.RETRY, message=message, retry_after=retry_after)
+def retry(message: str, retry_after: float | None = None, *, kind: str = "") -> Outcome[Any]:
+    return Outcome(Verdict.RETRY, message=message, retry_after=retry_after, kind=kind)
 
 
 def rate_limited(message: str, retry_after: float | None = None) -> Outcome[Any]:
     return Outcome(Verdict.RATE_LIMITED, message=message, retry_after=retry_after)
 
 
-def permanent(message: str) -> Outcome[Any]:
-    return Outcome(Verdict.PERMANENT, message=message)
+def permanent(message: str, *, kind: str = "") -> Outcome[Any]:
+    """A refusal retrying cannot help; ``kind`` says which for metrics: ``auth_error``
+    (the key), ``credits_exhausted``, or by default ``client_error``."""
+    return Outcome(Verdict.PERMANENT, message=message, kind=kind)
 
 
 def json_object(response: httpx.Response) -> dict[str, Any]:
@@ -223,8 +244,29 @@ def _transport_failure(exc: httpx.TransportError) -> Outcome[Any]:
     if isinstance(exc, httpx.UnsupportedProtocol):
         return permanent(f"bad base URL ({type(exc).__name__})")
     if isinstance(exc, httpx.TimeoutException):
-        return retry(f"timed out ({type(exc).__name__})")
+        return retry(f"timed out ({type(exc).__name__})", kind="timeout")
     return retry(f"connection failed ({type(exc).__name__})")
+
+
+async def _request(
+    client: httpx.AsyncClient, request: httpx.Request, provider: str, operation: str, attempt: int
+) -> httpx.Response:
+    """``client.send(request)``, in a client span when tracing is on: it names the provider,
+    the operation and the answer's status, never the URL (or anything of the request)."""
+    if not tracing.enabled():
+        return await client.send(request)
+    attributes: dict[str, str | int] = {
+        tracing.PROVIDER: provider,
+        tracing.OPERATION: operation,
+        tracing.HTTP_METHOD: request.method,
+        tracing.ATTEMPT: attempt,
+    }
+    name = f"{provider} {operation}"
+    with tracing.span(name, kind=tracing.CLIENT, attributes=attributes) as span:
+        response = await client.send(request)
+        if span is not None:
+            span.set_attribute(tracing.HTTP_STATUS, response.status_code)
+        return response
 
 
 async def send(
@@ -237,6 +279,7 @@ async def send(
     *,
     secrets: Iterable[str] = (),
     on_slot: Callable[[], Awaitable[None]] | None = None,
+    operation: str = "call",
 ) -> T:
     """Send the request ``build_request()`` makes until ``classify`` calls the answer OK.
 
@@ -246,22 +289,30 @@ async def send(
     comes, every attempt, right before the request leaves (it may raise to send nothing).
     It must not make a round trip: its varying latency between slot and request would
     bunch requests up on the way, and the provider would count some over its limit.
+    Each attempt is counted in the workers' metrics under ``provider`` and ``operation``.
     """
     secrets = tuple(s for s in secrets if s)
     outcome: Outcome[T] = retry("no attempt made")
     for attempt in range(1, max(1, policy.max_attempts) + 1):
+        waiting_since = time.monotonic()
         await limiter.acquire()
+        RATELIMIT_WAIT.labels(provider).observe(time.monotonic() - waiting_since)
         if on_slot is not None:
             await on_slot()
+        sent_at = time.monotonic()
         try:
-            response = await client.send(build_request())
+            response = await _request(client, build_request(), provider, operation, attempt)
         except httpx.TransportError as exc:
             outcome = _transport_failure(exc)
         else:
             try:
                 outcome = classify(response)
             except (ValueError, KeyError, TypeError):
-                outcome = retry(f"malformed response body (HTTP {response.status_code})")
+                outcome = retry(
+                    f"malformed response body (HTTP {response.status_code})", kind="malformed"
+                )
+        seconds = time.monotonic() - sent_at
+        provider_request(provider, operation, metrics_kind(outcome), seconds)
         if outcome.verdict is Verdict.OK:
             return cast(T, outcome.value)
         message = scrub(outcome.message, secrets)
@@ -346,7 +397,7 @@ class HttpProvider:
             under_way = await meter.open(self.name, operation, price)
 
         try:
-            value = await self._send(build_request, classify, on_slot)
+            value = await self._send(build_request, classify, on_slot, operation)
         except Exception:
             # No answer: the attempt under way failed (a cancelled task settles nothing: its
             # intent stands at list price, as if its worker had been killed).
@@ -365,8 +416,9 @@ class HttpProvider:
         build_request: Callable[[], httpx.Request],
         classify: Callable[[httpx.Response], Outcome[T]],
         on_slot: Callable[[], Awaitable[None]] | None = None,
+        operation: str = "call",
     ) -> T:
         return await send(
             self._client, self._limiter, self.name, build_request, classify, self._policy,
-            secrets=(self._key,), on_slot=on_slot,
+            secrets=(self._key,), on_slot=on_slot, operation=operation,
         )  # fmt: skip

@@ -101,11 +101,11 @@ def _classify(response: httpx.Response) -> Outcome[list[FoundEmail]]:
         return ok([])
     details = _error_details(response)
     if code == 401:
-        return permanent(f"invalid API key (401){details}")
+        return permanent(f"invalid API key (401){details}", kind="auth_error")
     if code == 403:
         return rate_limited(f"rate limit reached (403){details}", retry_after_s(response))
     if code == 429:
-        return permanent(f"account credits exhausted (429){details}")
+        return permanent(f"account credits exhausted (429){details}", kind="credits_exhausted")
     if code in (400, 422):
         return permanent(f"bad request ({code}){details}")
     if code >= 500 or code == 408:

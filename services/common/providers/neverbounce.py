@@ -55,7 +55,8 @@ def _classify(response: httpx.Response) -> Outcome[str]:
     if code >= 500 or code == 408:
         return retry(f"server error ({code})", retry_after_s(response))
     if code >= 400:
-        return permanent(f"request refused ({code})")
+        kind = "auth_error" if code in (401, 403) else ""
+        return permanent(f"request refused ({code})", kind=kind)
     if not response.is_success:
         return retry(f"unexpected answer (HTTP {code})")
     body: dict[str, Any] = json_object(response)
@@ -75,6 +76,10 @@ def _classify(response: httpx.Response) -> Outcome[str]:
         return rate_limited(cause)
     if status == "temp_unavail":
         return retry(cause)
+    if status == "auth_failure":
+        return permanent(cause, kind="auth_error")
+    if status == "general_failure" and "credit" in cause.lower():
+        return permanent(cause, kind="credits_exhausted")
     if status in _PERMANENT:
         return permanent(cause)
     return permanent(f"unexpected status {cause}")

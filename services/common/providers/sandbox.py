@@ -22,6 +22,7 @@ import hashlib
 import math
 import random
 import re
+import time
 from itertools import product
 
 from services.common.domains import type_slug, type_words
@@ -36,6 +37,7 @@ from services.common.providers.base import (
     Verification,
 )
 from services.common.settings import Settings
+from services.common.worker_metrics import provider_request
 
 PROVIDER = "sandbox"
 _ID_PREFIX = "sbx_"
@@ -212,9 +214,12 @@ class _SandboxProvider:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
 
-    async def _simulate_latency(self) -> None:
+    async def _simulate_latency(self, operation: str) -> None:
+        """The simulated request of ``operation`` (counted in the workers' metrics)."""
+        started = time.monotonic()
         if self._settings.sandbox_latency_ms > 0:
             await asyncio.sleep(self._settings.sandbox_latency_ms / 1000)
+        provider_request(PROVIDER, operation, "ok", time.monotonic() - started)
 
     @staticmethod
     def _charge(operation: str, cost_usd: float) -> list[Charge]:
@@ -241,7 +246,7 @@ class SandboxPlaces(_SandboxProvider):
 
     async def search(self, business_type: str, location: str, limit: int) -> SearchPage:
         """The first ``limit`` places of the market; one ``text_search`` charge."""
-        await self._simulate_latency()
+        await self._simulate_latency("text_search")
         market = _Market(business_type, location)
         count = min(max(limit, 0), market.population(self._settings.sandbox_max_places))
         places = []
@@ -259,7 +264,7 @@ class SandboxPlaces(_SandboxProvider):
         Raises :class:`PermanentProviderError` (uncharged) for an id the sandbox never
         hands out.
         """
-        await self._simulate_latency()
+        await self._simulate_latency("place_details")
         market, index = _parse_place_id(place_id)
         charges = self._charge("place_details", self._settings.sandbox_cost_place_details)
         return DetailsResult(details=market.details(index), charges=charges)
@@ -277,7 +282,7 @@ class SandboxEmailFinder(_SandboxProvider):
         domain = domain.strip().lower()
         if not domain:
             return EmailCandidate(email="", confidence=0)
-        await self._simulate_latency()
+        await self._simulate_latency("email_search")
         rng = _rng("email", domain)
         if rng.random() >= 0.75:
             return EmailCandidate(email="", confidence=0)
@@ -295,7 +300,7 @@ class SandboxEmailVerifier(_SandboxProvider):
 
     async def verify(self, email: str) -> Verification:
         """Status derived from the address; malformed ones are ``invalid``. Always charged."""
-        await self._simulate_latency()
+        await self._simulate_latency("verify")
         email = email.strip().lower()
         local, at, domain = email.rpartition("@")
         if not (local and at and "." in domain):

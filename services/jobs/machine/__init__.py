@@ -32,6 +32,7 @@ from services.jobs.machine._effects import (
     StopWork,
     StoreLeads,
 )
+from services.jobs.machine._endings import failed_provider
 from services.jobs.machine._events import (
     CancelRequested,
     Charged,
@@ -104,5 +105,6 @@ __all__ = [
     "StoreLeads",
     "Transition",
     "dollars",
+    "failed_provider",
     "transition",
 ]

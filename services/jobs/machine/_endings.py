@@ -3,6 +3,7 @@ once the work under way has reported (see "Stopping" in docs/design.md)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +21,21 @@ from services.jobs.machine._state import (
     Status,
     dollars,
 )
+
+# A job's error when a provider failed it: "<STAGE> failed: <provider>: <cause>".
+_PROVIDER_FAILURE = re.compile(r"[A-Z]+ failed: ([A-Za-z0-9_.-]+): ")
+
+
+def provider_failure(stage: Stage, provider: str, cause: str) -> str:
+    """The error of a job that ``provider`` failed in ``stage`` (see :func:`failed_provider`)."""
+    return f"{stage.value} failed: {provider}: {cause}"
+
+
+def failed_provider(error: str) -> str:
+    """The provider a job's ``error`` names as the one that failed it, "" when none did (a
+    stall, a stop that timed out)."""
+    match = _PROVIDER_FAILURE.match(error)
+    return match.group(1) if match else ""
 
 
 def finalize(b: Builder, status: Status, message: str, **changes: Any) -> None:

@@ -29,6 +29,7 @@ from services.jobs.machine._endings import (
     end_stop_if_settled,
     fail_now,
     outstanding,
+    provider_failure,
 )
 from services.jobs.machine._events import (
     CancelRequested,
@@ -116,7 +117,7 @@ def _discovery_report(state: JobState, event: ReportEvent) -> Transition:
                     attempts=attempt,
                 )
             else:
-                error = f"DISCOVERING failed: {event.provider}: {event.error}"
+                error = provider_failure(Stage.DISCOVERING, event.provider, event.error)
                 if not event.permanent:
                     error += f" after {state.attempts} attempt(s)"
                 fail_now(b, error)  # the failed task was the one under way
@@ -230,7 +231,7 @@ def _lead_report(state: JobState, event: LeadEvent) -> Transition:
             where = f"enriching via {event.provider}"
             message = f"Could not enrich a lead ({where}: {event.error})"
             if event.permanent:
-                permanent_failure = f"ENRICHING failed: {event.provider}: {event.error}"
+                permanent_failure = provider_failure(Stage.ENRICHING, event.provider, event.error)
         case LeadStopped():
             skipped = SKIPPED_BY_STOP[state.status]
             outcome = SetLeadOutcome(lead_id, LeadState.STOPPED, skipped)
