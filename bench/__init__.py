@@ -12,9 +12,14 @@ module                  scenario
 :mod:`bench.sse`        the same over the web process's Server-Sent Events; RSS of the web
                         process with 1,000 event streams open
 :mod:`bench.throughput` completed campaigns and leads per second, peak RSS, CPU per process
+:mod:`bench.observability` the same with metrics served and scraped and every campaign
+                        traced to a local OTLP receiver (:mod:`bench.otlp_sink`), against off
 :mod:`bench.speedup`    one 10-lead campaign at 300 ms a call vs :mod:`bench.sequential`
 :mod:`bench.scaleout`   enrichment throughput with two enrichment workers over one
 :mod:`bench.ratelimit`  Hunter calls per second against a fake that enforces R/s
+:mod:`bench.webhooks`   a finished job -> its signed webhook at a receiver (``webhook_p99_ms``)
+:mod:`bench.schedules`  a schedule's fire time -> its job made, during throughput
+                        (``schedule_lateness_p99_ms``)
 ======================  ====================================================================
 
 :mod:`bench.runner` orders them on one stack, swapping worker processes (with per-process

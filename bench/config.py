@@ -16,6 +16,15 @@ STACK_ENV = {
     "ENRICHMENT_CACHE_DAYS": "0",  # never skip work because a domain was seen before
     "SANDBOX_LATENCY_MS": "0",
     "SANDBOX_MAX_PLACES": "10",
+    # Observability off whatever the launcher's environment says (the observability
+    # scenario turns it on for its processes): no /metrics served, no tracing.
+    "METRICS_ADDR": "",
+    "OTEL_TRACES_EXPORTER": "none",
+    "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",  # the webhooks scenario's receiver (bench.webhooks)
+    # Schedules firing every 1-2 s during throughput (bench.schedules); SCHEDULER_POLL_S
+    # stays at its default: the lateness measured is what users get.
+    "SCHEDULE_MIN_INTERVAL_S": "1",
+    "MAX_SCHEDULES_PER_USER": "1000",
 }
 
 # Workers of the throughput and rate-limit scenarios: zero-latency sandbox, 10 businesses.
@@ -61,6 +70,7 @@ class BenchConfig:
     sse_stream_jobs: int
     throughput_s: float
     throughput_inflight: int
+    observability_s: float  # each off phase (the on phase: twice that)
     scaleout_phase_s: float
     scaleout_inflight: int
     ratelimit_s: float
@@ -85,6 +95,7 @@ class BenchConfig:
             sse_stream_jobs=SSE_STREAM_JOBS,
             throughput_s=8.0 if quick else 30.0,
             throughput_inflight=int(env.get("BENCH_INFLIGHT") or 64),
+            observability_s=4.0 if quick else 10.0,
             scaleout_phase_s=4.0 if quick else 20.0,
             scaleout_inflight=8,
             ratelimit_s=5.0 if quick else 20.0,

@@ -66,13 +66,14 @@ class Harness:
             raise RuntimeError(f"{label} is not running")
         return pid
 
-    def sampler(self, labels: Sequence[str]) -> Sampler:
-        """A :class:`Sampler` of the services ``labels``, nats-server and the bench itself."""
+    def sampler(self, labels: Sequence[str], others: Mapping[str, int] | None = None) -> Sampler:
+        """A :class:`Sampler` of the services ``labels``, nats-server, the bench itself and
+        ``others`` (name -> pid)."""
         pids = {label: self.pid(label) for label in labels}
         if self.stack.nats.pid is not None:
             pids["nats-server"] = self.stack.nats.pid
         pids["bench"] = os.getpid()
-        return Sampler(pids)
+        return Sampler({**pids, **(others or {})})
 
     async def start(self, workers: Sequence[WorkerSpec] = ()) -> None:
         """nats-server, then the jobs service and ``workers`` together; connect to both."""
@@ -99,6 +100,20 @@ class Harness:
         labels = ", ".join(label for _, label, _ in specs)
         log(f"{labels} ready in {time.monotonic() - started:.1f}s")
 
+    async def restart(self, specs: Sequence[WorkerSpec]) -> None:
+        """Stop the processes ``specs`` name (by label), then start them again together with
+        these settings; the jobs service among them, the bench's channel is made anew (the
+        old one would wait out gRPC's reconnection backoff)."""
+        labels = [label for _, label, _ in specs]
+        if "jobs" in labels and self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        await self.stop_workers(labels)
+        await self.start_workers(specs)
+        if "jobs" in labels:
+            self._channel = grpc.aio.insecure_channel(self.jobs_addr)
+            await asyncio.wait_for(self._channel.channel_ready(), 15)
+
     async def start_web(self) -> None:
         """Start the web process (``python -m services.web``, the stack's settings) on the
         stack's jobs API, and wait until it serves."""
@@ -116,7 +131,8 @@ class Harness:
             await asyncio.to_thread(web.stop, 10.0)
 
     async def stop_workers(self, labels: Sequence[str]) -> None:
-        """SIGTERM the workers together and wait for them to exit."""
+        """SIGTERM the processes ``labels`` (workers, the jobs service) together and wait for
+        them to exit."""
 
         def stop() -> None:
             procs = [self.stack.processes[label] for label in labels]

@@ -11,14 +11,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
+from bench.observability import RECEIVER, SCRAPE_INTERVAL_S, ObservabilityResult
 from bench.progress import ProgressResult
 from bench.ratelimit import RatelimitResult
 from bench.scaleout import ScaleoutResult
+from bench.schedules import ScheduleResult
 from bench.speedup import SpeedupResult
 from bench.sse import SseStreamsResult
 from bench.stats import percentile, rounded
 from bench.submit import SubmitResult
 from bench.throughput import ThroughputResult
+from bench.webhooks import WebhookResult
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -28,10 +31,13 @@ TARGETS: dict[str, tuple[str, float]] = {
     "progress_p99_ms": ("<=", 20),
     "sse_streams_1k_rss_mb": ("<=", 200),
     "campaigns_per_s": (">=", 100),
+    "observability_overhead": (">=", 0.95),  # at most 5% of the throughput lost
     "speedup_vs_sequential": (">=", 5),
     "scaleout_2x": (">=", 1.8),
     "ratelimit_utilization": (">=", 0.9),
     "ratelimit_429s": ("<=", 0),
+    "webhook_p99_ms": ("<=", 500),
+    "schedule_lateness_p99_ms": ("<=", 1000),
     "rss_mb_jobs": ("<=", 150),
     "rss_mb_discovery": ("<=", 150),
     "rss_mb_enrichment": ("<=", 150),
@@ -51,9 +57,12 @@ class Results:
     sse_progress: ProgressResult | None = None
     sse_streams: SseStreamsResult | None = None
     throughput: ThroughputResult | None = None
+    observability: ObservabilityResult | None = None
     speedup: SpeedupResult | None = None
     scaleout: ScaleoutResult | None = None
     ratelimit: RatelimitResult | None = None
+    webhooks: WebhookResult | None = None
+    schedules: ScheduleResult | None = None
     timings: dict[str, float] = field(default_factory=dict)  # scenario -> wall seconds
     error: str = ""
 
@@ -62,7 +71,8 @@ class Results:
         nan = math.nan
         s, p, t = self.submit, self.progress, self.throughput
         sp, so, rl = self.speedup, self.scaleout, self.ratelimit
-        sse, st = self.sse_progress, self.sse_streams
+        sse, st, ob = self.sse_progress, self.sse_streams, self.observability
+        sl = self.schedules
         rss = t.peak_rss_mb if t else {}
         return {
             "submit_p50_ms": rounded(percentile(s.latencies_ms, 50) if s else nan),
@@ -75,10 +85,17 @@ class Results:
             "sse_streams_open": st.opened if st else None,
             "campaigns_per_s": rounded(t.campaigns_per_s if t else nan),
             "leads_per_s": rounded(t.leads_per_s if t else nan),
+            "observability_overhead": rounded(ob.ratio if ob else nan, 3),
+            "throughput_obs_on_campaigns_per_s": rounded(ob.on.campaigns_per_s if ob else nan),
             "speedup_vs_sequential": rounded(sp.speedup if sp else nan),
             "scaleout_2x": rounded(so.ratio if so else nan),
             "ratelimit_utilization": rounded(rl.utilization if rl else nan, 3),
             "ratelimit_429s": rl.rate_limited if rl else None,
+            "webhook_p99_ms": rounded(
+                percentile(self.webhooks.latencies_ms, 99) if self.webhooks else nan
+            ),
+            "schedule_lateness_p50_ms": rounded(percentile(sl.lateness_ms, 50) if sl else nan),
+            "schedule_lateness_p99_ms": rounded(percentile(sl.lateness_ms, 99) if sl else nan),
             "rss_mb_jobs": rounded(rss.get("jobs", nan), 1),
             "rss_mb_discovery": rounded(rss.get("discovery", nan), 1),
             "rss_mb_enrichment": rounded(rss.get("enrichment", nan), 1),
@@ -105,14 +122,15 @@ class Results:
     def table(self) -> str:
         m = machine()
         mode = "quick" if self.quick else "full"
+        figures = self.figures()
+        w = max(24, *(len(key) + 1 for key in figures))
         lines = [
             f"prospect bench ({mode}) on {self.database}: {m['cpus']} CPUs, {m['cpu']}, "
             f"Python {m['python']}, {m['os']}",
             "",
-            f"  {'figure':<24}{'value':>10}   {'target':<10}",
-            f"  {'-' * 24}{'-' * 10}   {'-' * 10}",
+            f"  {'figure':<{w}}{'value':>10}   {'target':<10}",
+            f"  {'-' * w}{'-' * 10}   {'-' * 10}",
         ]
-        figures = self.figures()
         for key, value in figures.items():
             shown = "-" if value is None else f"{value:g}"
             target = ""
@@ -127,7 +145,7 @@ class Results:
                     met = value is not None and value <= ref + margin
                     verdict = "ok" if met else "MISSED"
                     target = f"<= {ref + margin:g}  {verdict} ({other} + {margin:g})"
-            lines.append(f"  {key:<24}{shown:>10}   {target}")
+            lines.append(f"  {key:<{w}}{shown:>10}   {target}")
         lines += ["", *self.details()]
         if self.timings:
             spent = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
@@ -173,6 +191,15 @@ class Results:
                 f"p99 {t.progress_p99_ms:.1f} ms"
             )
             out.append(f"    CPU in steady state (cores busy): {_cores(t.cpu_cores)}")
+        if sl := self.schedules:
+            out.append(
+                f"  schedules: {sl.schedules} firing every 1-2 s during throughput "
+                f"({sl.window_s:.1f}s, SCHEDULER_POLL_S default): {len(sl.lateness_ms)} "
+                f"fires, lateness (fire time to job made) max "
+                f"{max(sl.lateness_ms, default=math.nan):.1f} ms"
+            )
+        if ob := self.observability:
+            out += _observability(ob)
         if sp := self.speedup:
             walls = ", ".join(f"{w:.2f}" for w in sp.stack_walls_s)
             out.append(
@@ -193,6 +220,36 @@ class Results:
                 f"{rl.rate_limited} rate-limit answers (Hunter's 403)"
             )
         return out
+
+
+def _observability(ob: ObservabilityResult) -> list[str]:
+    before, on, after, got = ob.off_before, ob.on, ob.off_after, ob.received
+    spans = ", ".join(
+        f"{service.removeprefix('prospect-')} {n / max(1, on.completed):.1f}"
+        for service, n in sorted(got.by_service().items())
+    )
+    samples = ", ".join(f"{label} {n}" for label, n in ob.samples.items())
+    lost = []
+    if ob.dropped:
+        lost.append(f"span queue full (spans dropped) in {', '.join(ob.dropped)}")
+    if ob.export_failures:
+        lost.append(f"failed exports in {', '.join(ob.export_failures)}")
+    off_cpu, on_cpu = ob.cpu_ms_per_campaign(on=False), ob.cpu_ms_per_campaign(on=True)
+    cpu = ", ".join(
+        f"{name} {off_cpu.get(name, 0.0):.2f} -> {ms:.2f}" for name, ms in on_cpu.items()
+    )
+    return [
+        f"  observability: metrics and tracing off {before.campaigns_per_s:.1f}, on "
+        f"{on.campaigns_per_s:.1f}, off {after.campaigns_per_s:.1f} campaigns/s (steady "
+        f"{before.window_s:.1f}s, {on.window_s:.1f}s, {after.window_s:.1f}s; processes "
+        f"restarted before each): on / mean(off) {ob.ratio:.3f}",
+        f"    traces at 100% to a local OTLP/HTTP receiver: {got.total} spans in "
+        f"{got.requests} exports ({got.bytes / 1e6:.1f} MB, {got.bad} refused); spans a "
+        f"completed campaign: {spans}; {'; '.join(lost) or 'no span dropped'}",
+        f"    /metrics scraped {ob.scrapes} times (every {SCRAPE_INTERVAL_S:g} s and at the "
+        f"ends; {ob.scrape_errors} failed), samples: {samples}",
+        f"    CPU ms a campaign, off -> on ({RECEIVER}: the receiver): {cpu}",
+    ]
 
 
 def _cores(cpu: dict[str, float]) -> str:

@@ -12,8 +12,11 @@
    from the stack.
 3. No workers: **SSE streams** (1,000 event streams on campaigns that stay queued, the
    web process's RSS); the web process is stopped after it.
-4. Workers on the zero-latency sandbox: **throughput** (and RSS), then the enrichment
-   worker swapped for one calling the fake Hunter: **rate limit**.
+4. Workers on the zero-latency sandbox: **throughput** (and RSS; 20 schedules fire
+   meanwhile: their **lateness**), then **observability** (the throughput load three
+   times more, the jobs service and the workers restarted before each: metrics and
+   tracing off, on, off), then the enrichment worker swapped for one calling the fake
+   Hunter: **rate limit**.
 
 Between scenarios the campaigns still running are cancelled and the queues drained. Every
 process is stopped at the end, after a failure and on Ctrl-C or SIGTERM alike.
@@ -38,15 +41,18 @@ from bench.config import (
 )
 from bench.harness import Harness
 from bench.load import cancel_jobs
+from bench.observability import run_observability
 from bench.progress import run_progress
 from bench.ratelimit import run_ratelimit
 from bench.report import Results
 from bench.scaleout import run_scaleout
+from bench.schedules import ScheduleLoad
 from bench.speedup import SequentialBaseline, SpeedupResult, run_stack_campaigns
 from bench.sse import client_session, raise_fd_limit, run_sse_streams, sse_follow
 from bench.stats import percentile
 from bench.submit import run_submit
 from bench.throughput import run_throughput
+from bench.webhooks import run_webhooks
 from prospect.v1 import jobs_pb2_grpc
 from services.cli.stack import WEB
 from tests.fakes import FakeProviders
@@ -166,12 +172,36 @@ async def _run(
         await h.wait_drained()
 
         async with _scenario(results, "throughput"):
-            results.throughput = tp = await run_throughput(
-                h, config.throughput_s, config.throughput_inflight
-            )
+            # Schedules fire meanwhile (their lateness under this load), deleted after it.
+            schedules = ScheduleLoad(h.channel, h.stack.database_url)
+            await schedules.start()
+            try:
+                results.throughput = tp = await run_throughput(
+                    h, config.throughput_s, config.throughput_inflight
+                )
+            finally:
+                results.schedules = sl = await schedules.stop()
             log(f"throughput: {tp.campaigns_per_s:.1f} campaigns/s, {tp.leads_per_s:.1f} leads/s")
+            lateness = sl.figures()
+            log(
+                f"schedules: {len(sl.lateness_ms)} fires, lateness p50 "
+                f"{lateness['schedule_lateness_p50_ms']} ms, "
+                f"p99 {lateness['schedule_lateness_p99_ms']} ms"
+            )
             h.check_alive()
             await h.wait_drained()
+
+        async with _scenario(results, "webhooks"):
+            results.webhooks = wh = await run_webhooks(h.channel, 50 if config.quick else 200)
+            log(f"webhooks: p99 {wh.figures()['webhook_p99_ms']} ms, {wh.missing} missing")
+            h.check_alive()
+            await h.wait_drained()
+
+        async with _scenario(results, "observability"):
+            results.observability = ob = await run_observability(
+                h, config.observability_s, config.throughput_inflight
+            )
+            log(f"observability: on / off {ob.ratio:.3f}")
 
         async with _scenario(results, "ratelimit"):
             await h.stop_workers(["enrichment"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bench.config import log
@@ -37,8 +38,11 @@ class ThroughputResult:
     campaign_p50_s: float = math.nan  # submit to completion
 
 
-async def run_throughput(harness: Harness, seconds: float, inflight: int) -> ThroughputResult:
-    sampler = harness.sampler(SERVICES)
+async def run_throughput(
+    harness: Harness, seconds: float, inflight: int, others: Mapping[str, int] | None = None
+) -> ThroughputResult:
+    """The run; ``others`` (name -> pid) are sampled with the stack's processes."""
+    sampler = harness.sampler(SERVICES, others)
     sampler.start()
     load = CampaignLoad(harness.channel, inflight, lambda n: campaign(n, max_results=5))
     load.start()

@@ -29,6 +29,9 @@ from services.cli.client import (
     list_all_leads,
     watch_until_done,
 )
+from services.cli.history import add_history_parsers
+from services.cli.schedules import add_schedule_parser
+from services.cli.webhooks import add_webhook_parsers
 from services.common.settings import Settings
 from services.jobs.auth import mint_token
 
@@ -108,6 +111,7 @@ async def cmd_submit(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespac
         verify_emails=not args.no_verify,
         idempotency_key=args.idempotency_key,
     )
+    request.config.notify_url = args.notify_url
     response = await stub.SubmitCampaign(request, timeout=RPC_TIMEOUT)
     _emit(
         args,
@@ -277,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="do not verify emails")
     p.add_argument("--idempotency-key", default="", help="same key, same job")
     p.add_argument(
+        "--notify-url",
+        default="",
+        metavar="URL",
+        help="https URL that gets a signed POST when the job ends (see webhook-secret)",
+    )
+    p.add_argument(
         "--watch", action="store_true", help="watch the job to its end, then print its leads"
     )
     _add_leads_output(p, "with --watch, the leads")
@@ -317,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["service"], help="service: may submit on behalf of users")
     p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
     p.set_defaults(local=cmd_token)
+
+    add_schedule_parser(sub)
+    add_webhook_parsers(sub)
+    add_history_parsers(sub, watch_job)
     return parser
 
 

@@ -27,10 +27,15 @@ class Reason(StrEnum):
     JOB_NOT_FOUND = "JOB_NOT_FOUND"  # NOT_FOUND: no such job for this caller
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"  # ALREADY_EXISTS: key, other config
     JOB_NOT_CANCELLABLE = "JOB_NOT_CANCELLABLE"  # FAILED_PRECONDITION: final or failing job
+    JOB_NOT_RETRYABLE = "JOB_NOT_RETRYABLE"  # FAILED_PRECONDITION: not FAILED or CANCELLED
     ACTIVE_JOB_LIMIT = "ACTIVE_JOB_LIMIT"  # RESOURCE_EXHAUSTED: MAX_ACTIVE_JOBS_PER_USER
     WATCH_LIMIT = "WATCH_LIMIT"  # RESOURCE_EXHAUSTED: MAX_WATCHES_PER_USER
     LIST_RATE_LIMIT = "LIST_RATE_LIMIT"  # RESOURCE_EXHAUSTED: LIST_ROWS_PER_USER_*
     PRINCIPAL_USER_LIMIT = "PRINCIPAL_USER_LIMIT"  # MAX_USERS_PER_PRINCIPAL_PER_MINUTE
+    SCHEDULE_NOT_FOUND = "SCHEDULE_NOT_FOUND"  # NOT_FOUND: no such schedule for this caller
+    SCHEDULE_LIMIT = "SCHEDULE_LIMIT"  # RESOURCE_EXHAUSTED: MAX_SCHEDULES_PER_USER
+    UNSAFE_URL = "UNSAFE_URL"  # INVALID_ARGUMENT: a notify_url prospect will not call
+    WEBHOOK_SECRET_REQUIRED = "WEBHOOK_SECRET_REQUIRED"  # FAILED_PRECONDITION: no secret yet
     UNAVAILABLE = "UNAVAILABLE"  # UNAVAILABLE: this replica is shutting down
     INTERNAL = "INTERNAL"  # INTERNAL: anything unexpected (logged, never detailed)
 
@@ -80,6 +85,7 @@ class InvalidArgument(ProspectError):
         rule, its ``violations`` hold them all, its ``field`` is the first's."""
         first = cls(errors[0].field, errors[0].rule)
         first.violations = tuple(v for e in errors for v in e.violations)
+        first.reason = errors[0].reason  # e.g. UNSAFE_URL, when that error is the first
         first.args = ("; ".join(f"{field}: {rule}" for field, rule in first.violations),)
         return first
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from services.common import safe_urls
 from services.common.addresses import is_loopback
 from services.common.errors import ConfigError
 
@@ -39,7 +40,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "job_max_attempts", "max_deliver", "sandbox_max_places", "provider_max_attempts",
             "rate_limit_google_places_burst", "rate_limit_hunter_burst",
             "rate_limit_neverbounce_burst", "max_active_jobs_per_user", "max_watches_per_user",
-            "report_partitions", "web_max_body_bytes",
+            "report_partitions", "web_max_body_bytes", "max_schedules_per_user",
         ),
         lambda v: v >= 1,
         "be at least 1",
@@ -48,7 +49,8 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         (
             "ack_wait_s", "outbox_poll_s", "shutdown_grace_s", "stall_timeout_s", "stop_timeout_s",
             "rate_limit_google_places_rps", "rate_limit_hunter_rps", "rate_limit_neverbounce_rps",
-            "provider_timeout_s", "retention_days",
+            "provider_timeout_s", "retention_days", "schedule_min_interval_s",
+            "scheduler_poll_s",
         ),
         lambda v: v > 0,
         "be positive",
@@ -60,6 +62,11 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         "be at least 1",
     ),
     (("list_rows_per_user_per_s", "auth_jwt_max_lifetime_s"), lambda v: v > 0, "be positive"),
+    (
+        ("webhook_timeout_s", "webhook_retry_base_s", "webhook_retry_max_s", "webhook_max_age_s"),
+        lambda v: v > 0,
+        "be positive",
+    ),
 )  # fmt: skip
 
 
@@ -105,6 +112,12 @@ class Settings:
     auth_jwt_max_lifetime_s: float = 86400.0
     max_active_jobs_per_user: int = 20
     max_watches_per_user: int = 10  # open WatchJob streams, per jobs replica
+    # Schedules (services/jobs/schedules.py): at most this many per user, none firing more
+    # often than every SCHEDULE_MIN_INTERVAL_S (cron or interval), and how often each jobs
+    # replica looks for schedules due.
+    max_schedules_per_user: int = 20
+    schedule_min_interval_s: float = 60.0
+    scheduler_poll_s: float = 1.0
     # Per jobs replica, in memory (N replicas admit up to N times as much):
     # distinct users a service token submits for within any 60 s,
     max_users_per_principal_per_minute: int = 1000
@@ -113,6 +126,16 @@ class Settings:
     list_rows_per_user_burst: int = 5000
     grpc_tls_cert: str = ""  # PEM paths: the jobs API serves TLS when both are set
     grpc_tls_key: str = ""
+    # Completion webhooks (services/jobs/webhooks.py). Hosts (names or addresses,
+    # comma-separated) a notify_url may reach over http or at a private address: for
+    # development and tests only. Each request's deadline (connecting: at most 5 s of it);
+    # retries from RETRY_BASE_S doubling to at most RETRY_MAX_S apart, until an attempt
+    # fails MAX_AGE_S after the job ended.
+    webhook_allowed_hosts: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_retry_base_s: float = 5.0
+    webhook_retry_max_s: float = 3600.0
+    webhook_max_age_s: float = 86400.0
     # Web (``python -m services.web``): the HTTP API and page, a client of the jobs API.
     web_addr: str = "127.0.0.1:8080"
     web_allowed_origins: str = ""  # comma-separated exact origins for CORS; empty: none
@@ -309,6 +332,11 @@ class Settings:
     def web_origins(self) -> frozenset[str]:
         """WEB_ALLOWED_ORIGINS as a set of exact origins (``https://app.example.com``)."""
         return frozenset(o.strip() for o in self.web_allowed_origins.split(",") if o.strip())
+
+    @property
+    def webhook_hosts(self) -> frozenset[str]:
+        """WEBHOOK_ALLOWED_HOSTS as a set of lower-case hosts."""
+        return safe_urls.allowed_hosts(self.webhook_allowed_hosts)
 
     @property
     def effective_page_token_secret(self) -> str:

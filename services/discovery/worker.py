@@ -236,13 +236,18 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
 
     async def _report_result(self, run: _Run, memo: Memo) -> None:
         config = run.task.config
-        scored = [(d, score_place(d, config.business_type)) for d in memo.details()]
+        # Places the job's schedule already delivered (only_new_leads): left out, counted.
+        known = set(run.task.known_place_ids)
+        details = [d for d in memo.details() if d.place_id not in known]
+        scored = [(d, score_place(d, config.business_type)) for d in details]
         kept = qualify(scored, config.min_confidence_score, config.max_results)
         await self._report(
             run,
             "result",
             discovery_result=work_pb2.DiscoveryResult(
-                businesses_found=len(memo.found), qualified=[to_place(d, s) for d, s in kept]
+                businesses_found=len(memo.found),
+                qualified=[to_place(d, s) for d, s in kept],
+                skipped_known=sum(p.place_id in known for p in memo.found),
             ),
         )
         log.info("discovery done: %d businesses found, %d qualified", len(memo.found), len(kept))
@@ -266,7 +271,8 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             await self._details(run, memo, lease, free)
             found = len(memo.found)
             await self._progress(run, 10, found, f"Found {found} businesses")
-        lacking = memo.lacking()
+        known = set(run.task.known_place_ids)  # never paid for again (only_new_leads)
+        lacking = [p for p in memo.lacking() if p not in known]
         if lacking:
             await self._details(run, memo, lease, lacking)
             found, detailed = len(memo.found), len(memo.details())

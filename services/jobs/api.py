@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, empty_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -42,14 +42,16 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.logs import bind_job
-from services.jobs import metrics, queries, validation
+from services.jobs import history, metrics, queries, validation
 from services.jobs.auth import current_principal
 from services.jobs.commands import Commands
 from services.jobs.convert import job_proto, lead_proto, status_from_proto
+from services.jobs.deliveries import WebhookRpcs
 from services.jobs.fanout import Fanout
 from services.jobs.limits import DistinctUsers, RowBudget
 from services.jobs.machine import Status
 from services.jobs.page_tokens import PageTokens
+from services.jobs.schedule_rpcs import ScheduleRpcs
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         max_users_per_principal_per_minute: int = 1000,
         list_rows_per_user_per_s: float = 2000.0,
         list_rows_per_user_burst: int = 5000,
+        schedules: ScheduleRpcs | None = None,
+        webhooks: WebhookRpcs | None = None,
     ) -> None:
+        self._schedule_rpcs = schedules
+        self._webhook_rpcs = webhooks
         self._max_watches = max_watches_per_user
         self._watches: dict[str, int] = {}
         # Per replica, in memory, like the watch count (see services.jobs.limits).
@@ -234,11 +240,14 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def SubmitCampaign(
         self, request: jobs_pb2.SubmitCampaignRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.SubmitCampaignResponse:
-        config, key = validation.validate_submit(request)
+        hosts = self._webhook_rpcs.allowed_hosts if self._webhook_rpcs else frozenset()
+        config, key = validation.validate_submit(request, allowed_hosts=hosts)
         owner = _owner_of(request)
         principal = current_principal()
         if principal.is_service:
             self._acted_for.admit(principal.user_id, owner)
+        if config.notify_url:
+            await self._webhooks.require_secret(owner)
         job = await self._commands.submit(owner, config, key)
         bind_job(job.id)
         log.info("job %s submitted: %s", job.id, job.status)
@@ -300,6 +309,124 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ListLeadsResponse(
             leads=[lead_proto(r) for r in rows], next_page_token=token
         )
+
+    @unary
+    @traced
+    async def RetryJob(
+        self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitCampaignResponse:
+        job_id = validation.validate_job_id(request.job_id)
+        bind_job(job_id)
+        key = validation.validate_idempotency_key(request.idempotency_key)
+        job = await self._commands.retry(_user(), job_id, key)
+        log.info("job %s retried as %s", job_id, job.id)
+        tracing.annotate({tracing.JOB_ID: job.id})
+        return jobs_pb2.SubmitCampaignResponse(
+            job_id=job.id, campaign_id=job.campaign_id, status=f"JOB_STATUS_{job.status}"
+        )
+
+    @unary
+    async def ListJobEvents(
+        self, request: jobs_pb2.ListJobEventsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListJobEventsResponse:
+        job_id = validation.validate_job_id(request.job_id)
+        bind_job(job_id)
+        page_size = validation.validate_page_size(request.page_size)
+        user = _user()
+        with self._list_rows.reserve(user, page_size) as listing:
+            async with self._sessions() as session:
+                job = await queries.job_for_user(session, user, job_id)
+                rows, token = await history.list_events(
+                    session, self._tokens, job, page_size, request.page_token
+                )
+            listing.used = len(rows)
+        return jobs_pb2.ListJobEventsResponse(
+            events=[history.event_proto(r) for r in rows], next_page_token=token
+        )
+
+    # Schedules: services/jobs/schedule_rpcs.py ------------------------------------------
+
+    @property
+    def _schedules(self) -> ScheduleRpcs:
+        if self._schedule_rpcs is None:
+            raise Unavailable("schedules are not served by this replica")
+        return self._schedule_rpcs
+
+    @unary
+    @traced
+    async def CreateSchedule(
+        self, request: jobs_pb2.CreateScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Schedule:
+        user = _user()
+        if request.notify_url and self._webhook_rpcs is not None:
+            await self._webhooks.require_secret(user)  # as SubmitCampaign's notify_url
+        return await self._schedules.create(user, request)
+
+    @unary
+    async def GetSchedule(
+        self, request: jobs_pb2.GetScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Schedule:
+        return await self._schedules.get(_user(), request)
+
+    @unary
+    async def ListSchedules(
+        self, request: jobs_pb2.ListSchedulesRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListSchedulesResponse:
+        return await self._schedules.list(_user(), request)
+
+    @unary
+    async def PauseSchedule(
+        self, request: jobs_pb2.ScheduleRef, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Schedule:
+        return await self._schedules.set_paused(_user(), request, paused=True)
+
+    @unary
+    async def ResumeSchedule(
+        self, request: jobs_pb2.ScheduleRef, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.Schedule:
+        return await self._schedules.set_paused(_user(), request, paused=False)
+
+    @unary
+    async def DeleteSchedule(
+        self, request: jobs_pb2.ScheduleRef, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        await self._schedules.delete(_user(), request)
+        return empty_pb2.Empty()
+
+    @unary
+    @traced
+    async def TriggerSchedule(
+        self, request: jobs_pb2.ScheduleRef, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.SubmitCampaignResponse:
+        answer = await self._schedules.trigger(_user(), request)
+        tracing.annotate({tracing.JOB_ID: answer.job_id})
+        return answer
+
+    # Completion webhooks: services/jobs/deliveries.py ------------------------------------
+
+    @property
+    def _webhooks(self) -> WebhookRpcs:
+        if self._webhook_rpcs is None:
+            raise Unavailable("webhooks are not served by this replica")
+        return self._webhook_rpcs
+
+    @unary
+    async def RotateWebhookSecret(
+        self, request: jobs_pb2.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.WebhookSecret:
+        return await self._webhooks.rotate(_user())
+
+    @unary
+    async def ListDeliveries(
+        self, request: jobs_pb2.ListDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListDeliveriesResponse:
+        job_id = validation.validate_job_id(request.job_id) if request.job_id else ""
+        page_size = validation.validate_page_size(request.page_size)
+        user = _user()
+        with self._list_rows.reserve(user, page_size) as listing:
+            page = await self._webhooks.list(user, job_id, page_size, request.page_token)
+            listing.used = len(page.deliveries)
+        return page
 
     async def _snapshot(self, user: str, job_id: str) -> jobs_pb2.JobUpdate:
         row = await self._commands.job(user, job_id)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common import tracing
 from services.common.logs import job_context
-from services.jobs import effects, metrics
+from services.jobs import effects, history, metrics
 from services.jobs import machine as m
 from services.jobs.convert import state_of
 from services.jobs.db import Writer
@@ -49,7 +49,9 @@ def apply_event(unit: Unit, job: JobRow, event: m.Event) -> tuple[Applied, m.Tra
     applied = Applied(job_id=job.id, stop_work=m.StopWork() in result.effects)
     if result.state is not None and result.state.status.terminal and not before.status.terminal:
         applied.finished = result.state.status
-    applied.outbox = effects.record(unit, job, result, utcnow())
+    now = utcnow()
+    applied.outbox = effects.record(unit, job, result, now)
+    history.record(unit, job.id, m.history_of(before, event, result), now)
     if result.state is not None:
         applied.job, applied.snapshots = job, result.snapshots
         applied.cause = tracing.current_traceparent()
@@ -94,9 +96,18 @@ def log_ending(applied: Applied) -> None:
 class Changes:
     """Runs changes to jobs on the jobs service's :class:`Writer`, then publishes them."""
 
-    def __init__(self, writer: Writer, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        publisher: Publisher,
+        *,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_finished``: called after a change that made a job final commits (the
+        webhook sender's wake-up: its delivery was queued in that change)."""
         self._writer = writer
         self._publisher = publisher
+        self._on_finished = on_finished
 
     async def run(self, change: Change) -> list[Applied]:
         """Commit ``change(unit)`` (again from the start after a conflict), then publish
@@ -122,6 +133,8 @@ class Changes:
         for done in applied:
             if done.finished is not None:
                 metrics.job_finished(done.finished)
+                if self._on_finished is not None:
+                    self._on_finished()
         for one in applied:
             log_ending(one)
             trace_ending(one)

@@ -13,15 +13,19 @@ from services.jobs.convert import state_of
 from services.jobs.db import Writer
 from services.jobs.models import JobRow
 from services.jobs.publishing import Applied
+from services.jobs.retry import Retries
 from services.jobs.submits import Submits
 from services.jobs.unit import Unit
 
 
 class Commands:
-    def __init__(self, writer: Writer, changes: Changes, submits: Submits) -> None:
+    def __init__(
+        self, writer: Writer, changes: Changes, submits: Submits, retries: Retries
+    ) -> None:
         self._writer = writer
         self._changes = changes
         self._submits = submits
+        self._retries = retries
 
     async def job(self, user_id: str, job_id: str) -> JobRow:
         """The caller's job as stored now (NotFound for anyone else's)."""
@@ -35,6 +39,12 @@ class Commands:
         Returns once committed (the idempotency lookup, the per-user limit and the inserts
         in one transaction); the task is published right after, without waiting on it."""
         return await self._submits.submit(user_id, config, idempotency_key)
+
+    async def retry(self, user_id: str, job_id: str, idempotency_key: str) -> JobRow:
+        """Run the caller's FAILED or CANCELLED job again as a new job that reuses what
+        the first one paid for (:mod:`services.jobs.retry`); the retry already made when
+        there is one."""
+        return await self._retries.retry(user_id, job_id, idempotency_key)
 
     async def cancel(self, user_id: str, job_id: str) -> JobRow:
         """Cancel a PENDING or PROCESSING job: it is CANCELLING (no paid call starts any

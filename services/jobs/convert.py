@@ -27,7 +27,7 @@ def config_to_json(config: jobs_pb2.CampaignConfig) -> dict[str, Any]:
     micro-dollars and the double derived from them, whichever form ``config`` gave (so
     equal budgets store equal, and every key is a CampaignConfig field)."""
     budget = exact_micros(config.budget_limit_micros, config.budget_limit)
-    return {
+    stored: dict[str, Any] = {
         "business_type": config.business_type,
         "location": config.location,
         "max_results": config.max_results,
@@ -36,6 +36,9 @@ def config_to_json(config: jobs_pb2.CampaignConfig) -> dict[str, Any]:
         "budget_limit_micros": budget,
         "verify_emails": config.verify_emails,
     }
+    if config.notify_url:  # only when set: configs stored before it compare equal
+        stored["notify_url"] = config.notify_url
+    return stored
 
 
 def budget_micros_of(data: Mapping[str, Any]) -> int:
@@ -103,6 +106,7 @@ def metrics_proto(m: Metrics) -> jobs_pb2.JobMetrics:
         leads_from_cache=m.leads_from_cache,
         total_cost_micros=m.total_cost_micros,
         cost_by_provider_micros=m.cost_by_provider,
+        leads_skipped_known=m.leads_skipped_known,
     )
 
 
@@ -126,6 +130,9 @@ def job_proto(row: JobRow, state: JobState | None = None) -> jobs_pb2.Job:
         started_at=timestamp(row.started_at),
         completed_at=timestamp(row.completed_at) if s.status.terminal else None,
         updated_at=timestamp(row.updated_at),
+        retry_of=row.retry_of or "",
+        retried_by=row.retried_by or "",
+        schedule_id=row.schedule_id or "",
     )
 
 

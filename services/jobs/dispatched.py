@@ -130,6 +130,8 @@ def _check_result(result: work_pb2.DiscoveryResult, config: Mapping[str, Any]) -
     least = int(config.get("min_confidence_score") or 0)
     if result.businesses_found > SEARCH_MAX:
         raise BadReport(f"more than the {SEARCH_MAX} places a search returns")
+    if not 0 <= result.skipped_known <= result.businesses_found:
+        raise BadReport("skipped_known is not between 0 and the places found")
     if len(result.qualified) > min(keeps, result.businesses_found):
         raise BadReport(
             f"{len(result.qualified)} qualified places: more than the campaign keeps ({keeps}) "

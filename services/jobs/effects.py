@@ -13,6 +13,7 @@ from datetime import datetime
 
 from services.common.money import split_micros
 from services.jobs import machine as m
+from services.jobs import webhooks
 from services.jobs.convert import store_state
 from services.jobs.models import JobRow, LeadRow, OutboxRow, transient
 from services.jobs.tasks import new_id, queue_discovery, queue_enrichment, stop_row
@@ -134,6 +135,9 @@ def record(unit: Unit, job: JobRow, result: m.Transition, now: datetime) -> list
     for effect in result.effects:
         rows += _carry_out(unit, job, effect, now)
     if result.state is not None:
+        ending = result.state.status.terminal and not m.Status(job.status).terminal
         store_state(job, result.state, result.snapshots[-1].message, now)
+        if ending and (delivery := webhooks.queue_delivery(job, now)) is not None:
+            unit.add_delivery(delivery)  # committed with the final state, or not at all
     unit.add_outbox(rows)
     return rows

@@ -92,6 +92,12 @@ REPORTS_REFUSED = Counter(
     "Worker reports refused (terminated on the stream, nothing applied), by reason.",
     ["reason"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "prospect_webhook_deliveries",
+    "Attempts to deliver a completion webhook, by outcome: delivered (a 2xx answer), "
+    "failed (tried again later), gave_up (the last attempt failed).",
+    ["outcome"],
+)
 
 
 def job_finished(status: m.Status) -> None:

@@ -67,6 +67,9 @@ class JobRow(Base):
         Index("ix_jobs_user_created", "user_id", "created_at"),
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_user_status", "user_id", "status"),
+        Index("ix_jobs_schedule_created", "schedule_id", "created_at"),
+        # A job is retried once: two RetryJob calls racing cannot both insert a retry.
+        Index("uq_jobs_retry_of", "retry_of", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -95,6 +98,10 @@ class JobRow(Base):
     # The W3C traceparent of its SubmitCampaign span (services/common/tracing.py): later
     # work without a span of its own (a retry, a stop deadline) continues that trace.
     trace_context: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The schedule that started it (migration 0007), and the links of RetryJob (0009).
+    schedule_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    retry_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    retried_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class CampaignRow(Base):
@@ -187,6 +194,119 @@ class AppliedReportRow(Base):
     report_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(40), index=True)
     applied_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class ScheduleRow(Base):
+    """A campaign that runs itself (services/jobs/schedules.py)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_schedules_user_idempotency"),
+        Index("ix_schedules_user_created", "user_id", "created_at"),
+        Index("ix_schedules_next_fire_at", "next_fire_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "sch_" + 32 hex digits
+    user_id: Mapped[str] = mapped_column(String(200))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # as JobRow.config
+    # {"cron": "0 9 * * MON-FRI", "time_zone": "Europe/Paris"} or {"interval_s": 3600},
+    # with "start_time" / "end_time" (RFC 3339) when given.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    only_new_leads: Mapped[bool] = mapped_column(Boolean, default=False)
+    notify_url: Mapped[str] = mapped_column(Text, default="")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The next fire time due (None: the spec has no more, or the schedule ended).
+    next_fire_at: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
+    fire_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_job_id: Mapped[str] = mapped_column(String(40), default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class ScheduleFireRow(Base):
+    """A fire time that started a job: the primary key lets each fire happen once, however
+    many jobs replicas try it at once."""
+
+    __tablename__ = "schedule_fires"
+
+    schedule_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    fire_at: Mapped[datetime] = mapped_column(Tz(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40))
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)  # TriggerSchedule
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class SchedulePlaceRow(Base):
+    """A place a run of the schedule already delivered (only_new_leads skips it)."""
+
+    __tablename__ = "schedule_places"
+
+    schedule_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    place_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class WebhookSecretRow(Base):
+    """A user's webhook signing secret ("whsec_" + base64), set by RotateWebhookSecret."""
+
+    __tablename__ = "webhook_secrets"
+
+    user_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class WebhookDeliveryRow(Base):
+    """A completion webhook to deliver, queued in its job's final transaction; retried with
+    backoff until delivered or given up (next_attempt_at None)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_next_attempt_at", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Tz(), nullable=True)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class WebhookAttemptRow(Base):
+    """One attempt to deliver a webhook (ListDeliveries)."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_user_at", "user_id", "at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    user_id: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int] = mapped_column(Integer, default=0)  # 0: no answer
+    error: Mapped[str] = mapped_column(Text, default="")
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+
+
+class JobEventRow(Base):
+    """One entry of a job's timeline (ListJobEvents), in ``seq`` order within the job."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
 
 
 M = TypeVar("M", bound=Base)

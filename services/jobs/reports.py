@@ -205,7 +205,9 @@ def read(report: work_pb2.WorkerReport, cost: m.Cost, lead: m.LeadRef | None) ->
             return m.DiscoveryProgressed(p.progress, p.businesses_found, message, cost, providers)
         case "discovery_result":
             r = report.discovery_result
-            return m.DiscoveryFinished(r.businesses_found, tuple(r.qualified), cost, providers)
+            return m.DiscoveryFinished(
+                r.businesses_found, tuple(r.qualified), cost, providers, r.skipped_known
+            )
         case "enrichment_result":
             e = report.enrichment_result
             assert lead is not None

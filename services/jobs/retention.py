@@ -1,6 +1,6 @@
 """``python -m services.jobs.retention``: delete finished jobs older than RETENTION_DAYS,
-with their campaign, leads and applied-report records (a Kubernetes CronJob runs this).
-Unfinished jobs are never touched."""
+with their campaign, leads, applied-report records and history (a Kubernetes CronJob runs
+this). Unfinished jobs are never touched."""
 
 from __future__ import annotations
 
@@ -15,7 +15,17 @@ from services.common.logs import setup_logging
 from services.common.settings import Settings
 from services.jobs import db
 from services.jobs.machine import Status
-from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, LeadRow, TaskRow, utcnow
+from services.jobs.models import (
+    AppliedReportRow,
+    CampaignRow,
+    JobEventRow,
+    JobRow,
+    LeadRow,
+    TaskRow,
+    WebhookAttemptRow,
+    WebhookDeliveryRow,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,9 @@ async def purge(sessions: async_sessionmaker[AsyncSession], days: float) -> int:
             await session.execute(delete(CampaignRow).where(CampaignRow.job_id.in_(ids)))
             await session.execute(delete(AppliedReportRow).where(AppliedReportRow.job_id.in_(ids)))
             await session.execute(delete(TaskRow).where(TaskRow.job_id.in_(ids)))
+            for webhook in (WebhookDeliveryRow, WebhookAttemptRow):  # and its webhook's
+                await session.execute(delete(webhook).where(webhook.job_id.in_(ids)))
+            await session.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(ids)))
             await session.execute(delete(JobRow).where(JobRow.id.in_(ids)))
         total += len(ids)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -30,6 +30,7 @@ from services.jobs.api import JobService, abort
 from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
 from services.jobs.changes import Changes
 from services.jobs.commands import Commands
+from services.jobs.deliveries import WebhookRpcs
 from services.jobs.fanout import Fanout
 from services.jobs.metrics import RpcMetricsInterceptor
 from services.jobs.outbox import Outbox
@@ -37,8 +38,13 @@ from services.jobs.page_tokens import PageTokens
 from services.jobs.partitions import Membership
 from services.jobs.publishing import Publisher
 from services.jobs.report_consumer import ReportConsumer
+from services.jobs.retry import Retries
+from services.jobs.schedule_rpcs import ScheduleRpcs
+from services.jobs.scheduler import Scheduler
+from services.jobs.schedules import Schedules
 from services.jobs.submits import Submits
 from services.jobs.watchdog import Watchdog
+from services.jobs.webhook_sender import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +168,8 @@ class Parts:
     commands: Commands
     reports: ReportConsumer
     watchdog: Watchdog
+    scheduler: Scheduler | None = None  # schedules' fires (services/jobs/scheduler.py)
+    webhooks: WebhookSender | None = None  # completion webhooks (webhook_sender.py)
 
 
 def assemble(
@@ -170,12 +178,34 @@ def assemble(
     """Build the collaborators over a migrated ``engine`` and a connected ``nc``."""
     writer = db.Writer(engine)
     outbox = Outbox(js, writer)
-    changes = Changes(writer, Publisher(nc, fanout, outbox))
-    commands = Commands(writer, changes, Submits(settings, writer, outbox))
+    sender = WebhookSender(settings, writer)
+    changes = Changes(writer, Publisher(nc, fanout, outbox), on_finished=sender.wake)
+    submits = Submits(settings, writer, outbox)
+    commands = Commands(writer, changes, submits, Retries(settings, changes))
     membership = Membership(js, settings.report_partitions, settings.stream_replicas)
     reports = ReportConsumer(settings, js, changes, membership)
     watchdog = Watchdog(settings, writer, changes, js)
-    return Parts(writer, outbox, commands, reports, watchdog)
+    parts = Parts(writer, outbox, commands, reports, watchdog)
+    return replace(parts, scheduler=Scheduler(settings, writer, submits), webhooks=sender)
+
+
+def _schedule_rpcs(settings: Settings, parts: Parts) -> ScheduleRpcs | None:
+    if parts.scheduler is None:
+        return None
+    tokens = PageTokens(settings.effective_page_token_secret.encode())
+    return ScheduleRpcs(Schedules(settings, parts.writer, tokens), parts.scheduler)
+
+
+def _webhook_loop(parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    if parts.webhooks is None:
+        return []
+    return [asyncio.create_task(parts.webhooks.run(stop), name="webhooks")]
+
+
+def _scheduler_loop(parts: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    if parts.scheduler is None:
+        return []
+    return [asyncio.create_task(parts.scheduler.run(stop), name="scheduler")]
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -200,6 +230,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         max_users_per_principal_per_minute=settings.max_users_per_principal_per_minute,
         list_rows_per_user_per_s=settings.list_rows_per_user_per_s,
         list_rows_per_user_burst=settings.list_rows_per_user_burst,
+        schedules=_schedule_rpcs(settings, parts),
+        webhooks=WebhookRpcs(
+            parts.writer,
+            sessions,
+            PageTokens(settings.effective_page_token_secret.encode()),
+            settings.webhook_hosts,
+        ),
     )
     server, port, health_servicer = build_grpc_server(servicer, settings)
     await server.start()
@@ -209,6 +246,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(parts.reports.run(stop), name="reports"),
         asyncio.create_task(outbox.run_relay(stop, settings.outbox_poll_s), name="outbox"),
         asyncio.create_task(parts.watchdog.run(stop), name="watchdog"),
+        *_scheduler_loop(parts, stop),
+        *_webhook_loop(parts, stop),
         asyncio.create_task(_refresh_metrics(settings, parts.writer, js, stop), name="metrics"),
     ]
     host = settings.jobs_grpc_addr.rpartition(":")[0]

@@ -21,8 +21,8 @@ from prospect.v1 import jobs_pb2
 from services.common import tracing
 from services.common.errors import AlreadyExists, Reason, ResourceExhausted
 from services.common.settings import Settings
+from services.jobs import history, metrics
 from services.jobs import machine as m
-from services.jobs import metrics
 from services.jobs.convert import config_from_json, config_to_json
 from services.jobs.db import Writer
 from services.jobs.models import CampaignRow, JobRow, OutboxRow, transient, utcnow
@@ -48,6 +48,7 @@ class _Submit:
     key: str
     # The submit's span (services/common/tracing.py), the root of the campaign's trace.
     trace_context: str | None = None
+    schedule_id: str | None = None  # a schedule's fire (services/jobs/scheduler.py)
     answer: asyncio.Future[JobRow] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -110,6 +111,25 @@ class Submits:
             metrics.JOBS_SUBMITTED.inc(len(rows))  # one discovery task per new job
             self._outbox.publish_soon(rows)
 
+    def record_fire(
+        self, unit: Unit, user_id: str, config: jobs_pb2.CampaignConfig, schedule_id: str
+    ) -> tuple[JobRow | Exception, list[OutboxRow]]:
+        """A schedule's fire as a submit of ``user_id``, in the caller's transaction
+        ``unit``: the same checks and rows as SubmitCampaign's, the job linked to
+        ``schedule_id``. The caller publishes the rows after its commit (:meth:`committed`)."""
+        request = _Submit(
+            user_id, config, "", tracing.current_traceparent(), schedule_id=schedule_id
+        )
+        request.answer.cancel()  # answered by the return value, never awaited
+        answers, rows = self._record(unit, [request])
+        return answers[0], rows
+
+    def committed(self, rows: list[OutboxRow]) -> None:
+        """Rows of :meth:`record_fire` whose transaction committed: counted and published."""
+        if rows:
+            metrics.JOBS_SUBMITTED.inc(len(rows))
+            self._outbox.publish_soon(rows)
+
     def _record(
         self, unit: Unit, batch: list[_Submit]
     ) -> tuple[list[JobRow | Exception], list[OutboxRow]]:
@@ -128,20 +148,12 @@ class Submits:
                 answers.append(_answer_for_known_key(existing, request))
                 continue
             if active[request.user_id] >= limit:
-                answers.append(
-                    ResourceExhausted(
-                        f"{active[request.user_id]} unfinished jobs: at most {limit} at once "
-                        "(MAX_ACTIVE_JOBS_PER_USER)",
-                        reason=Reason.ACTIVE_JOB_LIMIT,
-                        subject=f"user:{request.user_id}",  # the owner's, whoever submits
-                        quota=f"at most {limit} unfinished jobs per user "
-                        "(MAX_ACTIVE_JOBS_PER_USER)",
-                        metadata={"setting": "MAX_ACTIVE_JOBS_PER_USER", "limit": str(limit)},
-                    )
-                )
+                answers.append(active_job_limit(request.user_id, active[request.user_id], limit))
                 continue
             job, campaign = self._new_job(request)
             unit.add_job(job, campaign)
+            entry = history.submitted(job, submitted_message(job))
+            history.record(unit, job.id, [entry], job.created_at)
             task = queue_discovery(unit, job, attempt=1)
             unit.add_outbox([task])
             rows.append(task)
@@ -179,6 +191,7 @@ class Submits:
                 "updated_at": now,
                 "stopping_since": None,
                 "trace_context": request.trace_context,
+                "schedule_id": request.schedule_id,
             },
         )
         campaign = transient(
@@ -198,6 +211,23 @@ class Submits:
             },
         )
         return job, campaign
+
+
+def active_job_limit(user_id: str, active: int, limit: int) -> ResourceExhausted:
+    """The error of a new job for ``user_id``, who has ``active`` unfinished of ``limit``."""
+    return ResourceExhausted(
+        f"{active} unfinished jobs: at most {limit} at once (MAX_ACTIVE_JOBS_PER_USER)",
+        reason=Reason.ACTIVE_JOB_LIMIT,
+        subject=f"user:{user_id}",  # the owner's, whoever submits
+        quota=f"at most {limit} unfinished jobs per user (MAX_ACTIVE_JOBS_PER_USER)",
+        metadata={"setting": "MAX_ACTIVE_JOBS_PER_USER", "limit": str(limit)},
+    )
+
+
+def submitted_message(job: JobRow) -> str:
+    """The first entry of ``job``'s history, in words."""
+    config = job.config
+    return f"Submitted: {config.get('business_type', '')} in {config.get('location', '')}"
 
 
 def _answer_for_known_key(existing: JobRow, request: _Submit) -> JobRow | AlreadyExists:

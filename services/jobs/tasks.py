@@ -15,6 +15,7 @@ from services.common import bus, tracing
 from services.jobs.convert import budget_micros_of, config_from_json
 from services.jobs.models import JobRow, LeadRow, OutboxRow, TaskRow, transient, utcnow
 from services.jobs.outbox import outbox_row
+from services.jobs.schedule_places import known_places
 from services.jobs.unit import Unit
 
 DISCOVERY, ENRICHMENT = "discovery", "enrichment"
@@ -63,6 +64,7 @@ def queue_discovery(unit: Unit, job: JobRow, attempt: int) -> OutboxRow:
         config=config_from_json(job.config),  # the budget in both forms
         attempt=attempt,
         task_id=_record(unit, job, DISCOVERY, attempt, "", budget),
+        known_place_ids=known_places(unit, job),
     )
     subject, msg_id = bus.DISCOVERY_SUBJECT, f"discovery.{job.id}.{attempt}"
     return outbox_row(msg_id, subject, task, _trace_context(job))

@@ -25,11 +25,13 @@ from services.jobs.models import (
     AppliedReportRow,
     Base,
     CampaignRow,
+    JobEventRow,
     JobRow,
     LeadRow,
     M,
     OutboxRow,
     TaskRow,
+    WebhookDeliveryRow,
     transient,
     utcnow,
 )
@@ -47,6 +49,8 @@ CAMPAIGNS = _table(CampaignRow)
 OUTBOX = _table(OutboxRow)
 APPLIED = _table(AppliedReportRow)
 TASKS = _table(TaskRow)
+JOB_EVENTS = _table(JobEventRow)
+WEBHOOK_DELIVERIES = _table(WebhookDeliveryRow)
 
 # What a transaction may change on a loaded row (everything else is fixed at insert).
 _JOB_CHANGES = (
@@ -62,6 +66,7 @@ _JOB_CHANGES = (
     "completed_at",
     "updated_at",
     "stopping_since",
+    "retried_by",
 )
 _LEAD_CHANGES = (
     "state",
@@ -101,7 +106,10 @@ _ACTIVE_JOBS = (
     )
     .group_by(JOBS.c.user_id)
 )
-_INSERT = {table: insert(table) for table in (JOBS, CAMPAIGNS, LEADS, OUTBOX, APPLIED, TASKS)}
+_INSERT = {
+    table: insert(table)
+    for table in (JOBS, CAMPAIGNS, LEADS, OUTBOX, APPLIED, TASKS, JOB_EVENTS, WEBHOOK_DELIVERIES)
+}
 # What a report changes on its task.
 _TASK_CHANGES = ("spent_micros", "closed")
 _UPDATE_TASK = (
@@ -151,9 +159,17 @@ class Unit:
         self._tasks: dict[str, TaskRow | None] = {}
         self._task_loaded: dict[str, tuple[Any, ...]] = {}
         self._new_tasks: list[TaskRow] = []
+        self._new_events: list[JobEventRow] = []
+        self._new_deliveries: list[WebhookDeliveryRow] = []
         self._applied: list[dict[str, Any]] = []
         self._campaigns: dict[str, dict[str, Any]] = {}
         self.applied_ids: set[str] = set()  # report ids applied, before or in this unit
+
+    @property
+    def connection(self) -> Connection:
+        """The transaction's connection, for statements no method here makes (a
+        schedule's known places: services/jobs/scheduler.py)."""
+        return self._conn
 
     # Reading ----------------------------------------------------------------------------
 
@@ -270,6 +286,14 @@ class Unit:
     def add_outbox(self, rows: Iterable[OutboxRow]) -> None:
         self._outbox.extend(rows)
 
+    def add_events(self, rows: Iterable[JobEventRow]) -> None:
+        """Entries of jobs' histories (services/jobs/history.py)."""
+        self._new_events.extend(rows)
+
+    def add_delivery(self, delivery: WebhookDeliveryRow) -> None:
+        """A completion webhook to send once committed (services/jobs/webhooks.py)."""
+        self._new_deliveries.append(delivery)
+
     def update_campaign(self, campaign_id: str, **values: Any) -> None:
         self._campaigns.setdefault(campaign_id, {}).update(values)
 
@@ -283,6 +307,8 @@ class Unit:
             (LEADS, self._new_leads),
             (OUTBOX, self._outbox),
             (TASKS, self._new_tasks),
+            (JOB_EVENTS, self._new_events),
+            (WEBHOOK_DELIVERIES, self._new_deliveries),
         ):
             if rows:
                 conn.execute(_INSERT[table], [_values(row, table) for row in rows])

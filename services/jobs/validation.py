@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from prospect.v1 import jobs_pb2
-from services.common.errors import InvalidArgument
+from services.common import safe_urls
+from services.common.errors import InvalidArgument, Reason
 from services.common.money import micros_to_usd, usd_to_micros
 
 # Ids are matched whole: \A and \Z, since ``$`` also matches before a trailing newline (so
@@ -59,9 +60,30 @@ def _min_score(value: int) -> int:
     return value
 
 
-def validate_config(config: jobs_pb2.CampaignConfig) -> jobs_pb2.CampaignConfig:
+def validate_notify_url(
+    url: str, field: str = "config.notify_url", allowed_hosts: Collection[str] = frozenset()
+) -> str:
+    """``url`` as given, "" for none, or InvalidArgument with reason UNSAFE_URL naming
+    ``field`` and the rule broken (:func:`services.common.safe_urls.check_url`: https, no
+    credentials, at most 2048 characters, no literal private address; ``allowed_hosts``
+    are WEBHOOK_ALLOWED_HOSTS). Host names are checked again at each delivery."""
+    if not url:
+        return ""
+    try:
+        safe_urls.check_url(url, allowed_hosts)
+    except safe_urls.UnsafeUrl as exc:
+        error = InvalidArgument(field, str(exc))
+        error.reason = Reason.UNSAFE_URL
+        raise error from None
+    return url
+
+
+def validate_config(
+    config: jobs_pb2.CampaignConfig, *, allowed_hosts: Collection[str] = frozenset()
+) -> jobs_pb2.CampaignConfig:
     """A cleaned copy of ``config`` (text trimmed), or InvalidArgument naming every field
-    that breaks a rule (each field's first broken rule)."""
+    that breaks a rule (each field's first broken rule). ``allowed_hosts``: the hosts a
+    ``notify_url`` may name over http or at a private address (WEBHOOK_ALLOWED_HOSTS)."""
     errors: list[InvalidArgument] = []
 
     def checked(check: Callable[[], T], default: T) -> T:
@@ -76,6 +98,9 @@ def validate_config(config: jobs_pb2.CampaignConfig) -> jobs_pb2.CampaignConfig:
     checked(lambda: _max_results(config.max_results), 0)
     checked(lambda: _min_score(config.min_confidence_score), 0)
     budget = checked(lambda: validate_budget(config), 0)
+    notify_url = checked(
+        lambda: validate_notify_url(config.notify_url, allowed_hosts=allowed_hosts), ""
+    )
     if errors:
         raise InvalidArgument.of(errors)
     return jobs_pb2.CampaignConfig(
@@ -86,6 +111,7 @@ def validate_config(config: jobs_pb2.CampaignConfig) -> jobs_pb2.CampaignConfig:
         budget_limit=micros_to_usd(budget),
         budget_limit_micros=budget,
         verify_emails=config.verify_emails,
+        notify_url=notify_url,
     )
 
 
@@ -114,17 +140,22 @@ def validate_budget(config: jobs_pb2.CampaignConfig) -> int:
     return micros or usd_to_micros(usd)
 
 
-def validate_submit(request: jobs_pb2.SubmitCampaignRequest) -> tuple[jobs_pb2.CampaignConfig, str]:
+def validate_submit(
+    request: jobs_pb2.SubmitCampaignRequest, *, allowed_hosts: Collection[str] = frozenset()
+) -> tuple[jobs_pb2.CampaignConfig, str]:
     if not request.HasField("config"):
         raise InvalidArgument("config", "is required")
-    key = request.idempotency_key
+    key = validate_idempotency_key(request.idempotency_key)
+    return validate_config(request.config, allowed_hosts=allowed_hosts), key
+
+
+def validate_idempotency_key(key: str, field: str = "idempotency_key") -> str:
+    """An idempotency key: optional, bounded, printable."""
     if len(key) > IDEMPOTENCY_KEY_MAX:
-        raise InvalidArgument(
-            "idempotency_key", f"must be at most {IDEMPOTENCY_KEY_MAX} characters"
-        )
+        raise InvalidArgument(field, f"must be at most {IDEMPOTENCY_KEY_MAX} characters")
     if key and not key.isprintable():
-        raise InvalidArgument("idempotency_key", "must not contain control characters")
-    return validate_config(request.config), key
+        raise InvalidArgument(field, "must not contain control characters")
+    return key
 
 
 def validate_user_id(user_id: str, field: str) -> str:

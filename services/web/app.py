@@ -8,10 +8,13 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
 from google.api import annotations_pb2
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.render import leads_csv
@@ -26,7 +29,9 @@ from services.web.transcode import (
     from_rpc_error,
     invalid_argument,
     list_jobs_request,
+    parse_dict,
     parse_json_body,
+    query_fields,
     submit_request,
     to_json,
 )
@@ -247,12 +252,47 @@ def http_rules() -> dict[str, tuple[str, str]]:
     """RPC name -> (HTTP method, path template) from the ``google.api.http`` options of
     ``prospect.v1.JobService``: the proto says which route each RPC has."""
     rules = {}
-    for method in jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods:
+    for method in _methods():
         rule = method.GetOptions().Extensions[annotations_pb2.http]
         verb = rule.WhichOneof("pattern")
         if verb is not None:
             rules[method.name] = (verb.upper(), str(getattr(rule, verb)))
     return rules
+
+
+def _methods() -> list[MethodDescriptor]:
+    return list(jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods)
+
+
+def transcoded(method: MethodDescriptor) -> Handler:
+    """The route of a unary RPC by the gRPC-transcoding rules: the request from the path's
+    variables, then the JSON body (``body: "*"``) or, without one, the query parameters;
+    the answer as JSON (200). RPCs whose route does more (a submit answering 202, leads as
+    CSV, events as SSE) have handlers of their own."""
+    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    request_type = message_factory.GetMessageClass(method.input_type)
+
+    @traced
+    async def handler(request: web.Request) -> web.Response:
+        data: dict[str, Any] = {}
+        if rule.body == "*":
+            raw = await request.read()
+            data = parse_json_body(raw) if raw.strip() else {}
+        else:
+            data = query_fields(request.query, request_type())
+        message = parse_dict(data, request_type())
+        for name, value in request.match_info.items():
+            given = getattr(message, name)
+            if given and given != value:
+                raise invalid_argument(f"{name} in the body differs from the path's", name)
+            setattr(message, name, value)
+        md = call_metadata(request) + tracing.grpc_outgoing()
+        call = getattr(_stub(request), method.name)
+        answer = await call(message, metadata=md, timeout=RPC_TIMEOUT_S)
+        return json_response(to_json(answer))
+
+    handler.__name__ = method.name
+    return handler
 
 
 def _aiohttp_path(template: str) -> str:
@@ -278,8 +318,10 @@ def build_app(
         "ListLeads": list_leads,
         "WatchJob": watch_job,
     }
+    methods = {method.name: method for method in _methods()}
     for rpc, (verb, path) in http_rules().items():
-        app.router.add_route(verb, _aiohttp_path(path), handlers[rpc])
+        handler = handlers.get(rpc) or transcoded(methods[rpc])
+        app.router.add_route(verb, _aiohttp_path(path), handler)
     app.router.add_get("/v1/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)

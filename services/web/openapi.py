@@ -1,12 +1,19 @@
 """The OpenAPI 3.1 document of the HTTP API (``GET /v1/openapi.json``); the message schemas
 are generated from the proto descriptors, with protobuf's JSON mapping (camelCase names,
-int64 as strings, enums by name, timestamps as RFC 3339 strings)."""
+int64 as strings, enums by name, timestamps as RFC 3339 strings).
+
+Every route the proto's ``google.api.http`` options give is in it: the few whose handlers do
+more than transcode (a submit answering 202, leads as CSV, events as SSE) are described by
+hand, every other one is generated from its RPC (path variables, query parameters or JSON
+body, the response message), as the generic transcoder serves it."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.api import annotations_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 
 from prospect.v1 import jobs_pb2
 
@@ -21,7 +28,11 @@ _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_UINT64: {"type": "string", "format": "int64"},
     FieldDescriptor.TYPE_BYTES: {"type": "string", "contentEncoding": "base64"},
 }
-_WELL_KNOWN = {"google.protobuf.Timestamp": {"type": "string", "format": "date-time"}}
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"},
+    "google.protobuf.Empty": {"type": "object"},
+}
 
 
 def _field_schema(field: FieldDescriptor, schemas: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +115,61 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COMMON = (400, 401, 404, 429, 503)
+
+
+def _path_variables(template: str) -> list[str]:
+    return re.findall(r"\{([a-z_][a-z0-9_]*)", template)
+
+
+def _message_ref(message: Descriptor, schemas: dict[str, Any]) -> dict[str, Any]:
+    if message.full_name in _WELL_KNOWN:
+        return dict(_WELL_KNOWN[message.full_name])
+    _message_schema(message, schemas)
+    return {"$ref": f"#/components/schemas/{message.name}"}
+
+
+def _generated_operation(method: MethodDescriptor, schemas: dict[str, Any]) -> dict[str, Any]:
+    """The operation of a route the generic transcoder serves: the request from the path's
+    variables, then the JSON body (``body: "*"``) or the query parameters."""
+    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    template = str(getattr(rule, rule.WhichOneof("pattern") or "get"))
+    in_path = _path_variables(template)
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in in_path
+    ]
+    operation: dict[str, Any] = {"operationId": method.name}
+    if rule.body == "*":
+        operation["requestBody"] = {
+            "required": False,
+            "content": {"application/json": {"schema": _message_ref(method.input_type, schemas)}},
+        }
+    else:
+        parameters += [
+            {"name": f.json_name, "in": "query", "schema": _field_schema(f, schemas)}
+            for f in method.input_type.fields
+            if f.name not in in_path and f.message_type is None
+        ]
+    operation["parameters"] = parameters
+    answer = {"schema": _message_ref(method.output_type, schemas)}
+    operation["responses"] = {
+        "200": {"description": "OK", "content": {"application/json": answer}},
+        **_errors(*_COMMON, 409),
+    }
+    return operation
+
+
+def _generated_paths(paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """Add to ``paths`` every route of the proto's http options not already there."""
+    for method in jobs_pb2.DESCRIPTOR.services_by_name["JobService"].methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        if verb is None or verb == "custom":
+            continue
+        path = str(getattr(rule, verb))
+        if verb in paths.get(path, {}):
+            continue
+        paths.setdefault(path, {})[verb] = _generated_operation(method, schemas)
 
 
 def document() -> dict[str, Any]:
@@ -218,6 +284,7 @@ def document() -> dict[str, Any]:
             }
         },
     }
+    _generated_paths(paths, schemas)
     return {
         "openapi": "3.1.0",
         "info": {

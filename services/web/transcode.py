@@ -153,3 +153,26 @@ def list_jobs_request(query: Mapping[str, str]) -> jobs_pb2.ListJobsRequest:
         else:
             raise invalid_argument(f"unknown query parameter {key!r}")
     return parse_dict(data, jobs_pb2.ListJobsRequest())
+
+
+def query_fields(query: Mapping[str, str], message: Message) -> dict[str, Any]:
+    """``?name=value`` parameters as JSON for the top-level scalar fields of ``message``
+    (camelCase or proto names), or 400 naming an unknown parameter: ``?pageSize=10&jobId=...``.
+    Numbers stay strings (protobuf's JSON mapping takes them so); booleans are ``true`` or
+    ``false``."""
+    by_name = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.message_type is None and not field.is_repeated:
+            by_name[field.name] = by_name[field.json_name] = field
+    data: dict[str, Any] = {}
+    for key, value in query.items():
+        if key not in by_name:
+            raise invalid_argument(f"unknown query parameter {key!r}")
+        field = by_name[key]
+        if field.type == field.TYPE_BOOL:
+            if value not in ("true", "false"):
+                raise invalid_argument(f"{key} must be true or false", field.name)
+            data[field.json_name] = value == "true"
+        else:
+            data[field.json_name] = value
+    return data

@@ -73,6 +73,7 @@ COUNTERS_AND_GAUGES = {
     "prospect_watch_streams",
     "prospect_outbox_rows",
     "prospect_reports_refused_total",
+    "prospect_webhook_deliveries_total",
     # workers
     "prospect_tasks_total",
     "prospect_provider_requests_total",
@@ -107,6 +108,7 @@ ALERTS = {
     "ProspectConsumerLagGrowing",
     "ProspectRPCErrorRatioHigh",
     "ProspectHTTPErrorRatioHigh",
+    "ProspectWebhookGivenUp",
 }
 DASHBOARD_PANELS = {
     "Campaigns submitted and finished",

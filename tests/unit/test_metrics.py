@@ -53,6 +53,7 @@ EXPECTED = {
     "prospect_report_apply_seconds": (),
     "prospect_outbox_rows": (),
     "prospect_reports_refused_total": ("reason",),
+    "prospect_webhook_deliveries_total": ("outcome",),
     "prospect_tasks_total": ("kind", "outcome"),
     "prospect_task_duration_seconds": ("kind",),
     "prospect_provider_requests_total": ("provider", "operation", "outcome"),

@@ -47,9 +47,11 @@ from services.jobs.machine._events import (
     LeadFailed,
     LeadStopped,
     ReportEvent,
+    RetryStarted,
     Stalled,
     StopTimedOut,
 )
+from services.jobs.machine._history import HistoryEntry, HistoryKind, history_of, seq_of
 from services.jobs.machine._state import (
     NO_COST,
     WORKER_EMAIL_STATUSES,
@@ -82,6 +84,8 @@ __all__ = [
     "EmailStatus",
     "Event",
     "FinalizeCampaign",
+    "HistoryEntry",
+    "HistoryKind",
     "JobState",
     "LeadCharged",
     "LeadEnriched",
@@ -94,6 +98,7 @@ __all__ = [
     "RedispatchLeads",
     "ReportEvent",
     "RetryDiscovery",
+    "RetryStarted",
     "SetLeadOutcome",
     "ShareCost",
     "Snapshot",
@@ -106,5 +111,7 @@ __all__ = [
     "Transition",
     "dollars",
     "failed_provider",
+    "history_of",
+    "seq_of",
     "transition",
 ]

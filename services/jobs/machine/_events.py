@@ -29,6 +29,7 @@ class DiscoveryFinished:
     places: tuple[work_pb2.Place, ...]  # qualified places, best score first
     cost: Cost = NO_COST
     providers: Mapping[str, str] = field(default_factory=dict)
+    skipped_known: int = 0  # places the schedule already delivered, left out
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,21 @@ class StopTimedOut:
     waited_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class RetryStarted:
+    """A retry job (RetryJob) starts from the leads its first job stored, copied: those
+    the first job enriched come with their results (``done`` of ``qualified``, at no cost
+    to this job), the rest are enriched now."""
+
+    retry_of: str
+    businesses_found: int
+    qualified: int
+    done: int
+    emails_found: int
+    emails_verified: int
+    avg_confidence: float
+
+
 ReportEvent = (
     DiscoveryProgressed
     | DiscoveryFinished
@@ -129,4 +145,4 @@ ReportEvent = (
     | LeadCharged
 )
 LeadEvent = LeadEnriched | LeadFailed | LeadStopped | LeadCharged
-Event = ReportEvent | CancelRequested | Stalled | StopTimedOut
+Event = ReportEvent | CancelRequested | Stalled | StopTimedOut | RetryStarted

@@ -137,6 +137,8 @@ class Metrics:
     leads_stopped: int = 0  # closed because the job was cancelled or failed
     leads_stopped_unqueued: int = 0  # of those, the ones never queued
     leads_from_cache: int = 0
+    # Places an earlier run of the job's schedule delivered (only_new_leads): not leads.
+    leads_skipped_known: int = 0
     # The most one lead can cost, as the enrichment workers report it: under a budget,
     # each queued lead reserves this much.
     lead_price_micros: int = 0

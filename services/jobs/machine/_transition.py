@@ -45,6 +45,7 @@ from services.jobs.machine._events import (
     LeadFailed,
     LeadStopped,
     ReportEvent,
+    RetryStarted,
     Stalled,
     StopTimedOut,
 )
@@ -143,7 +144,11 @@ def _discovered(b: Builder, event: DiscoveryFinished) -> None:
     m = state.metrics
     scores = [place.confidence_score for place in event.places]
     avg = round(sum(scores) / len(scores), 2) if scores else 0.0
-    metrics = replace(discovery_cost(m, event), businesses_found=event.businesses_found)
+    metrics = replace(
+        discovery_cost(m, event),
+        businesses_found=event.businesses_found,
+        leads_skipped_known=event.skipped_known,
+    )
     places_provider = metrics.providers.get("places", "places")
     shares = tuple(split_micros(metrics.discovery_cost_micros, max(1, len(scores))))[: len(scores)]
     if state.status.stopping:
@@ -289,6 +294,36 @@ def _stalled(state: JobState, event: Stalled) -> Transition:
     return b.result()
 
 
+def _retry_started(state: JobState, event: RetryStarted) -> Transition:
+    """A retry job's first change: straight to enriching the leads copied from its first
+    job (those already enriched count as settled, from the cache, at no cost)."""
+    if state.stage != Stage.QUEUED:
+        return Transition()
+    n = event.done
+    metrics = replace(
+        state.metrics,
+        businesses_found=event.businesses_found,
+        qualified_leads=event.qualified,
+        avg_confidence=event.avg_confidence,
+        leads_dispatched=n,
+        leads_enriched=n,
+        leads_from_cache=n,
+        emails_found=event.emails_found,
+        emails_verified=event.emails_verified,
+    )
+    b = Builder(state)
+    b.step(
+        f"Retrying job {event.retry_of}: {event.qualified} leads found before, "
+        f"{n} already enriched",
+        status=Status.PROCESSING,
+        stage=Stage.ENRICHING,
+        progress=enrich_progress(metrics),
+        metrics=metrics,
+    )
+    advance_enrichment(b)
+    return b.result()
+
+
 def transition(state: JobState, event: Event) -> Transition:
     """Apply ``event`` to ``state``. Pure: the same inputs always give the same result.
 
@@ -310,6 +345,8 @@ def transition(state: JobState, event: Event) -> Transition:
             if state.status.stopping:
                 return Transition()  # the stop deadline is the watchdog's other check
             return _stalled(state, event)
+        case RetryStarted():
+            return _retry_started(state, event)
         case StopTimedOut():
             if not state.status.stopping:
                 return Transition()
