@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Mapping
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+MACHINE = "(machine)"  # the whole machine's busy CPU, kept beside the processes' own
 
 
 def rss_mb(pid: int) -> float:
@@ -34,6 +36,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (not idle nor
+    waiting for I/O), from ``/proc/stat``: what all processes used, ours or not."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
 class Sampler:
     """Samples the RSS and CPU time of named processes every ``interval`` seconds while
     running: the peak RSS of each, and the CPU each used over any span of the run."""
@@ -48,7 +62,9 @@ class Sampler:
     def sample(self) -> None:
         for name, pid in self.pids.items():
             self.peak_mb[name] = max(self.peak_mb[name], rss_mb(pid))
-        self._cpu.append((time.monotonic(), {n: cpu_s(p) for n, p in self.pids.items()}))
+        cpu = {n: cpu_s(p) for n, p in self.pids.items()}
+        cpu[MACHINE] = machine_busy_s()
+        self._cpu.append((time.monotonic(), cpu))
 
     async def _loop(self) -> None:
         while True:
@@ -74,3 +90,14 @@ class Sampler:
             return {}
         (t0, cpu0), (t1, cpu1) = inside[0], inside[-1]
         return {name: (cpu1[name] - cpu0[name]) / (t1 - t0) for name in self.pids}
+
+    def others_share(self, start: float, end: float) -> float:
+        """Cores the machine kept busy between ``start`` and ``end`` besides the processes
+        sampled (another program, the kernel's own work): what disturbed the measurement.
+        NaN without two samples in the span."""
+        inside = [(t, cpu) for t, cpu in self._cpu if start <= t <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return math.nan
+        (t0, cpu0), (t1, cpu1) = inside[0], inside[-1]
+        used = sum(cpu1[name] - cpu0[name] for name in self.pids)
+        return max(0.0, (cpu1[MACHINE] - cpu0[MACHINE] - used) / (t1 - t0))

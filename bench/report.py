@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
+from bench.estimate import EstimateResult
 from bench.observability import RECEIVER, SCRAPE_INTERVAL_S, ObservabilityResult
 from bench.progress import ProgressResult
 from bench.ratelimit import RatelimitResult
@@ -21,8 +22,10 @@ from bench.sse import SseStreamsResult
 from bench.stats import percentile, rounded
 from bench.submit import SubmitResult
 from bench.throughput import ThroughputResult
+from bench.waterfall import WaterfallResult
 from bench.webhooks import WebhookResult
 
+ESTIMATE_KEYS = ("estimate_p50_error", "estimate_in_range_ratio", "estimate_provider_calls")
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
 
 # The issue's targets (2-core machine, SQLite): figure -> (comparison, bound).
@@ -38,6 +41,10 @@ TARGETS: dict[str, tuple[str, float]] = {
     "ratelimit_429s": ("<=", 0),
     "webhook_p99_ms": ("<=", 500),
     "schedule_lateness_p99_ms": ("<=", 1000),
+    "estimate_p50_error": ("<=", 0.15),
+    "estimate_in_range_ratio": (">=", 0.8),
+    "estimate_provider_calls": ("<=", 0),
+    "cost_per_verified_email_ratio": ("<=", 0.6),
     "rss_mb_jobs": ("<=", 150),
     "rss_mb_discovery": ("<=", 150),
     "rss_mb_enrichment": ("<=", 150),
@@ -45,6 +52,7 @@ TARGETS: dict[str, tuple[str, float]] = {
 # Targets relative to another figure: figure -> (the other, most it may exceed it by).
 RELATIVE_TARGETS: dict[str, tuple[str, float]] = {
     "sse_progress_p99_ms": ("progress_p99_ms", 10),
+    "hunter_only_verified_emails": ("waterfall_verified_emails", 0),
 }
 
 
@@ -63,6 +71,8 @@ class Results:
     ratelimit: RatelimitResult | None = None
     webhooks: WebhookResult | None = None
     schedules: ScheduleResult | None = None
+    waterfall: WaterfallResult | None = None
+    estimate: EstimateResult | None = None
     timings: dict[str, float] = field(default_factory=dict)  # scenario -> wall seconds
     error: str = ""
 
@@ -99,6 +109,8 @@ class Results:
             "rss_mb_jobs": rounded(rss.get("jobs", nan), 1),
             "rss_mb_discovery": rounded(rss.get("discovery", nan), 1),
             "rss_mb_enrichment": rounded(rss.get("enrichment", nan), 1),
+            **_waterfall_figures(self.waterfall),
+            **(self.estimate.figures() if self.estimate else dict.fromkeys(ESTIMATE_KEYS)),
         }
 
     def json_line(self) -> str:
@@ -190,7 +202,10 @@ class Results:
                 f"progress under this load p50 {t.progress_p50_ms:.1f} ms, "
                 f"p99 {t.progress_p99_ms:.1f} ms"
             )
-            out.append(f"    CPU in steady state (cores busy): {_cores(t.cpu_cores)}")
+            out.append(
+                f"    CPU in steady state (cores busy): {_cores(t.cpu_cores)}; other programs "
+                f"on the machine {t.others_cores:.2f}"
+            )
         if sl := self.schedules:
             out.append(
                 f"  schedules: {sl.schedules} firing every 1-2 s during throughput "
@@ -222,6 +237,23 @@ class Results:
         return out
 
 
+def _waterfall_figures(wf: WaterfallResult | None) -> dict[str, float | None]:
+    """The email waterfall against Hunter alone (bench/waterfall.py)."""
+    if wf is None:
+        return dict.fromkeys(
+            ("cost_per_verified_email_ratio", "waterfall_verified_emails",
+             "hunter_only_verified_emails", "waterfall_cost_per_verified_email",
+             "hunter_only_cost_per_verified_email"),
+        )  # fmt: skip
+    return {
+        "cost_per_verified_email_ratio": rounded(wf.ratio, 3),
+        "waterfall_verified_emails": wf.waterfall.verified,
+        "hunter_only_verified_emails": wf.hunter_only.verified,
+        "waterfall_cost_per_verified_email": rounded(wf.waterfall.per_verified_micros / 1e6, 5),
+        "hunter_only_cost_per_verified_email": rounded(wf.hunter_only.per_verified_micros / 1e6, 5),
+    }
+
+
 def _observability(ob: ObservabilityResult) -> list[str]:
     before, on, after, got = ob.off_before, ob.on, ob.off_after, ob.received
     spans = ", ".join(
@@ -248,7 +280,9 @@ def _observability(ob: ObservabilityResult) -> list[str]:
         f"completed campaign: {spans}; {'; '.join(lost) or 'no span dropped'}",
         f"    /metrics scraped {ob.scrapes} times (every {SCRAPE_INTERVAL_S:g} s and at the "
         f"ends; {ob.scrape_errors} failed), samples: {samples}",
-        f"    CPU ms a campaign, off -> on ({RECEIVER}: the receiver): {cpu}",
+        f"    CPU ms a campaign, off -> on ({RECEIVER}: the receiver): {cpu}; other "
+        f"programs on the machine meanwhile: {before.others_cores:.2f}, "
+        f"{on.others_cores:.2f}, {after.others_cores:.2f} cores",
     ]
 
 

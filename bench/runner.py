@@ -17,6 +17,8 @@
    times more, the jobs service and the workers restarted before each: metrics and
    tracing off, on, off), then the enrichment worker swapped for one calling the fake
    Hunter: **rate limit**.
+5. A stack of its own on the three fake providers: **estimate** (each campaign of a fixed
+   set estimated, then run: the actual cost against the estimate's p50 and p10-p90).
 
 Between scenarios the campaigns still running are cancelled and the queues drained. Every
 process is stopped at the end, after a failure and on Ctrl-C or SIGTERM alike.
@@ -39,6 +41,7 @@ from bench.config import (
     BenchConfig,
     log,
 )
+from bench.estimate import campaign_count, estimate_on_own_stack
 from bench.harness import Harness
 from bench.load import cancel_jobs
 from bench.observability import run_observability
@@ -52,6 +55,7 @@ from bench.sse import client_session, raise_fd_limit, run_sse_streams, sse_follo
 from bench.stats import percentile
 from bench.submit import run_submit
 from bench.throughput import run_throughput
+from bench.waterfall import run_waterfall
 from bench.webhooks import run_webhooks
 from prospect.v1 import jobs_pb2_grpc
 from services.cli.stack import WEB
@@ -203,6 +207,13 @@ async def _run(
             )
             log(f"observability: on / off {ob.ratio:.3f}")
 
+        async with _scenario(results, "waterfall"):
+            results.waterfall = wf = await run_waterfall()
+            log(
+                f"waterfall: cost per verified email {wf.ratio:.3f} of Hunter alone's, "
+                f"{wf.waterfall.verified} verified emails against {wf.hunter_only.verified}"
+            )
+
         async with _scenario(results, "ratelimit"):
             await h.stop_workers(["enrichment"])
             fakes.start()
@@ -221,6 +232,15 @@ async def _run(
             )
             log(f"rate limit: {rl.utilization:.3f} of {rl.rps:g}/s, {rl.rate_limited} 403s")
             h.check_alive()
+
+        async with _scenario(results, "estimate"):
+            # A stack and fakes of its own: real adapters, the cache on, one at a time.
+            results.estimate = est = await estimate_on_own_stack(campaign_count(config.quick))
+            f = est.figures()
+            log(
+                f"estimate: p50 error {f['estimate_p50_error']}, in range "
+                f"{f['estimate_in_range_ratio']}, {f['estimate_provider_calls']} provider calls"
+            )
     finally:
         await session.close()
         await baseline.aclose()

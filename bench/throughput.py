@@ -36,6 +36,7 @@ class ThroughputResult:
     progress_p50_ms: float = math.nan  # under this load (table only)
     progress_p99_ms: float = math.nan
     campaign_p50_s: float = math.nan  # submit to completion
+    others_cores: float = math.nan  # the machine's busy cores besides those sampled
 
 
 async def run_throughput(
@@ -72,6 +73,7 @@ async def run_throughput(
         not_completed=seen.not_completed,
         peak_rss_mb={label: sampler.peak_mb[label] for label in SERVICES},
         cpu_cores=sampler.cpu_share(start, end),
+        others_cores=sampler.others_share(start, end),
         progress_p50_ms=percentile(under_load, 50),
         progress_p99_ms=percentile(under_load, 99),
         campaign_p50_s=percentile(walls, 50),

@@ -29,6 +29,7 @@ from services.cli.client import (
     list_all_leads,
     watch_until_done,
 )
+from services.cli.estimate import add_estimate_parser
 from services.cli.history import add_history_parsers
 from services.cli.schedules import add_schedule_parser
 from services.cli.webhooks import add_webhook_parsers
@@ -112,6 +113,8 @@ async def cmd_submit(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespac
         idempotency_key=args.idempotency_key,
     )
     request.config.notify_url = args.notify_url
+    request.config.target_verified_emails = args.target_verified_emails
+    request.max_estimated_cost = args.max_estimated_cost
     response = await stub.SubmitCampaign(request, timeout=RPC_TIMEOUT)
     _emit(
         args,
@@ -279,7 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=int, default=50, help="minimum score 0-100 (default 50)")
     p.add_argument("--budget", type=float, default=0.0, help="USD cap on spend; 0 = none")
     p.add_argument("--no-verify", action="store_true", help="do not verify emails")
+    p.add_argument(
+        "--target-verified-emails",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop enriching once N verified emails are in (0 = no goal)",
+    )
     p.add_argument("--idempotency-key", default="", help="same key, same job")
+    p.add_argument(
+        "--max-estimated-cost",
+        type=float,
+        default=0.0,
+        metavar="USD",
+        help="refuse the job when its p90 cost estimate is above this (see estimate); 0 = none",
+    )
     p.add_argument(
         "--notify-url",
         default="",
@@ -328,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (3600)")
     p.set_defaults(local=cmd_token)
 
+    add_estimate_parser(sub)
     add_schedule_parser(sub)
     add_webhook_parsers(sub)
     add_history_parsers(sub, watch_job)

@@ -100,6 +100,10 @@ def job_summary(job: jobs_pb2.Job) -> str:
     ]
     if m.leads_skipped_budget:
         rows.append(("over budget", f"{m.leads_skipped_budget} leads skipped"))
+    if c.target_verified_emails:
+        rows.append(("goal", f"{c.target_verified_emails} verified emails"))
+    if m.leads_skipped_goal:
+        rows.append(("goal reached", f"{m.leads_skipped_goal} leads skipped"))
     if m.providers:
         rows.append(("providers", ", ".join(f"{k}={v}" for k, v in sorted(m.providers.items()))))
     if m.sandbox:

@@ -39,6 +39,18 @@ class CachedVerification:
     status: str
 
 
+@dataclass(frozen=True, slots=True)
+class CachedOutcome:
+    """What a domain's email waterfall ended with: the address (or ""), its verification,
+    the step that found it, and the steps it ran (a later waterfall with more steps and no
+    valid address to reuse runs again)."""
+
+    email: str
+    status: str
+    source: str
+    steps: tuple[str, ...]
+
+
 class EnrichmentCache:
     def __init__(self, kv: KeyValue | None, freshness_days: float) -> None:
         self._kv = kv
@@ -86,6 +98,27 @@ class EnrichmentCache:
     async def store_email(self, provider: str, domain: str, found: CachedEmail) -> None:
         data = {"email": found.email, "confidence": found.confidence}
         await self._put(_key(provider, "domain", domain), data)
+
+    async def outcome(self, providers: str, domain: str) -> CachedOutcome | None:
+        data = await self._get(_key(providers, "waterfall", domain))
+        if data is None:
+            return None
+        steps = data.get("steps")
+        return CachedOutcome(
+            str(data.get("email", "")),
+            str(data.get("status", "")),
+            str(data.get("source", "")),
+            tuple(str(s) for s in steps) if isinstance(steps, list) else (),
+        )
+
+    async def store_outcome(self, providers: str, domain: str, outcome: CachedOutcome) -> None:
+        data: dict[str, object] = {
+            "email": outcome.email,
+            "status": outcome.status,
+            "source": outcome.source,
+            "steps": list(outcome.steps),
+        }
+        await self._put(_key(providers, "waterfall", domain), data)
 
     async def verification(self, provider: str, email: str) -> CachedVerification | None:
         data = await self._get(_key(provider, "email", email))

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     SCHEDULE_LIMIT = "SCHEDULE_LIMIT"  # RESOURCE_EXHAUSTED: MAX_SCHEDULES_PER_USER
     UNSAFE_URL = "UNSAFE_URL"  # INVALID_ARGUMENT: a notify_url prospect will not call
     WEBHOOK_SECRET_REQUIRED = "WEBHOOK_SECRET_REQUIRED"  # FAILED_PRECONDITION: no secret yet
+    ESTIMATE_OVER_LIMIT = "ESTIMATE_OVER_LIMIT"  # FAILED_PRECONDITION: p90 > max_estimated_cost
     UNAVAILABLE = "UNAVAILABLE"  # UNAVAILABLE: this replica is shutting down
     INTERNAL = "INTERNAL"  # INTERNAL: anything unexpected (logged, never detailed)
 
@@ -47,6 +48,9 @@ class ProspectError(Exception):
     program may use (``{"job_id": ...}``), never secrets or other users' data."""
 
     reason: Reason = Reason.INTERNAL
+    # More google.rpc.Status details (protobuf messages, each packed as an Any), e.g. the
+    # CampaignEstimate that an ESTIMATE_OVER_LIMIT refusal rests on.
+    details: tuple[object, ...] = ()
 
     def __init__(
         self,

@@ -95,12 +95,14 @@ def _literal(host: str) -> IPAddress | None:
     raise UnsafeUrl("must write an IPv4 address as four decimal numbers (a.b.c.d)")
 
 
-def check_url(url: str, allowed: Collection[str] = frozenset()) -> None:
+def check_url(
+    url: str, allowed: Collection[str] = frozenset(), *, allow_http: bool = False
+) -> None:
     """Raise :class:`UnsafeUrl` naming the first rule ``url`` breaks: at most
     :data:`MAX_URL_LENGTH` characters, printable, an absolute ``https://`` URL (``http``
-    only to an allowed host), no user name or password, and when its host is a literal
-    address, a public one (unless allowed). A host name is checked at each request
-    (:func:`resolve_public`)."""
+    only to an allowed host, or anywhere with ``allow_http``: a business's website), no
+    user name or password, and when its host is a literal address, a public one (unless
+    allowed). A host name is checked at each request (:func:`resolve_public`)."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"must be at most {MAX_URL_LENGTH} characters")
     if not url.isprintable() or any(ch.isspace() for ch in url):
@@ -119,25 +121,33 @@ def check_url(url: str, allowed: Collection[str] = frozenset()) -> None:
         raise UnsafeUrl("must not name port 0")
     if host in allowed:
         return
-    if parts.scheme != "https":
+    if parts.scheme != "https" and not allow_http:
         raise UnsafeUrl("must use https (http only for hosts in WEBHOOK_ALLOWED_HOSTS)")
     address = _literal(host)
     if address is not None and (kind := forbidden(address)):
         raise UnsafeUrl(f"must not name {kind}")
 
 
-async def resolve_public(url: str, allowed: Collection[str] = frozenset()) -> Target:
+async def resolve_public(
+    url: str, allowed: Collection[str] = frozenset(), *, allow_http: bool = False
+) -> Target:
     """Where a request to ``url`` goes now: its host resolved, every address it resolves
     to public (else :class:`UnsafeUrl` naming what it found; an allowed host may resolve
     anywhere), and the first of them chosen. ``url`` is checked again first
-    (:func:`check_url`): the rules may have changed since it was stored."""
-    check_url(url, allowed)
+    (:func:`check_url`): the rules may have changed since it was stored. ``localhost``
+    and names under it are loopback without asking DNS (RFC 6761, 6.3)."""
+    check_url(url, allowed, allow_http=allow_http)
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     address = _literal(host)
     if address is not None:
         return Target(host, port, address, named=False)
+    if host == "localhost" or host.endswith(".localhost"):
+        loopback = ipaddress.ip_address("127.0.0.1")
+        if host not in allowed:
+            raise UnsafeUrl(f"host {host} resolves to {forbidden(loopback)} ({loopback})")
+        return Target(host, port, loopback, named=True)
     loop = asyncio.get_running_loop()
     try:
         found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from services.common import safe_urls
+from services.common import email_steps, safe_urls
 from services.common.addresses import is_loopback
 from services.common.errors import ConfigError
 
@@ -41,6 +41,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "rate_limit_google_places_burst", "rate_limit_hunter_burst",
             "rate_limit_neverbounce_burst", "max_active_jobs_per_user", "max_watches_per_user",
             "report_partitions", "web_max_body_bytes", "max_schedules_per_user",
+            "website_max_bytes",
         ),
         lambda v: v >= 1,
         "be at least 1",
@@ -50,12 +51,16 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "ack_wait_s", "outbox_poll_s", "shutdown_grace_s", "stall_timeout_s", "stop_timeout_s",
             "rate_limit_google_places_rps", "rate_limit_hunter_rps", "rate_limit_neverbounce_rps",
             "provider_timeout_s", "retention_days", "schedule_min_interval_s",
-            "scheduler_poll_s",
+            "scheduler_poll_s", "website_fetch_timeout_s",
         ),
         lambda v: v > 0,
         "be positive",
     ),
-    (("enrichment_cache_days", "sandbox_latency_ms"), lambda v: v >= 0, "not be negative"),
+    (
+        ("enrichment_cache_days", "sandbox_latency_ms", "website_max_redirects"),
+        lambda v: v >= 0,
+        "not be negative",
+    ),
     (
         ("max_users_per_principal_per_minute", "list_rows_per_user_burst"),
         lambda v: v >= 1,
@@ -200,6 +205,23 @@ class Settings:
     price_neverbounce_check: float = 0.008  # one credit, 1k-5k tier
     # Enrichment cache: a domain or email looked up within this many days is not paid again.
     enrichment_cache_days: float = 30.0
+    # Email waterfall (services/enrichment/waterfall.py; README "Email waterfall"): the
+    # finders in the order tried, stopping at the first verified address: "website" (the
+    # business's own pages, free), "pattern" (ROLE_ADDRESSES at the domain, if it has MX,
+    # each verified at the verifier's price), "hunter" (the paid email finder). "hunter"
+    # alone is the behaviour before the waterfall.
+    email_waterfall: str = "website,pattern,hunter"
+    role_addresses: str = "info,contact,hello"  # local parts, comma-separated, at most 5
+    website_fetch_timeout_s: float = 5.0  # each page (robots.txt, home, contact), all in
+    website_max_bytes: int = 524288  # a longer page is read up to here
+    website_max_redirects: int = 3
+    # Hosts (names, addresses, or ".suffix" for a domain and its subdomains) a website may
+    # be fetched from at a loopback or private address: for development and tests only.
+    website_allowed_hosts: str = ""
+    # The pattern step's MX check: "dns" (a DNS query to MX_NAMESERVER, host:port, or the
+    # first nameserver of /etc/resolv.conf) or "none" (every domain is taken to accept mail).
+    mx_resolver: str = "dns"
+    mx_nameserver: str = ""
 
     @classmethod
     def from_env(
@@ -312,6 +334,7 @@ class Settings:
                 raise ConfigError(
                     f"WEB_ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port])"
                 )
+        email_steps.check(self)
 
     @classmethod
     def load_or_exit(cls, *, verifies_tokens: bool = True) -> Settings:
@@ -332,6 +355,21 @@ class Settings:
     def web_origins(self) -> frozenset[str]:
         """WEB_ALLOWED_ORIGINS as a set of exact origins (``https://app.example.com``)."""
         return frozenset(o.strip() for o in self.web_allowed_origins.split(",") if o.strip())
+
+    @property
+    def waterfall_steps(self) -> tuple[str, ...]:
+        """EMAIL_WATERFALL as its steps, in order."""
+        return email_steps.items(self.email_waterfall)
+
+    @property
+    def role_locals(self) -> tuple[str, ...]:
+        """ROLE_ADDRESSES as local parts, in order."""
+        return email_steps.items(self.role_addresses)
+
+    @property
+    def website_hosts(self) -> frozenset[str]:
+        """WEBSITE_ALLOWED_HOSTS as a set of lower-case hosts and ".suffix" entries."""
+        return safe_urls.allowed_hosts(self.website_allowed_hosts)
 
     @property
     def webhook_hosts(self) -> frozenset[str]:

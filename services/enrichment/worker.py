@@ -1,5 +1,6 @@
-"""Enrichment worker: one lead per task. Find a contact email for the business's domain,
-verify it when the campaign asks, and report the result with the cost of each call.
+"""Enrichment worker: one lead per task. Find a contact email for the business's domain
+by the email waterfall (services/enrichment/waterfall.py), verify it when the campaign
+asks, and report the result with the cost of each call and step.
 
 A lead's paid calls fit in its allowance (``EnrichmentTask.budget_micros``), kept in the
 shared ledger ``lead.<lead_id>`` (services/common/allowance.py), so a redelivered task
@@ -12,11 +13,9 @@ import logging
 from nats.aio.msg import Msg
 
 from prospect.v1 import jobs_pb2, work_pb2
-from services.common import bus, worker_metrics
-from services.common.cache import CachedEmail, CachedVerification, EnrichmentCache
-from services.common.domains import domain_of
+from services.common import bus
+from services.common.cache import EnrichmentCache
 from services.common.errors import ProviderError
-from services.common.money import usd_to_micros
 from services.common.providers import Charge
 from services.common.providers.metering import WorkStopped
 from services.common.settings import Settings
@@ -27,12 +26,14 @@ from services.common.worker import (
     retry_delay,
     worker_main,
 )
+from services.enrichment.waterfall import Waterfall, open_waterfall
 
 log = logging.getLogger(__name__)
 
 
 class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
     _cache: EnrichmentCache
+    _waterfall: Waterfall
     name = "enrichment"
     task_type = work_pb2.EnrichmentTask
     consumer = bus.ENRICHMENT_CONSUMER
@@ -56,6 +57,7 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
     async def start(self) -> None:
         await super().start()
         self._cache = await EnrichmentCache.open(self._js, self._settings.enrichment_cache_days)
+        self._waterfall = open_waterfall(self._settings, self._providers, self._cache)
 
     async def run(self, task: work_pb2.EnrichmentTask, msg: Msg) -> None:
         delivery = msg.metadata.num_delivered
@@ -116,62 +118,13 @@ class EnrichmentWorker(TaskWorker[work_pb2.EnrichmentTask]):
     async def _enrich(
         self, task: work_pb2.EnrichmentTask, charges: list[Charge]
     ) -> work_pb2.EnrichmentResult:
-        """Find and verify; ``charges`` collects each billable call as it is made. The cache
-        answers first; a paid call is made only if the lead's allowance, shared by every
-        delivery of it, still covers its price."""
-        finder, verifier = self._providers.email_finder, self._providers.email_verifier
+        """The lead's email waterfall (services/enrichment/waterfall.py); ``charges``
+        collects each billable call as it is made. A paid call is made only if the lead's
+        allowance, shared by every delivery of it, still covers its price."""
         allowance = self.allowance(f"lead.{task.lead_id}", task.budget_micros)
-        search_price = finder.price("email_search")
-        verify_price = verifier.price("verify") if task.verify_emails else 0.0
-        result = work_pb2.EnrichmentResult(
-            lead_id=task.lead_id, lead_price_micros=usd_to_micros(search_price + verify_price)
+        return await self._waterfall.enrich(
+            task, allowance, charges, lambda: self._cancels.is_cancelled(task.job_id)
         )
-        domain = domain_of(task.place.website)
-        if not domain:
-            result.email_status = "no_website"
-            return result
-        cached = await self._cache.email(finder.name, domain)
-        if cached is not None:
-            result.from_cache = True
-        else:
-            found = await allowance.spend(
-                usd_to_micros(search_price),
-                lambda: finder.find_email(domain, task.place.name),
-                lambda found: found.charges,
-            )
-            if found is None:
-                result.email_status = "skipped_budget"
-                worker_metrics.LEADS_SKIPPED_BUDGET.inc()
-                return result
-            charges.extend(found.charges)
-            cached = CachedEmail(found.email, found.confidence)
-            await self._cache.store_email(finder.name, domain, cached)
-        email = cached.email
-        if not email:
-            result.email_status = "not_found"
-            return result
-        result.email = email
-        if not task.verify_emails or self._cancels.is_cancelled(task.job_id):
-            result.email_status = "unverified"
-            return result
-        verified = await self._cache.verification(verifier.name, email)
-        if verified is not None:
-            result.from_cache = True
-        else:
-            verification = await allowance.spend(
-                usd_to_micros(verify_price),
-                lambda: verifier.verify(email),
-                lambda verification: verification.charges,
-            )
-            if verification is None:
-                result.email_status = "unverified"  # found, but the budget stops at verifying
-                return result
-            charges.extend(verification.charges)
-            verified = CachedVerification(verification.status)
-            await self._cache.store_verification(verifier.name, email, verified)
-        result.email_status = verified.status
-        result.verified = True
-        return result
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from services.jobs.auth import current_principal
 from services.jobs.commands import Commands
 from services.jobs.convert import job_proto, lead_proto, status_from_proto
 from services.jobs.deliveries import WebhookRpcs
+from services.jobs.estimator import Estimator, check_limit, validate_max_estimated_cost
 from services.jobs.fanout import Fanout
 from services.jobs.limits import DistinctUsers, RowBudget
 from services.jobs.machine import Status
@@ -104,6 +105,7 @@ def rich_status(exc: Exception) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(math.ceil(exc.retry_after * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    details += [d for d in exc.details if isinstance(d, Message)]
     return _status(code, str(exc), details)
 
 
@@ -214,7 +216,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         list_rows_per_user_burst: int = 5000,
         schedules: ScheduleRpcs | None = None,
         webhooks: WebhookRpcs | None = None,
+        estimator: Estimator | None = None,
     ) -> None:
+        self._estimator = estimator
         self._schedule_rpcs = schedules
         self._webhook_rpcs = webhooks
         self._max_watches = max_watches_per_user
@@ -242,12 +246,15 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.SubmitCampaignResponse:
         hosts = self._webhook_rpcs.allowed_hosts if self._webhook_rpcs else frozenset()
         config, key = validation.validate_submit(request, allowed_hosts=hosts)
+        max_cost = validate_max_estimated_cost(request)
         owner = _owner_of(request)
         principal = current_principal()
         if principal.is_service:
             self._acted_for.admit(principal.user_id, owner)
         if config.notify_url:
             await self._webhooks.require_secret(owner)
+        if max_cost:  # no estimate at all otherwise: the submit path stays as fast
+            check_limit(await self._estimates.estimate(owner, config), max_cost)
         job = await self._commands.submit(owner, config, key)
         bind_job(job.id)
         log.info("job %s submitted: %s", job.id, job.status)
@@ -257,6 +264,23 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             campaign_id=job.campaign_id,
             status=f"JOB_STATUS_{job.status}",
         )
+
+    @unary
+    @traced
+    async def EstimateCampaign(
+        self, request: jobs_pb2.EstimateCampaignRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CampaignEstimate:
+        if not request.HasField("config"):
+            raise InvalidArgument("config", "is required")
+        hosts = self._webhook_rpcs.allowed_hosts if self._webhook_rpcs else frozenset()
+        config = validation.validate_config(request.config, allowed_hosts=hosts)
+        return await self._estimates.estimate(_user(), config)
+
+    @property
+    def _estimates(self) -> Estimator:
+        if self._estimator is None:
+            raise Unavailable("estimates are not served by this replica")
+        return self._estimator
 
     @unary
     async def GetJob(

@@ -38,6 +38,8 @@ def config_to_json(config: jobs_pb2.CampaignConfig) -> dict[str, Any]:
     }
     if config.notify_url:  # only when set: configs stored before it compare equal
         stored["notify_url"] = config.notify_url
+    if config.target_verified_emails:  # likewise
+        stored["target_verified_emails"] = config.target_verified_emails
     return stored
 
 
@@ -68,6 +70,7 @@ def state_of(row: JobRow) -> JobState:
         attempts=row.attempts,
         max_attempts=row.max_attempts,
         budget_micros=budget_micros_of(row.config),
+        target_verified=int(row.config.get("target_verified_emails", 0) or 0),
     )
 
 
@@ -107,6 +110,7 @@ def metrics_proto(m: Metrics) -> jobs_pb2.JobMetrics:
         total_cost_micros=m.total_cost_micros,
         cost_by_provider_micros=m.cost_by_provider,
         leads_skipped_known=m.leads_skipped_known,
+        leads_skipped_goal=m.leads_skipped_goal,
     )
 
 
@@ -161,4 +165,6 @@ def lead_proto(row: LeadRow) -> jobs_pb2.Lead:
         from_cache=row.from_cache,
         cost_by_provider={p: micros_to_usd(v) for p, v in (row.cost_by_provider or {}).items()},
         cost_micros=row.cost_micros,
+        email_source=row.email_source,
+        cost_by_step_micros=row.cost_by_step or {},
     )

@@ -18,7 +18,12 @@ from typing import Any
 
 from prospect.v1 import work_pb2
 from services.common.money import usd_to_micros
-from services.common.plan import EMAIL_SEARCHES, SEARCH_CALLS_MAX, SEARCH_MAX
+from services.common.plan import (
+    EMAIL_SEARCHES,
+    SEARCH_CALLS_MAX,
+    SEARCH_MAX,
+    VERIFICATIONS_MAX,
+)
 from services.common.settings import Settings
 from services.jobs.models import TaskRow
 from services.jobs.reports import BadReport, lead_id_of
@@ -64,7 +69,8 @@ class PriceTable:
         p = self.prices
         if kind == DISCOVERY:
             return SEARCH_CALLS_MAX * p["text_search"] + SEARCH_MAX * p["place_details"]
-        return p[EMAIL_SEARCHES[0]] + p["verify"]
+        # The email waterfall: one search and at most VERIFICATIONS_MAX verifications.
+        return p[EMAIL_SEARCHES[0]] + VERIFICATIONS_MAX * p["verify"]
 
     def limit(self, task: TaskRow) -> int:
         """The most ``task``'s reports may book in all: its budget when it has one, else
@@ -123,6 +129,8 @@ def check(
         case "enrichment_result":
             if report.enrichment_result.lead_price_micros > table.per_delivery(ENRICHMENT):
                 raise BadReport("enrichment_result.lead_price_micros is above the price table")
+            if sum(report.enrichment_result.cost_by_step_micros.values()) > limit:
+                raise BadReport("enrichment_result.cost_by_step_micros adds up beyond the task")
 
 
 def _check_result(result: work_pb2.DiscoveryResult, config: Mapping[str, Any]) -> None:

@@ -53,6 +53,8 @@ def _store_leads(unit: Unit, job: JobRow, effect: m.StoreLeads, now: datetime) -
                     {effect.provider: effect.shares[rank]} if effect.shares[rank] else {}
                 ),
                 "from_cache": False,
+                "email_source": "",
+                "cost_by_step": {},
                 "created_at": now,
                 "updated_at": now,
             },
@@ -93,6 +95,8 @@ def _carry_out(unit: Unit, job: JobRow, effect: m.Effect, now: datetime) -> list
             lead.email_status = effect.email_status.value
             lead.email = effect.email
             lead.from_cache = effect.from_cache
+            lead.email_source = effect.email_source
+            lead.cost_by_step = dict(effect.cost_by_step)
             lead.updated_at = now
         case m.CloseLeads(states=states, state=state, email_status=email_status):
             for lead in unit.leads_of(job.id):

@@ -147,6 +147,10 @@ class LeadRow(Base):
     # The same cost per provider: {"google_places": 1750, "hunter": 24500, ...}
     cost_by_provider: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     from_cache: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Which email-waterfall step found ``email``: "website", "pattern", "hunter", "cache" or "".
+    email_source: Mapped[str] = mapped_column(String(16), default="")
+    # What each waterfall step cost for this lead: {"website": 8000, "hunter": 32500, ...}
+    cost_by_step: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Tz(), default=utcnow)
 

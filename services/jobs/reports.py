@@ -14,6 +14,7 @@ import re
 from collections.abc import Container
 
 from prospect.v1 import work_pb2
+from services.common.email_steps import SOURCES, STEPS
 from services.common.money import usd_to_micros
 from services.jobs import machine as m
 from services.jobs.validation import JOB_ID, LEAD_ID
@@ -140,6 +141,13 @@ def check(report: work_pb2.WorkerReport) -> None:
             _text(e.email, "enrichment_result.email", EMAIL_MAX)
             if e.lead_price_micros < 0 or e.lead_price_micros > usd_to_micros(MAX_CHARGE_USD):
                 raise BadReport("enrichment_result.lead_price_micros is out of range")
+            if e.email_source not in SOURCES:
+                raise BadReport(f"enrichment_result.email_source {e.email_source[:40]!r} unknown")
+            for step, micros in e.cost_by_step_micros.items():
+                if step not in STEPS:
+                    raise BadReport(f"enrichment_result.cost_by_step_micros: {step[:40]!r} unknown")
+                if not 0 <= micros <= usd_to_micros(MAX_CHARGE_USD):
+                    raise BadReport("enrichment_result.cost_by_step_micros is out of range")
         case "task_failure":
             f = report.task_failure
             _text(f.error, "task_failure.error")
@@ -219,6 +227,8 @@ def read(report: work_pb2.WorkerReport, cost: m.Cost, lead: m.LeadRef | None) ->
                 e.lead_price_micros,
                 cost,
                 providers,
+                e.email_source,
+                dict(e.cost_by_step_micros),
             )
         case "task_failure":
             f = report.task_failure

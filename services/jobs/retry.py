@@ -198,6 +198,8 @@ def _copy(lead: LeadRow, job: JobRow, now: datetime) -> LeadRow:
             "cost_micros": 0,
             "cost_by_provider": {},
             "from_cache": enriched,
+            "email_source": "cache" if enriched and lead.email_source else "",
+            "cost_by_step": {},
             "created_at": now,
             "updated_at": now,
         },

@@ -31,9 +31,11 @@ from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
 from services.jobs.changes import Changes
 from services.jobs.commands import Commands
 from services.jobs.deliveries import WebhookRpcs
+from services.jobs.estimator import Estimator
 from services.jobs.fanout import Fanout
 from services.jobs.metrics import RpcMetricsInterceptor
 from services.jobs.outbox import Outbox
+from services.jobs.outcomes import Outcomes
 from services.jobs.page_tokens import PageTokens
 from services.jobs.partitions import Membership
 from services.jobs.publishing import Publisher
@@ -237,6 +239,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             PageTokens(settings.effective_page_token_secret.encode()),
             settings.webhook_hosts,
         ),
+        estimator=Estimator(settings, Outcomes(sessions)),
     )
     server, port, health_servicer = build_grpc_server(servicer, settings)
     await server.start()

@@ -73,6 +73,8 @@ _LEAD_CHANGES = (
     "email",
     "email_status",
     "from_cache",
+    "email_source",
+    "cost_by_step",
     "cost_micros",
     "cost_by_provider",
     "updated_at",

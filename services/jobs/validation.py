@@ -60,6 +60,19 @@ def _min_score(value: int) -> int:
     return value
 
 
+def _target_verified(config: jobs_pb2.CampaignConfig) -> int:
+    """The goal of verified emails (0 = none): at most the leads kept, and only with
+    verification (unverified emails never count toward it)."""
+    field, value = "config.target_verified_emails", config.target_verified_emails
+    if value < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if value > max(config.max_results, 0):
+        raise InvalidArgument(field, "must be at most config.max_results")
+    if value and not config.verify_emails:
+        raise InvalidArgument(field, "needs config.verify_emails: only verified emails count")
+    return value
+
+
 def validate_notify_url(
     url: str, field: str = "config.notify_url", allowed_hosts: Collection[str] = frozenset()
 ) -> str:
@@ -97,6 +110,7 @@ def validate_config(
     location = checked(lambda: _text("config.location", config.location), "")
     checked(lambda: _max_results(config.max_results), 0)
     checked(lambda: _min_score(config.min_confidence_score), 0)
+    target = checked(lambda: _target_verified(config), 0)
     budget = checked(lambda: validate_budget(config), 0)
     notify_url = checked(
         lambda: validate_notify_url(config.notify_url, allowed_hosts=allowed_hosts), ""
@@ -112,6 +126,7 @@ def validate_config(
         budget_limit_micros=budget,
         verify_emails=config.verify_emails,
         notify_url=notify_url,
+        target_verified_emails=target,
     )
 
 

@@ -24,6 +24,7 @@ from services.web.metrics import SSE_STREAMS, count_requests
 from services.web.security import add_security_headers, call_metadata, refuse_token_in_url
 from services.web.transcode import (
     HttpError,
+    config_body,
     dumps,
     error_body,
     from_rpc_error,
@@ -278,6 +279,8 @@ def transcoded(method: MethodDescriptor) -> Handler:
         if rule.body == "*":
             raw = await request.read()
             data = parse_json_body(raw) if raw.strip() else {}
+            if set(method.input_type.fields_by_name) == {"config"}:
+                data = config_body(data)  # EstimateCampaign: {"config": {...}} or flat
         else:
             data = query_fields(request.query, request_type())
         message = parse_dict(data, request_type())

@@ -116,16 +116,30 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 def submit_request(body: Mapping[str, Any]) -> jobs_pb2.SubmitCampaignRequest:
     """A SubmitCampaign request from either body: ``{"config": {...}, "idempotencyKey":
     ...}`` (the request itself) or the campaign config's fields with an optional
-    ``idempotencyKey`` (and ``onBehalfOf``) beside them."""
+    ``idempotencyKey`` (and ``onBehalfOf``, ``maxEstimatedCost``) beside them."""
+    outside = (
+        ("idempotencyKey", "idempotency_key"),
+        ("onBehalfOf", "on_behalf_of"),
+        ("maxEstimatedCost", "max_estimated_cost"),
+        ("maxEstimatedCostMicros", "max_estimated_cost_micros"),
+    )
+    return parse_dict(config_body(body, outside), jobs_pb2.SubmitCampaignRequest())
+
+
+def config_body(
+    body: Mapping[str, Any], outside: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any]:
+    """A request body holding a ``config``: as given, or the campaign config's fields flat
+    with the request's own fields ``outside`` (camelCase, proto name) beside them."""
     data = dict(body)
     if "config" not in data:
         outer = {}
-        for camel, proto in (("idempotencyKey", "idempotency_key"), ("onBehalfOf", "on_behalf_of")):
+        for camel, proto in outside:
             for key in (camel, proto):
                 if key in data:
                     outer[camel] = data.pop(key)
         data = {**outer, "config": data}
-    return parse_dict(data, jobs_pb2.SubmitCampaignRequest())
+    return data
 
 
 def parse_dict(data: Mapping[str, Any], message: M) -> M:

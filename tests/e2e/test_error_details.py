@@ -134,7 +134,9 @@ def watch(
 def submit_config(
     stub: jobs_pb2_grpc.JobServiceStub, md: Metadata, config: jobs_pb2.CampaignConfig, **kw: str
 ) -> str:
-    request = jobs_pb2.SubmitCampaignRequest(config=config, **kw)
+    request = jobs_pb2.SubmitCampaignRequest(config=config)
+    for name, value in kw.items():  # string fields only
+        setattr(request, name, value)
     return str(stub.SubmitCampaign(request, metadata=md, timeout=10).job_id)
 
 

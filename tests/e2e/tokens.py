@@ -208,7 +208,9 @@ def config(location: str = "Portland, OR", max_results: int = 3) -> jobs_pb2.Cam
 
 def submit(stub: jobs_pb2_grpc.JobServiceStub, md: Metadata | None, **kw: str) -> str:
     """Submit :func:`config` (``kw``: idempotency_key, on_behalf_of); the job id."""
-    request = jobs_pb2.SubmitCampaignRequest(config=config(), **kw)
+    request = jobs_pb2.SubmitCampaignRequest(config=config())
+    for name, value in kw.items():  # string fields only
+        setattr(request, name, value)
     return str(stub.SubmitCampaign(request, metadata=md, timeout=RPC_TIMEOUT).job_id)
 
 

@@ -37,6 +37,7 @@ from tests.fakes.hunter import CREDIT_USD as HUNTER_CREDIT_USD
 from tests.fakes.hunter import FakeHunter
 from tests.fakes.neverbounce import CHECK_USD as NEVERBOUNCE_CHECK_USD
 from tests.fakes.neverbounce import FakeNeverBounce
+from tests.fakes.websites import FakeWebsites
 from tests.fakes.world import FakeWorld
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "FakeNeverBounce",
     "FakeProviders",
     "FakeServer",
+    "FakeWebsites",
     "FakeWorld",
     "Reply",
     "RequestRecord",
@@ -76,10 +78,14 @@ class FakeProviders:
         seed: int | str = 0,
         *,
         every_domain_has_emails: bool = False,
+        websites: bool = False,
         **server_kwargs: Any,
     ) -> None:
         """``server_kwargs`` (``latency_s``, ``slow_s``) go to every fake;
-        ``every_domain_has_emails`` to the :class:`FakeWorld`."""
+        ``every_domain_has_emails`` to the :class:`FakeWorld`. ``websites``: the businesses
+        have websites on loopback (:class:`FakeWebsites`) and :meth:`env` runs the whole
+        email waterfall on them; without, :meth:`env` asks for Hunter alone
+        (EMAIL_WATERFALL=hunter), as enrichment was before the waterfall."""
         self.world = FakeWorld(
             places_per_query=places_per_query,
             seed=seed,
@@ -88,6 +94,7 @@ class FakeProviders:
         self.google = FakeGooglePlaces(self.world, **server_kwargs)
         self.hunter = FakeHunter(self.world, **server_kwargs)
         self.neverbounce = FakeNeverBounce(self.world, **server_kwargs)
+        self.websites = FakeWebsites(self.world) if websites else None
 
     @property
     def fakes(self) -> tuple[FakeGooglePlaces, FakeHunter, FakeNeverBounce]:
@@ -97,6 +104,9 @@ class FakeProviders:
         try:
             for fake in self.fakes:
                 fake.start()
+            if self.websites is not None:
+                self.websites.start()
+                self.world.website_port = self.websites.port
         except BaseException:
             self.stop()
             raise
@@ -104,6 +114,8 @@ class FakeProviders:
     def stop(self) -> None:
         for fake in self.fakes:
             fake.stop()
+        if self.websites is not None:
+            self.websites.stop()
 
     def __enter__(self) -> FakeProviders:
         self.start()
@@ -126,7 +138,16 @@ class FakeProviders:
             "GOOGLE_PLACES_BASE_URL": self.google.base_url,
             "HUNTER_BASE_URL": self.hunter.base_url,
             "NEVERBOUNCE_BASE_URL": self.neverbounce.base_url,
+            **self.waterfall_env(),
         }
+
+    def waterfall_env(self) -> dict[str, str]:
+        """The email waterfall's settings for these fakes (see the constructor)."""
+        if self.websites is None:
+            return {"EMAIL_WATERFALL": "hunter"}
+        # The sites are loopback names (RFC 6761 "localhost"): allowlisted for tests only.
+        # No DNS in tests: every domain is taken to receive mail.
+        return {"WEBSITE_ALLOWED_HOSTS": ".localhost", "MX_RESOLVER": "none"}
 
     def bill_for(self, job_key: str) -> float:
         """What the three providers billed for ``job_key`` (the campaign's text query)."""

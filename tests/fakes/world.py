@@ -99,6 +99,12 @@ class FakeWorld:
     ) -> None:
         """``every_domain_has_emails``: no domain is left without an address (otherwise ~25%
         are), so every Hunter domain search is billed and its price is known in advance."""
+        # Set (by FakeProviders(websites=True)) to the fake websites' port before the first
+        # place is made: domains are then "<name>-<hex>.localhost", websites
+        # http://[www.]<domain>:<port>/ served by tests.fakes.websites, and each domain has
+        # a site (site_of) and role mailboxes.
+        self.website_port = 0
+        self._sites: dict[str, dict[str, Any]] = {}  # domain -> site (see site_of)
         self.places_per_query = places_per_query
         self.seed = seed
         self.every_domain_has_emails = every_domain_has_emails
@@ -159,15 +165,29 @@ class FakeWorld:
         return len(self.emails_for(domain))
 
     def job_of_email(self, email: str) -> str:
+        """The job of a known address, or of its domain (a guessed role address)."""
         with self._lock:
             hit = self._emails.get(email.strip().lower())
-            return hit[0] if hit else ""
+        return hit[0] if hit else self.job_of_domain(email.rpartition("@")[2])
 
     def neverbounce_result(self, email: str) -> str:
         """valid, invalid, disposable, catchall or unknown; fixed per address."""
         with self._lock:
             hit = self._emails.get(email.strip().lower())
-        return hit[1] if hit else nb_result_for_unknown(email, self.seed)
+        if hit:
+            return hit[1]
+        info = self.domain_info(email.rpartition("@")[2]) if self.website_port else None
+        if info is not None:  # no such mailbox at a domain the world made
+            return "catchall" if info["accept_all"] else "invalid"
+        return nb_result_for_unknown(email, self.seed)
+
+    def site_of(self, domain: str) -> dict[str, Any] | None:
+        """A domain's fake website: ``email`` (the address it publishes, "" none), ``where``
+        ("home" or "contact"), ``how`` ("mailto" or "text"), ``robots_blocks_contact``,
+        ``contact_path`` and ``foreign`` (an address at another domain it also shows)."""
+        with self._lock:
+            site = self._sites.get(normalize_domain(domain))
+            return copy.deepcopy(site) if site else None
 
     # -- generation ------------------------------------------------------------------------
 
@@ -259,11 +279,17 @@ class FakeWorld:
             place["takeout"], place["dineIn"] = True, rng.random() < 0.7
         if rng.random() >= 0.20:
             label = re.sub(r"[^a-z0-9]+", "", name.lower())
-            domain = f"{label}-{_digest('dom', self.seed, query, index).hex()[:6]}.com"
+            tld = "localhost" if self.website_port else "com"
+            domain = f"{label}-{_digest('dom', self.seed, query, index).hex()[:6]}.{tld}"
             host = domain if rng.random() < 0.3 else f"www.{domain}"
             path = rng.choice(("/", "", "/home"))
-            place["websiteUri"] = f"{'http' if rng.random() < 0.1 else 'https'}://{host}{path}"
+            scheme = "http" if rng.random() < 0.1 else "https"
+            if self.website_port:
+                scheme, host = "http", f"{host}:{self.website_port}"
+            place["websiteUri"] = f"{scheme}://{host}{path}"
             self._add_domain(query, domain, name, place)
+            if self.website_port:
+                self._add_site(query, domain)
         self._place_index[place_id] = (query, place)
         return place
 
@@ -279,6 +305,31 @@ class FakeWorld:
             "originalText": text,
             "authorAttribution": {"displayName": rng.choice(_FIRST), "uri": "", "photoUri": ""},
             "publishTime": "2026-10-01T12:00:00Z",
+        }
+
+    def _add_site(self, query: str, domain: str) -> None:
+        """The domain's website and role mailboxes: ~45% of sites publish an address
+        (mostly one Hunter also knows, else a role address of their own), on the home page
+        or the contact page, as a mailto: link or as text; a fifth of contact pages are
+        closed to robots; ~30% of domains have a working info@ whatever they publish."""
+        rng = _rng("site", self.seed, domain)
+        known = [e["value"] for e in self._domains[domain][1]["emails"]]
+        email = ""
+        if rng.random() < 0.45:
+            if known and rng.random() < 0.7:
+                email = known[0]
+            else:
+                email = f"{rng.choice(('hello', 'office', 'contact'))}@{domain}"
+                self._emails.setdefault(email, (query, _weighted(rng, _NB_RESULTS)))
+        if rng.random() < 0.30:
+            self._emails.setdefault(f"info@{domain}", (query, "valid"))
+        self._sites[domain] = {
+            "email": email,
+            "where": rng.choice(("home", "contact")),
+            "how": rng.choice(("mailto", "text")),
+            "robots_blocks_contact": rng.random() < 0.2,
+            "contact_path": rng.choice(("/contact", "/contact-us", "/about/contact")),
+            "foreign": f"webmaster@{rng.choice(('gmail.com', 'wix.com'))}",
         }
 
     def _add_domain(self, query: str, domain: str, org: str, place: dict[str, Any]) -> None:

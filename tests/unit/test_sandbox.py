@@ -169,7 +169,7 @@ async def test_find_email_with_no_domain_is_free() -> None:
 
 async def test_verify_is_deterministic_varied_and_always_charged() -> None:
     verifier = SandboxEmailVerifier(SETTINGS)
-    emails = [f"info@business{i}.com" for i in range(300)]
+    emails = [f"maria@business{i}.com" for i in range(300)]
     results = [await verifier.verify(email) for email in emails]
     assert results == [await SandboxEmailVerifier(SETTINGS).verify(e.upper()) for e in emails]
     statuses = Counter(r.status for r in results)
@@ -228,3 +228,24 @@ def test_another_process_returns_the_same_details_for_an_id() -> None:
     )  # fmt: skip
     local = asyncio.run(SandboxPlaces(SETTINGS).details(summary.place_id)).details
     assert out.stdout.strip() == repr(local)
+
+
+async def test_the_waterfall_steps_are_simulated_from_each_domains_mailbox() -> None:
+    from services.common.providers.sandbox import SandboxMx, SandboxWebsite, mailbox
+
+    website, mx = SandboxWebsite(SETTINGS), SandboxMx(SETTINGS)
+    verifier = SandboxEmailVerifier(SETTINGS)
+    domains = [f"business{i}.com" for i in range(200)]
+    published = [await website.emails(f"https://{d}/", d) for d in domains]
+    assert published == [await website.emails(f"https://{d}/", d) for d in domains]
+    assert 0.2 < sum(1 for p in published if p) / len(domains) < 0.5
+    assert all(
+        e.partition("@")[0] in mailbox(d)
+        for d, p in zip(domains, published, strict=True)
+        for e in p
+    )
+    assert 0.7 < sum([await mx.accepts_mail(d) for d in domains]) / len(domains) < 0.95
+    # A role address the domain does not have bounces; one it has verifies as any other.
+    for domain in domains[:50]:
+        status = (await verifier.verify(f"contact@{domain}")).status
+        assert (status == "invalid") or "contact" in mailbox(domain)

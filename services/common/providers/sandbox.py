@@ -7,7 +7,10 @@ process returns the same answers:
 - a search for (business type, location) returns the same places in the same order;
 - a place id encodes its (business type, location, index), so :meth:`SandboxPlaces.details`
   needs nothing but the id;
-- an email lookup depends only on the domain, a verification only on the address.
+- an email lookup depends only on the domain, a verification only on the address;
+- the email waterfall's free steps too (:class:`SandboxWebsite`, :class:`SandboxMx`): each
+  domain has a mailbox (:func:`mailbox`: the finder's address, the one its website
+  publishes, some role addresses); a role address outside it verifies ``invalid``.
 
 The data has the gaps real data has (no website, no phone, partial address, unrated, closed,
 an unexpected place type, no email found, undeliverable email) so scoring and enrichment see
@@ -270,6 +273,41 @@ class SandboxPlaces(_SandboxProvider):
         return DetailsResult(details=market.details(index), charges=charges)
 
 
+_ROLES = frozenset({"info", "contact", "hello", "office", "sales", "team", "admin", "mail"})
+
+
+def _finder_local(domain: str) -> tuple[str, int] | None:
+    """The local part and confidence of the address the finder knows at ``domain``."""
+    rng = _rng("email", domain)
+    if rng.random() >= 0.75:
+        return None
+    roll = rng.random()
+    local = "info" if roll < 0.35 else "hello" if roll < 0.6 else rng.choice(_FIRST_NAMES)
+    return local, rng.randint(40, 99)
+
+
+def _website_local(domain: str) -> str | None:
+    """The local part of the address ``domain``'s website publishes (~35% publish one)."""
+    rng = _rng("website", domain)
+    if rng.random() >= 0.35:
+        return None
+    return rng.choice(("info", "contact", "hello", "office", *_FIRST_NAMES))
+
+
+def mailbox(domain: str) -> frozenset[str]:
+    """The local parts that exist at ``domain``: the finder's and the website's address,
+    and each of info, contact, hello with chance 0.3."""
+    rng = _rng("mailbox", domain)
+    found = {role for role in ("info", "contact", "hello") if rng.random() < 0.3}
+    finder = _finder_local(domain)
+    if finder:
+        found.add(finder[0])
+    website = _website_local(domain)
+    if website:
+        found.add(website)
+    return frozenset(found)
+
+
 class SandboxEmailFinder(_SandboxProvider):
     """:class:`~services.common.providers.base.EmailFinder`: ~75% of domains have an email."""
 
@@ -283,16 +321,35 @@ class SandboxEmailFinder(_SandboxProvider):
         if not domain:
             return EmailCandidate(email="", confidence=0)
         await self._simulate_latency("email_search")
-        rng = _rng("email", domain)
-        if rng.random() >= 0.75:
+        found = _finder_local(domain)
+        if found is None:
             return EmailCandidate(email="", confidence=0)
-        roll = rng.random()
-        local = "info" if roll < 0.35 else "hello" if roll < 0.6 else rng.choice(_FIRST_NAMES)
+        local, confidence = found
         return EmailCandidate(
             email=f"{local}@{domain}",
-            confidence=rng.randint(40, 99),
+            confidence=confidence,
             charges=self._charge("email_search", self._settings.sandbox_cost_email_search),
         )
+
+
+class SandboxWebsite(_SandboxProvider):
+    """The website step without a network: ~35% of domains publish an address."""
+
+    async def emails(self, website: str, domain: str) -> list[str]:
+        """The address ``domain``'s simulated site publishes, if any; free."""
+        domain = domain.strip().lower()
+        if not domain:
+            return []
+        await self._simulate_latency("website")
+        local = _website_local(domain)
+        return [f"{local}@{domain}"] if local else []
+
+
+class SandboxMx(_SandboxProvider):
+    """The pattern step's MX check without DNS: ~85% of domains receive mail."""
+
+    async def accepts_mail(self, domain: str) -> bool:
+        return _rng("mx", domain.strip().lower()).random() < 0.85
 
 
 class SandboxEmailVerifier(_SandboxProvider):
@@ -305,6 +362,8 @@ class SandboxEmailVerifier(_SandboxProvider):
         local, at, domain = email.rpartition("@")
         if not (local and at and "." in domain):
             status = "invalid"
+        elif local in _ROLES and local not in mailbox(domain):
+            status = "invalid"  # a guessed role address the domain does not have
         else:
             roll = _rng("verify", email).random()
             status = (

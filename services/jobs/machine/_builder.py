@@ -89,9 +89,14 @@ def enrich_progress(m: Metrics) -> int:
 
 def dispatchable(state: JobState) -> tuple[int, int]:
     """How many more leads may be queued now, and each one's allowance, so that spent plus
-    what queued leads may still spend never exceeds the budget."""
+    what queued leads may still spend never exceeds the budget, and, under a goal of
+    verified emails, leads in flight never outnumber the verified emails still missing
+    (so when the goal is reached no lead is queued or under way: no paid call starts)."""
     m = state.metrics
     remaining = m.leads_unqueued
+    if state.target_verified:
+        missing = state.target_verified - m.emails_verified - m.leads_in_flight
+        remaining = min(remaining, missing)
     if remaining <= 0:
         return 0, 0
     if state.budget_micros == 0:

@@ -4,7 +4,7 @@ its data; :mod:`services.jobs.effects` carries them out without looking anywhere
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prospect.v1 import work_pb2
 from services.jobs.machine._state import EmailStatus, LeadState, Status
@@ -49,6 +49,8 @@ class SetLeadOutcome:
     email_status: EmailStatus
     email: str = ""
     from_cache: bool = False
+    email_source: str = ""
+    cost_by_step: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,9 @@ def finalize(b: Builder, status: Status, message: str, **changes: Any) -> None:
 
 
 def advance_enrichment(b: Builder) -> None:
-    """Queue what the budget allows; complete the job when every lead is settled."""
+    """Queue what the budget and the goal allow; complete the job when every lead is
+    settled, the leads never queued kept as skipped for the goal (when it was reached) or
+    for the budget."""
     count, allowance = dispatchable(b.state)
     m = b.state.metrics
     if count:
@@ -57,7 +59,12 @@ def advance_enrichment(b: Builder) -> None:
     if m.leads_in_flight > 0:
         return
     pending = m.leads_unqueued
-    if pending > 0:
+    if pending > 0 and b.state.goal_reached:
+        b.effects.append(
+            CloseLeads((LeadState.PENDING,), LeadState.SKIPPED, EmailStatus.SKIPPED_GOAL)
+        )
+        m = b.metrics(leads_skipped_goal=m.leads_skipped_goal + pending)
+    elif pending > 0:
         b.effects.append(
             CloseLeads((LeadState.PENDING,), LeadState.SKIPPED, EmailStatus.SKIPPED_BUDGET)
         )
@@ -66,14 +73,20 @@ def advance_enrichment(b: Builder) -> None:
             leads_never_queued=m.leads_never_queued + pending,
         )
     b.step(f"Storing {m.qualified_leads} leads", stage=Stage.STORING, progress=ENRICH_END)
+    finalize(b, Status.COMPLETED, _completed_message(b.state), stage=Stage.DONE, progress=100)
+
+
+def _completed_message(state: JobState) -> str:
+    m = state.metrics
+    goal = (
+        f"goal of {state.target_verified} verified emails reached; " if state.goal_reached else ""
+    )
     skipped = f", {m.leads_skipped_budget} skipped for budget" if m.leads_skipped_budget else ""
-    finalize(
-        b,
-        Status.COMPLETED,
-        f"Completed: {m.qualified_leads} leads, {m.emails_found} emails found, "
-        f"{m.emails_verified} verified{skipped}, {dollars(m.total_cost_micros)} spent",
-        stage=Stage.DONE,
-        progress=100,
+    if m.leads_skipped_goal:
+        skipped += f", {m.leads_skipped_goal} skipped for goal"
+    return (
+        f"Completed: {goal}{m.qualified_leads} leads, {m.emails_found} emails found, "
+        f"{m.emails_verified} verified{skipped}, {dollars(m.total_cost_micros)} spent"
     )
 
 

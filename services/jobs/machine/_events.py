@@ -68,6 +68,9 @@ class LeadEnriched:
     lead_price_micros: int = 0
     cost: Cost = NO_COST
     providers: Mapping[str, str] = field(default_factory=dict)
+    # Which email-waterfall step found ``email``, and what each step cost (micro-dollars).
+    email_source: str = ""
+    cost_by_step: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,11 @@
 
 Pure, like the rest of the machine: :func:`history_of` reads the state before an event,
 the event and the transition it made, and names the moments worth keeping (a stage
-entered, a retry and its cause, a provider's failure, a budget stop, a cancel asked for,
-the final status). :mod:`services.jobs.effects` writes them in the same transaction as
-the change they describe. Most reports (a lead enriched, a charge, progress) are no such
-moment: they give nothing, so the report path writes no row for them.
+entered, a retry and its cause, a provider's failure, a budget stop, the goal of
+verified emails reached, a cancel asked for, the final status).
+:mod:`services.jobs.effects` writes them in the same transaction as the change they
+describe. Most reports (a lead enriched, a charge, progress) are no such moment: they
+give nothing, so the report path writes no row for them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class HistoryKind(StrEnum):
     RETRY = "retry"  # its work was queued again: a stall (watchdog) or a task's failure
     PROVIDER_ERROR = "provider_error"  # a worker reported a provider's failure
     BUDGET_STOP = "budget_stop"  # the budget left leads unenriched
+    GOAL_REACHED = "goal_reached"  # the goal of verified emails was reached
     CANCEL_REQUESTED = "cancel_requested"  # CancelJob
     FINISHED = "finished"  # the final status, with its error and spend
     RETRIED_BY = "retried_by"  # RetryJob started another job from this one
@@ -67,6 +69,21 @@ def seq_of(entries: list[HistoryEntry]) -> list[int]:
         )
         seqs.append(entry.version * PER_CHANGE + place)
     return seqs
+
+
+def _goal_reached(result: Transition) -> HistoryEntry:
+    """The entry of the change in which the job's goal of verified emails was reached."""
+    assert result.state is not None
+    m = result.state.metrics
+    reached = next(s for s in result.snapshots if s.state.goal_reached)
+    return HistoryEntry(
+        HistoryKind.GOAL_REACHED,
+        reached.state.stage,
+        f"Goal of {result.state.target_verified} verified emails reached: "
+        f"{m.leads_skipped_goal + m.leads_unqueued} lead(s) not enriched, "
+        f"{dollars(m.total_cost_micros)} spent",
+        reached.state.version,
+    )
 
 
 def history_of(before: JobState, event: Event, result: Transition) -> list[HistoryEntry]:
@@ -133,6 +150,8 @@ def history_of(before: JobState, event: Event, result: Transition) -> list[Histo
                 result.snapshots[0].state.version,
             )
         )
+    if result.state.goal_reached and not before.goal_reached:
+        out.append(_goal_reached(result))
     if result.state.status.terminal and not before.status.terminal:
         last = result.snapshots[-1]
         out.append(

@@ -48,9 +48,10 @@ DISCOVERY_STAGES = (Stage.QUEUED, Stage.DISCOVERING)
 class LeadState(StrEnum):
     """A lead's life: PENDING -> DISPATCHED -> ENRICHED | SKIPPED | FAILED | STOPPED.
 
-    PENDING leads may also go straight to SKIPPED (the budget ran out before they were
-    queued) or STOPPED (the job was cancelled or failed first). Only a DISPATCHED lead is
-    settled by a report; a settled lead never changes state again."""
+    PENDING leads may also go straight to SKIPPED (the budget ran out, or the job's goal
+    of verified emails was reached, before they were queued) or STOPPED (the job was
+    cancelled or failed first). Only a DISPATCHED lead is settled by a report; a settled
+    lead never changes state again."""
 
     PENDING = "pending"
     DISPATCHED = "dispatched"
@@ -79,6 +80,7 @@ class EmailStatus(StrEnum):
     ERROR = "error"  # enrichment kept failing
     SKIPPED_CANCELLED = "skipped_cancelled"  # the job was cancelled before it was enriched
     SKIPPED_FAILED = "skipped_failed"  # the job failed before it was enriched
+    SKIPPED_GOAL = "skipped_goal"  # the job's goal of verified emails was reached first
 
 
 # What an enrichment worker may report for a lead (anything else is refused).
@@ -139,6 +141,8 @@ class Metrics:
     leads_from_cache: int = 0
     # Places an earlier run of the job's schedule delivered (only_new_leads): not leads.
     leads_skipped_known: int = 0
+    # Never queued: the job's goal of verified emails was reached first.
+    leads_skipped_goal: int = 0
     # The most one lead can cost, as the enrichment workers report it: under a budget,
     # each queued lead reserves this much.
     lead_price_micros: int = 0
@@ -148,20 +152,27 @@ class Metrics:
     @property
     def leads_settled(self) -> int:
         return (
-            self.leads_enriched + self.leads_failed + self.leads_skipped_budget + self.leads_stopped
+            self.leads_enriched
+            + self.leads_failed
+            + self.leads_skipped_budget
+            + self.leads_stopped
+            + self.leads_skipped_goal
         )
+
+    @property
+    def _closed_unqueued(self) -> int:
+        """Leads closed without ever being queued."""
+        return self.leads_never_queued + self.leads_stopped_unqueued + self.leads_skipped_goal
 
     @property
     def leads_in_flight(self) -> int:
         """Leads queued for enrichment and not settled yet."""
-        closed_unqueued = self.leads_never_queued + self.leads_stopped_unqueued
-        return self.leads_dispatched + closed_unqueued - self.leads_settled
+        return self.leads_dispatched + self._closed_unqueued - self.leads_settled
 
     @property
     def leads_unqueued(self) -> int:
         """Leads still PENDING."""
-        closed_unqueued = self.leads_never_queued + self.leads_stopped_unqueued
-        return self.qualified_leads - self.leads_dispatched - closed_unqueued
+        return self.qualified_leads - self.leads_dispatched - self._closed_unqueued
 
     @property
     def sandbox(self) -> bool:
@@ -190,6 +201,12 @@ class JobState:
     attempts: int = 1
     max_attempts: int = 3
     budget_micros: int = 0  # 0 = no budget
+    target_verified: int = 0  # the goal of verified emails; 0 = no goal
+
+    @property
+    def goal_reached(self) -> bool:
+        """The job has a goal of verified emails and has that many."""
+        return 0 < self.target_verified <= self.metrics.emails_verified
 
 
 @dataclass(frozen=True, slots=True)

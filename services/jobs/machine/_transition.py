@@ -212,7 +212,13 @@ def _lead_report(state: JobState, event: LeadEvent) -> Transition:
                 metrics = replace(metrics, leads_skipped_budget=m.leads_skipped_budget + 1)
             else:
                 outcome = SetLeadOutcome(
-                    lead_id, LeadState.ENRICHED, event.email_status, event.email, event.from_cache
+                    lead_id,
+                    LeadState.ENRICHED,
+                    event.email_status,
+                    event.email,
+                    event.from_cache,
+                    event.email_source,
+                    event.cost_by_step,
                 )
                 metrics = replace(
                     metrics,

@@ -32,6 +32,7 @@ const FIELDS = {
   min_confidence_score: "minConfidenceScore",
   budget_limit: "budgetLimit",
   verify_emails: "verifyEmails",
+  target_verified_emails: "targetVerifiedEmails",
 };
 // An error event with one of these codes ends the watch; any other is retried.
 const FATAL_CODES = new Set(["NOT_FOUND", "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_ARGUMENT"]);
@@ -230,6 +231,7 @@ function readConfig(form) {
     minConfidenceScore: int("min_confidence_score"),
     budgetLimit: budget === "" ? 0 : Number(budget),
     verifyEmails: form.elements.verify_emails.checked,
+    targetVerifiedEmails: int("target_verified_emails"),
   };
 }
 
