@@ -7,6 +7,7 @@ the last version it saw, so no update is shown twice and the end is never missed
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
@@ -116,6 +117,41 @@ def campaign_request(
         verify_emails=verify_emails,
     )
     return jobs_pb2.SubmitCampaignRequest(config=config, idempotency_key=idempotency_key)
+
+
+def add_campaign_options(parser: argparse.ArgumentParser, *, per_run: bool = False) -> None:
+    """``BUSINESS_TYPE LOCATION`` and the campaign options of ``submit``, ``estimate`` and
+    ``schedule create`` (read back by :func:`campaign_config`)."""
+    parser.add_argument("business_type", help='e.g. "coffee shop"')
+    parser.add_argument("location", help='e.g. "Seattle, WA"')
+    parser.add_argument("--max-results", type=int, default=10, help="leads kept (default 10)")
+    parser.add_argument(
+        "--min-score", type=int, default=50, help="minimum score 0-100 (default 50)"
+    )
+    budget = "USD cap per run; 0 = none" if per_run else "USD cap on spend; 0 = none"
+    parser.add_argument("--budget", type=float, default=0.0, help=budget)
+    parser.add_argument("--no-verify", action="store_true", help="do not verify emails")
+    parser.add_argument(
+        "--target-verified-emails",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop enriching once N verified emails are in (0 = no goal)",
+    )
+
+
+def campaign_config(args: argparse.Namespace) -> jobs_pb2.CampaignConfig:
+    """The campaign config of :func:`add_campaign_options`' arguments."""
+    config = campaign_request(
+        args.business_type,
+        args.location,
+        max_results=args.max_results,
+        min_score=args.min_score,
+        budget=args.budget,
+        verify_emails=not args.no_verify,
+    ).config
+    config.target_verified_emails = args.target_verified_emails
+    return config
 
 
 async def watch_until_done(

@@ -7,7 +7,7 @@ import argparse
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli import render
-from services.cli.client import campaign_request
+from services.cli.client import add_campaign_options, campaign_config
 
 RPC_TIMEOUT = 30.0
 
@@ -35,16 +35,7 @@ def estimate_text(e: jobs_pb2.CampaignEstimate) -> str:
 
 
 async def cmd_estimate(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
-    config = campaign_request(
-        args.business_type,
-        args.location,
-        max_results=args.max_results,
-        min_score=args.min_score,
-        budget=args.budget,
-        verify_emails=not args.no_verify,
-    ).config
-    config.target_verified_emails = args.target_verified_emails
-    request = jobs_pb2.EstimateCampaignRequest(config=config)
+    request = jobs_pb2.EstimateCampaignRequest(config=campaign_config(args))
     answer = await stub.EstimateCampaign(request, timeout=RPC_TIMEOUT)
     print(render.to_json(answer) if args.json else estimate_text(answer))
     return 0
@@ -55,17 +46,5 @@ def add_estimate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = sub.add_parser(
         "estimate", help="what a campaign would find and cost (p10/p50/p90), before submitting"
     )
-    p.add_argument("business_type", help='e.g. "coffee shop"')
-    p.add_argument("location", help='e.g. "Seattle, WA"')
-    p.add_argument("--max-results", type=int, default=10, help="leads kept (default 10)")
-    p.add_argument("--min-score", type=int, default=50, help="minimum score 0-100 (default 50)")
-    p.add_argument("--budget", type=float, default=0.0, help="USD cap on spend; 0 = none")
-    p.add_argument("--no-verify", action="store_true", help="do not verify emails")
-    p.add_argument(
-        "--target-verified-emails",
-        type=int,
-        default=0,
-        metavar="N",
-        help="stop enriching once N verified emails are in (0 = no goal)",
-    )
+    add_campaign_options(p)
     p.set_defaults(run=cmd_estimate)

@@ -24,7 +24,8 @@ from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli import render
 from services.cli.client import (
     WatchError,
-    campaign_request,
+    add_campaign_options,
+    campaign_config,
     job_service,
     list_all_leads,
     watch_until_done,
@@ -103,17 +104,10 @@ def _exit_for(job: jobs_pb2.Job) -> int:
 
 
 async def cmd_submit(stub: jobs_pb2_grpc.JobServiceStub, args: argparse.Namespace) -> int:
-    request = campaign_request(
-        args.business_type,
-        args.location,
-        max_results=args.max_results,
-        min_score=args.min_score,
-        budget=args.budget,
-        verify_emails=not args.no_verify,
-        idempotency_key=args.idempotency_key,
+    request = jobs_pb2.SubmitCampaignRequest(
+        config=campaign_config(args), idempotency_key=args.idempotency_key
     )
     request.config.notify_url = args.notify_url
-    request.config.target_verified_emails = args.target_verified_emails
     request.max_estimated_cost = args.max_estimated_cost
     response = await stub.SubmitCampaign(request, timeout=RPC_TIMEOUT)
     _emit(
@@ -276,19 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("submit", help="submit a lead discovery campaign")
-    p.add_argument("business_type", help='e.g. "coffee shop"')
-    p.add_argument("location", help='e.g. "Seattle, WA"')
-    p.add_argument("--max-results", type=int, default=10, help="leads kept (default 10)")
-    p.add_argument("--min-score", type=int, default=50, help="minimum score 0-100 (default 50)")
-    p.add_argument("--budget", type=float, default=0.0, help="USD cap on spend; 0 = none")
-    p.add_argument("--no-verify", action="store_true", help="do not verify emails")
-    p.add_argument(
-        "--target-verified-emails",
-        type=int,
-        default=0,
-        metavar="N",
-        help="stop enriching once N verified emails are in (0 = no goal)",
-    )
+    add_campaign_options(p)
     p.add_argument("--idempotency-key", default="", help="same key, same job")
     p.add_argument(
         "--max-estimated-cost",

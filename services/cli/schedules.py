@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli import render
+from services.cli.client import add_campaign_options, campaign_config
 
 RPC_TIMEOUT = 30.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
@@ -57,16 +58,8 @@ def create_request(args: argparse.Namespace) -> jobs_pb2.CreateScheduleRequest:
         spec.start_time.CopyFrom(_ts(args.start))
     if args.end is not None:
         spec.end_time.CopyFrom(_ts(args.end))
-    config = jobs_pb2.CampaignConfig(
-        business_type=args.business_type,
-        location=args.location,
-        max_results=args.max_results,
-        min_confidence_score=args.min_score,
-        budget_limit=args.budget,
-        verify_emails=not args.no_verify,
-    )
     return jobs_pb2.CreateScheduleRequest(
-        config=config,
+        config=campaign_config(args),
         spec=spec,
         only_new_leads=args.only_new_leads,
         notify_url=args.notify_url,
@@ -186,8 +179,7 @@ def add_schedule_parser(sub: Any) -> None:
     commands = parser.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
 
     p = commands.add_parser("create", help="a campaign run on a cron schedule or an interval")
-    p.add_argument("business_type", help='e.g. "coffee shop"')
-    p.add_argument("location", help='e.g. "Seattle, WA"')
+    add_campaign_options(p, per_run=True)
     every = p.add_mutually_exclusive_group(required=True)
     every.add_argument("--cron", metavar="EXPR", help='five fields, e.g. "0 9 * * MON-FRI"')
     every.add_argument("--every", type=duration, metavar="DURATION", help="e.g. 15m, 1h, 1d")
@@ -200,10 +192,6 @@ def add_schedule_parser(sub: Any) -> None:
         help="leave out places an earlier run already delivered (not enriched, not paid)",
     )
     p.add_argument("--notify-url", default="", metavar="URL", help="webhook for every job")
-    p.add_argument("--max-results", type=int, default=10, help="leads kept (default 10)")
-    p.add_argument("--min-score", type=int, default=50, help="minimum score 0-100 (default 50)")
-    p.add_argument("--budget", type=float, default=0.0, help="USD cap per run; 0 = none")
-    p.add_argument("--no-verify", action="store_true", help="do not verify emails")
     p.add_argument("--idempotency-key", default="", help="same key, same schedule")
     p.set_defaults(run=cmd_create)
 

@@ -6,17 +6,16 @@ submit refused when the estimate's p90 is above the caller's limit."""
 from __future__ import annotations
 
 import asyncio
-import math
 
 from prospect.v1 import jobs_pb2
-from services.common.errors import FailedPrecondition, InvalidArgument, Reason
-from services.common.money import micros_to_usd, usd_to_micros
+from services.common.errors import FailedPrecondition, Reason
+from services.common.money import micros_to_usd
 from services.common.settings import Settings
 from services.jobs.estimate import estimate
 from services.jobs.estimate_prices import current_providers, price_model
 from services.jobs.models import utcnow
 from services.jobs.outcomes import Outcomes
-from services.jobs.validation import BUDGET_MAX, BUDGET_MAX_MICROS
+from services.jobs.validation import validate_amount
 
 
 class Estimator:
@@ -46,23 +45,9 @@ def validate_max_estimated_cost(request: jobs_pb2.SubmitCampaignRequest) -> int:
     """The submit's ``max_estimated_cost`` in micro-dollars (0 = no check), given in either
     form or both (the same amount, as for the budget), else InvalidArgument naming
     ``max_estimated_cost_micros``."""
-    usd, micros = request.max_estimated_cost, request.max_estimated_cost_micros
-    if not math.isfinite(usd) or not 0 <= usd <= BUDGET_MAX:
-        raise InvalidArgument(
-            "max_estimated_cost", f"must be a finite amount between 0 and {BUDGET_MAX:,.0f} USD"
-        )
-    if not 0 <= micros <= BUDGET_MAX_MICROS:
-        raise InvalidArgument(
-            "max_estimated_cost_micros",
-            f"must be between 0 and {BUDGET_MAX_MICROS:,} micro-dollars ({BUDGET_MAX:,.0f} USD)",
-        )
-    if micros and usd and usd_to_micros(usd) != micros:
-        raise InvalidArgument(
-            "max_estimated_cost_micros",
-            f"is {micros:,} micro-dollars but max_estimated_cost is {usd!r} USD "
-            f"({usd_to_micros(usd):,} micro-dollars): give one of the two, or both the same",
-        )
-    return micros or usd_to_micros(usd)
+    return validate_amount(
+        request.max_estimated_cost, request.max_estimated_cost_micros, "max_estimated_cost"
+    )
 
 
 def check_limit(found: jobs_pb2.CampaignEstimate, limit_micros: int) -> None:

@@ -136,20 +136,24 @@ def validate_budget(config: jobs_pb2.CampaignConfig) -> int:
     Each form given (not 0) must be in range: 0 to BUDGET_MAX USD; both given must be the
     same amount (the double rounded to the nearest micro-dollar), else InvalidArgument
     naming ``config.budget_limit_micros``."""
-    usd, micros = config.budget_limit, config.budget_limit_micros
+    return validate_amount(config.budget_limit, config.budget_limit_micros, "config.budget_limit")
+
+
+def validate_amount(usd: float, micros: int, field: str) -> int:
+    """An amount given as USD (``field``) and as micro-dollars (``field`` + ``_micros``),
+    either or both (the same amount): in micro-dollars, 0 = none. Each form must be within
+    0 to BUDGET_MAX USD, else InvalidArgument naming the form that is not."""
     if not math.isfinite(usd) or not 0 <= usd <= BUDGET_MAX:
-        raise InvalidArgument(
-            "config.budget_limit", f"must be a finite amount between 0 and {BUDGET_MAX:,.0f} USD"
-        )
+        raise InvalidArgument(field, f"must be a finite amount between 0 and {BUDGET_MAX:,.0f} USD")
     if not 0 <= micros <= BUDGET_MAX_MICROS:
         raise InvalidArgument(
-            "config.budget_limit_micros",
+            f"{field}_micros",
             f"must be between 0 and {BUDGET_MAX_MICROS:,} micro-dollars ({BUDGET_MAX:,.0f} USD)",
         )
     if micros and usd and usd_to_micros(usd) != micros:
         raise InvalidArgument(
-            "config.budget_limit_micros",
-            f"is {micros:,} micro-dollars but config.budget_limit is {usd!r} USD "
+            f"{field}_micros",
+            f"is {micros:,} micro-dollars but {field} is {usd!r} USD "
             f"({usd_to_micros(usd):,} micro-dollars): give one of the two, or both the same",
         )
     return micros or usd_to_micros(usd)
