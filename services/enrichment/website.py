@@ -50,6 +50,16 @@ _MAILTO = re.compile(r"""href\s*=\s*["']?\s*mailto:([^"'\s>?]+)""", re.I)
 _LINK = re.compile(r"""<a\b[^>]*?href\s*=\s*["']([^"']+)["'][^>]*>(.*?)</a\s*>""", re.I | re.S)
 _HIDDEN = re.compile(r"<(script|style|noscript|template)\b.*?</\1\s*>|<!--.*?-->", re.I | re.S)
 _TAG = re.compile(r"<[^>]+>")
+# Addresses written to fool harvesters, as sites do: "info [at] example [dot] com",
+# "info(at)example(dot)com", "info {at} example.com", "info at example dot com". Only the
+# business's own domain is kept afterwards, so a loose match costs nothing.
+_AT = re.compile(r"\s*[\[({<]\s*at\s*[\])}>]\s*", re.I)
+_DOT = re.compile(r"\s*[\[({<]\s*dot\s*[\])}>]\s*", re.I)
+_SPACED_AT = re.compile(r"(?<=[a-z0-9])\s+@\s+(?=[a-z0-9])", re.I)
+_SPELLED_DOT = re.compile(r"\s+dot\s+", re.I)
+_SPELLED = re.compile(
+    r"\b([a-z0-9][a-z0-9._%+-]*)\s+at\s+([a-z0-9-]+(?:\s+dot\s+[a-z0-9-]+)+)\b", re.I
+)
 CONTACT_PATHS = ("/contact", "/contact-us")
 
 
@@ -91,19 +101,31 @@ def at_domain(email: str, domain: str) -> bool:
 
 def extract_emails(page: str, domain: str) -> list[str]:
     """The addresses at ``domain`` (or a subdomain) that ``page`` (HTML) links with
-    ``mailto:`` or writes out in its visible text: lower-case, without repeats, links
-    first. Scripts, styles and comments are not read."""
+    ``mailto:`` or writes out in its visible text, plainly or spelled out ("info [at]
+    example [dot] com"): lower-case, without repeats, links first. Scripts, styles and
+    comments are not read."""
     found: list[str] = []
     for raw in _MAILTO.findall(page):
         found.extend(_EMAIL.findall(html.unescape(unquote(raw))))
     visible = html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", page)))
     found.extend(_EMAIL.findall(visible))
+    found.extend(_EMAIL.findall(_deobfuscated(visible)))
     out: list[str] = []
     for email in found:
         email = email.lower().strip(".")
         if at_domain(email, domain) and email not in out:
             out.append(email)
     return out
+
+
+def _deobfuscated(text: str) -> str:
+    """``text`` with the usual spelled-out forms of ``@`` and ``.`` written as such."""
+    text = _DOT.sub(".", _AT.sub("@", _SPACED_AT.sub("@", text)))
+    return _SPELLED.sub(_spelled_address, text)
+
+
+def _spelled_address(match: re.Match[str]) -> str:
+    return f"{match[1]}@{_SPELLED_DOT.sub('.', match[2])}"
 
 
 def contact_link(page: str, base_url: str) -> str:
