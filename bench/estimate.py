@@ -10,10 +10,12 @@ estimate rests on every campaign before it, as a user's would. Figures:
 within p10-p90 (target at least 0.8). The estimates must call no provider
 (``estimate_provider_calls``, the fakes' request count across every estimate: 0).
 
-The stack runs with ``EMAIL_WATERFALL=hunter``: the fakes serve no websites and no DNS, so
-the website and pattern steps would find nothing but time-outs; the estimator follows the
-configured steps either way. One campaign repeats an earlier search: its leads' domains
-are in the enrichment cache, which the estimate must see. Alone:
+The stack runs the default email waterfall (website, pattern, hunter) on fake business
+websites served on loopback (``FakeProviders(websites=True)``: ``WEBSITE_ALLOWED_HOSTS``
+for their names, ``MX_RESOLVER=none`` as there is no DNS here), so the estimate follows
+all three steps and the history it learns from is the waterfall's; the websites' requests
+count among the provider calls too. One campaign repeats an earlier search: its leads'
+domains are in the enrichment cache, which the estimate must see. Alone:
 ``python -m bench.estimate`` (``BENCH_QUICK=1`` for fewer campaigns).
 """
 
@@ -35,7 +37,6 @@ from tests.fakes import FakeProviders
 
 STACK_ENV = {
     "LOG_LEVEL": "WARNING",
-    "EMAIL_WATERFALL": "hunter",
     "ENRICHMENT_CACHE_DAYS": "30",
     "METRICS_ADDR": "",
     "OTEL_TRACES_EXPORTER": "none",
@@ -121,7 +122,8 @@ def _config(n: int, spec: tuple[str, int, int, bool], town: str) -> jobs_pb2.Cam
 
 
 def _requests(fakes: FakeProviders) -> int:
-    return sum(len(f.requests) for f in fakes.fakes)
+    sites = fakes.websites.requests if fakes.websites is not None else []
+    return sum(len(f.requests) for f in fakes.fakes) + len(sites)
 
 
 async def _run(stub: jobs_pb2_grpc.JobServiceStub, config: jobs_pb2.CampaignConfig) -> int:
@@ -155,7 +157,7 @@ async def run_estimate(
 
 async def estimate_on_own_stack(campaigns: int) -> EstimateResult:
     """The scenario on a stack and fakes of its own (started and stopped here)."""
-    with FakeProviders(places_per_query=PLACES_PER_QUERY) as fakes:
+    with FakeProviders(places_per_query=PLACES_PER_QUERY, websites=True) as fakes:
         stack = Stack(env={**fakes.env(), **STACK_ENV})
         await asyncio.to_thread(stack.start)
         try:

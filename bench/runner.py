@@ -15,7 +15,9 @@
 4. Workers on the zero-latency sandbox: **throughput** (and RSS; 20 schedules fire
    meanwhile: their **lateness**), then **observability** (the throughput load three
    times more, the jobs service and the workers restarted before each: metrics and
-   tracing off, on, off), then the enrichment worker swapped for one calling the fake
+   tracing off, on, off), then **waterfall** (a fixed campaign set run twice, each time
+   on a stack and fakes of its own with fake business websites: Hunter alone, then the
+   default email waterfall), then the enrichment worker swapped for one calling the fake
    Hunter: **rate limit**.
 5. A stack of its own on the three fake providers: **estimate** (each campaign of a fixed
    set estimated, then run: the actual cost against the estimate's p50 and p10-p90).
@@ -208,7 +210,10 @@ async def _run(
             log(f"observability: on / off {ob.ratio:.3f}")
 
         async with _scenario(results, "waterfall"):
+            # Two stacks and fakes of their own (Hunter alone, then the default waterfall).
             results.waterfall = wf = await run_waterfall()
+            for line in wf.lines():
+                log(f"  {line}")
             log(
                 f"waterfall: cost per verified email {wf.ratio:.3f} of Hunter alone's, "
                 f"{wf.waterfall.verified} verified emails against {wf.hunter_only.verified}"

@@ -155,7 +155,8 @@ def rating_text(lead: jobs_pb2.Lead) -> str:
 
 def leads_table(leads: Iterable[jobs_pb2.Lead]) -> str:
     headers = (
-        "NAME", "ADDRESS", "RATING", "SCORE", "EMAIL", "EMAIL STATUS", "PHONE", "WEBSITE", "COST",
+        "NAME", "ADDRESS", "RATING", "SCORE", "EMAIL", "EMAIL STATUS", "SOURCE", "PHONE",
+        "WEBSITE", "COST",
     )  # fmt: skip
     rows = [
         (
@@ -165,13 +166,14 @@ def leads_table(leads: Iterable[jobs_pb2.Lead]) -> str:
             str(lead.confidence_score),
             lead.email or "-",
             lead.email_status or "-",
+            lead.email_source or "-",  # the waterfall step that found the email
             lead.phone or "-",
             lead.website or "-",
             format_money(lead.cost),
         )
         for lead in leads
     ]
-    return table(headers, rows, right=(2, 3, 8))
+    return table(headers, rows, right=(2, 3, 9))
 
 
 # --- leads as a document: table, JSON or CSV -----------------------------------------------
@@ -196,6 +198,7 @@ CSV_COLUMNS = (
     "lead_id",
     "place_id",
     "campaign_id",
+    "email_source",  # the waterfall step that found the email (website, pattern, hunter, cache)
 )
 # What a spreadsheet may take for the start of a formula (OWASP, "CSV Injection").
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -249,6 +252,7 @@ def lead_csv_row(rank: int, lead: jobs_pb2.Lead) -> list[str]:
         neutralize_cell(lead.id),
         neutralize_cell(lead.place_id),
         neutralize_cell(lead.campaign_id),
+        neutralize_cell(lead.email_source),
     ]
 
 

@@ -83,6 +83,7 @@ def assert_csv_matches(rows: list[list[str]], leads: list[dict[str, Any]]) -> No
         assert cells["lead_id"] == lead["id"] and lead["id"]
         assert cells["place_id"] == lead["place_id"]
         assert cells["campaign_id"] == lead["campaign_id"]
+        assert cells["email_source"] == lead["email_source"]
 
 
 def test_leads_json_and_table_agree(

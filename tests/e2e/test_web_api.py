@@ -179,6 +179,9 @@ def test_leads_as_json_and_as_the_same_csv_as_the_cli(
     records = list(csv.DictReader(io.StringIO(answer.text, newline="")))
     assert records == list(csv.DictReader(io.StringIO(cli)))
     assert [r["lead_id"] for r in records] == [lead["id"] for lead in rows]
+    # The waterfall step that found each email, in the last column.
+    assert list(records[0])[-1] == "email_source"
+    assert [r["email_source"] for r in records] == [lead.get("emailSource", "") for lead in rows]
 
 
 def test_cancel_over_http(http: httpx.Client) -> None:

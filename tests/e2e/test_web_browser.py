@@ -272,10 +272,18 @@ def test_campaign_from_form_to_csv_and_cancel(
     assert rows_view["rows"] == qualified, rows_view
     headers = [th.text for th in drv.find_elements(By.CSS_SELECTOR, "#results thead th")]
     assert headers == ["Name", "Address", "Phone", "Website", "Rating", "Score", "Email",
-                       "Email status", "Cost"], headers  # fmt: skip
+                       "Email status", "Source", "Cost"], headers  # fmt: skip
     first = drv.find_elements(By.CSS_SELECTOR, "#results tbody tr")[0]
     cells = [td.text for td in first.find_elements(By.TAG_NAME, "td")]
     assert cells[0], cells  # a name
+    # The step that found each email, as text; empty where no email was found.
+    shown_rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+                  for tr in drv.find_elements(By.CSS_SELECTOR, "#results tbody tr")]  # fmt: skip
+    sources = [row[headers.index("Source")] for row in shown_rows]
+    assert set(sources) <= {"", "website", "pattern", "hunter", "cache"}, sources
+    assert any(sources), "some email was found by a step of the waterfall"
+    for row in shown_rows:
+        assert bool(row[headers.index("Source")]) <= bool(row[headers.index("Email")]), row
     for link in drv.find_elements(By.CSS_SELECTOR, "#results a"):
         assert (link.get_attribute("href") or "").startswith(("http://", "https://"))
         assert set((link.get_attribute("rel") or "").split()) >= {"noopener", "noreferrer"}
@@ -310,6 +318,8 @@ def test_campaign_from_form_to_csv_and_cancel(
     shown = {tr.find_elements(By.TAG_NAME, "td")[0].text
              for tr in drv.find_elements(By.CSS_SELECTOR, "#results tbody tr")}  # fmt: skip
     assert shown & names, f"the CSV's rows are the table's: {shown} vs {table[:3]}"
+    assert table[0][-1] == "email_source", table[0]
+    assert sorted(row[-1] for row in table[1:]) == sorted(sources), (table, sources)
     _screenshot(drv, tmp_path / "04-downloaded.png")
 
     # A second campaign, cancelled from the page while it runs.

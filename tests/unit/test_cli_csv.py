@@ -39,6 +39,7 @@ def hostile_lead() -> jobs_pb2.Lead:
         review_count=1234,
         from_cache=True,
         cost_by_provider={"neverbounce": 0.008, "hunter": 0.051},
+        email_source="=website",
     )
 
 
@@ -46,7 +47,8 @@ def test_header_then_one_record_per_lead_with_every_field():
     plain = jobs_pb2.Lead(id="lead_2", campaign_id="cmp_1", place_id="place_2",
         business_name="Café Ümlaut", address="2 Pike St", phone="(206) 555-0101",
         website="https://cafe.example", email="hi@cafe.example", email_status="unverified",
-        confidence_score=64, cost=0.017, rating=3.0, review_count=0)  # fmt: skip
+        confidence_score=64, cost=0.017, rating=3.0, review_count=0,
+        email_source="pattern")  # fmt: skip
     rows = parse(render.leads_csv([hostile_lead(), plain]))
     assert rows[0] == list(render.CSV_COLUMNS)
     assert len(rows) == 3
@@ -67,6 +69,7 @@ def test_header_then_one_record_per_lead_with_every_field():
         "lead_id": "lead_2",
         "place_id": "place_2",
         "campaign_id": "cmp_1",
+        "email_source": "pattern",
     }
 
 
@@ -88,6 +91,7 @@ def test_formula_cells_are_neutralised_and_round_trip():
     assert cells["cost_usd"] == "0.059"
     assert cells["from_cache"] == "true"
     assert cells["cost_by_provider_usd"] == "hunter=0.051; neverbounce=0.008"
+    assert cells["email_source"] == "'=website"
 
 
 @pytest.mark.parametrize("first", ["=", "+", "-", "@", "\t", "\r"])
@@ -111,7 +115,13 @@ def test_rfc_4180_line_ends_and_quoting():
     # a plain one is not.
     assert '"1 ""Main"" St,\r\nSuite 2, Seattle"' in record
     assert record.startswith("1,")
-    assert ",lead_1,place_1,cmp_1\r\n" in record
+    assert ",lead_1,place_1,cmp_1,'=website\r\n" in record
+
+
+def test_email_source_is_the_last_column_after_the_older_ones():
+    # Appended, so that a reader of the columns by position before it still works.
+    assert render.CSV_COLUMNS[-1] == "email_source"
+    assert render.CSV_COLUMNS[:-1][-3:] == ("lead_id", "place_id", "campaign_id")
 
 
 def test_no_leads_is_a_header_only():

@@ -79,15 +79,17 @@ def _lead(name: str, score: int, cost: float, email: str = "", **kw) -> jobs_pb2
 def test_leads_table_has_every_column_and_aligns():
     leads = [
         _lead("Espresso Vivace", 92, 0.059, "hi@vivace.com", address="532 Broadway E, Seattle",
-              rating=4.6, review_count=1234),
+              rating=4.6, review_count=1234, email_source="website"),
         _lead("Zeitgeist", 71, 0.034),
     ]  # fmt: skip
     out = render.leads_table(leads)
     lines = out.splitlines()
     header = lines[0]
     assert header.split()[:3] == ["NAME", "ADDRESS", "RATING"]
-    for column in ("SCORE", "EMAIL", "EMAIL STATUS", "PHONE", "WEBSITE", "COST"):
+    for column in ("SCORE", "EMAIL", "EMAIL STATUS", "SOURCE", "PHONE", "WEBSITE", "COST"):
         assert column in header
+    assert header.index("EMAIL STATUS") < header.index("SOURCE") < header.index("PHONE")
+    assert "  valid         website  " in lines[2]  # the step that found the email
     assert len(lines) == 4
     assert "  532 Broadway E, Seattle  " in lines[2]
     assert "  4.6 (1,234)  " in lines[2]

@@ -581,6 +581,8 @@ function renderLeads(leads) {
     cell(tr, num(lead.confidenceScore), "num");
     cell(tr, lead.email);
     cell(tr, lead.emailStatus);
+    // The waterfall step that found the email (website, pattern, hunter, cache): text only.
+    cell(tr, lead.emailSource);
     cell(tr, dollars(lead.costMicros, lead.cost), "num");
     tbody.append(tr);
   }
