@@ -9,8 +9,11 @@ The figures rest on four things, each named in the estimate's ``basis``:
   the search does not carry them, then per lead the email steps and a verification;
 - **earlier campaigns** (:mod:`services.jobs.outcomes`): the caller's and the
   deployment's, with the same providers, for the places a search finds, the share of them
-  that qualifies at this minimum score, what a lead's enrichment costs per provider and
-  how many emails it verifies, and the share answered by the enrichment cache;
+  that qualifies at this minimum score, the share that qualifies with a website (only
+  those leads enter the email waterfall, and they rank first: a campaign keeping most of
+  what it found keeps some without one, which cost nothing), what a lead with a website
+  costs per provider and how many emails a lead verifies, and the share answered by the
+  enrichment cache;
 - **the cache**: a campaign for the same search within ``ENRICHMENT_CACHE_DAYS`` paid for
   its leads' domains already, so those leads cost nothing.
 
@@ -37,7 +40,7 @@ from datetime import datetime, timedelta
 from prospect.v1 import jobs_pb2
 from services.common.money import micros_to_usd
 from services.common.plan import SEARCH_CALLS_MAX, SEARCH_MAX, SEARCH_MIN
-from services.jobs.estimate_prices import PriceModel
+from services.jobs.estimate_prices import PRIOR_WEBSITE, PriceModel
 from services.jobs.outcomes import History, Outcome, query_key
 
 DRAWS = 1000
@@ -187,7 +190,8 @@ class _Model:
     qualify: Rate
     cache: Rate
     cached_same_query: int | None  # leads the same search's recent run paid for
-    lead_cost: dict[str, Rate]  # per provider, per lead the cache does not answer
+    sites: Rate  # of found places, those qualifying with a website
+    lead_cost: dict[str, Rate]  # per provider, per lead with a website the cache does not answer
     verified: Rate  # valid emails per lead enriched
     prices: PriceModel
 
@@ -226,23 +230,31 @@ def _model(
             PRIOR_CACHE,
             0.0,
         )
+    # Places qualifying with a website: only the leads that have one enter the waterfall,
+    # and they rank first (a website scores), so a campaign keeping most of what it found
+    # keeps more leads without one. A campaign says how many there were when it kept some
+    # without a website, or fewer than its maximum.
+    sites = pooled(
+        [(r.weight, r.outcome.leads_with_website, r.outcome.businesses_found) for r in relevant
+         if r.outcome.leads_without_website or r.outcome.qualified_leads < r.outcome.max_results],
+        min(PRIOR_WEBSITE, prior_pass(config.min_confidence_score)),
+        PRIOR_PASS_SPREAD,
+    )  # fmt: skip
     like = [r for r in relevant if r.outcome.verify_emails == config.verify_emails]
-    lead_cost = {
-        provider: pooled(
+    lead_cost = {}
+    for provider in prices.leads.most:
+        # The priors' cost per lead is over leads with and without a website.
+        prior, prior_sd = (prices.leads.prior[provider] / PRIOR_WEBSITE,
+                           prices.leads.spread[provider] / math.sqrt(PRIOR_WEBSITE))  # fmt: skip
+        lead_cost[provider] = pooled(
             [
-                (r.weight, _enrichment_micros(r.outcome, provider, prices), r.outcome.leads_paid)
+                (r.weight, _enrichment_micros(r.outcome, provider, prices), r.outcome.sites_paid)
                 for r in like
             ],
-            prices.leads.prior[provider],
-            PRIOR_COST_SPREAD * prices.leads.prior[provider],
-            _cost_spread(
-                prices.leads.prior[provider],
-                prices.leads.spread[provider],
-                prices.leads.most[provider],
-            ),
+            prior,
+            PRIOR_COST_SPREAD * prior,
+            _cost_spread(prior, prior_sd, prices.leads.most[provider]),
         )
-        for provider in prices.leads.most
-    }
     prior_valid = prices.leads.valid_share if config.verify_emails else 0.0
     verified = pooled(
         [(r.weight, r.outcome.emails_verified, r.outcome.leads_enriched) for r in like],
@@ -250,7 +262,7 @@ def _model(
         0.1 * prior_valid,
     )
     return _Model(asked, places, prices.places.prior_found, qualify, cache,
-                  cached_same_query, lead_cost, verified, prices)  # fmt: skip
+                  cached_same_query, sites, lead_cost, verified, prices)  # fmt: skip
 
 
 def _enrichment_micros(o: Outcome, provider: str, prices: PriceModel) -> float:
@@ -300,7 +312,11 @@ def simulate(
             cached = min(enriched, model.cached_same_query)
         else:
             cached = _count(enriched, _clip(model.cache.mean, 0.0, 1.0), rng.gauss())
-        paid = enriched - cached
+        # Leads are enriched by rank: those with a website first; the cache answers only
+        # leads with one.
+        site_share = _clip(model.sites.mean + model.sites.between * rng.gauss(), 0.0, 1.0)
+        with_site = min(enriched, _count(found, site_share, rng.gauss()))
+        paid = max(0, with_site - cached)
         z_between, z_within = rng.gauss(), rng.gauss()  # one lead's fortune drives every step
         spend = {name: 0.0 for name in p.providers}
         spend[p.places.provider] += discovery_micros(found, p)

@@ -5,7 +5,8 @@ enriched and answered from the cache, emails found and verified, spend per provi
 module reads the most recent COMPLETED ones, bounded: the caller's last
 :data:`USER_SAMPLE` (index ``ix_jobs_user_created``, read each time) and the deployment's
 last :data:`DEPLOYMENT_SAMPLE` (kept per replica for :data:`DEPLOYMENT_TTL_S`, so a burst of
-estimates costs one such read a minute). Retries are left out: they skip discovery and
+estimates costs one such read a minute), each with one grouped count of those jobs' leads
+without a website. Retries are left out: they skip discovery and
 reuse the leads their first job paid for, so their figures describe no campaign.
 """
 
@@ -13,16 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.jobs.convert import budget_micros_of
 from services.jobs.machine import Status
-from services.jobs.models import JobRow
+from services.jobs.models import JobRow, LeadRow
 
 USER_SAMPLE = 50  # the caller's most recent finished campaigns
 DEPLOYMENT_SAMPLE = 200  # everybody's most recent finished campaigns
@@ -57,6 +58,9 @@ class Outcome:
     leads_skipped_goal: int
     cost_by_provider: Mapping[str, int] = field(default_factory=dict)
     providers: Mapping[str, str] = field(default_factory=dict)  # capability -> provider
+    # Of its qualified leads, those whose place has no website: ranked last (a website
+    # scores), they end the waterfall before any paid step.
+    leads_without_website: int = 0
 
     @property
     def total_cost_micros(self) -> int:
@@ -66,6 +70,17 @@ class Outcome:
     def leads_paid(self) -> int:
         """Leads whose enrichment ran and was not answered by the cache."""
         return max(0, self.leads_enriched - self.leads_from_cache)
+
+    @property
+    def leads_with_website(self) -> int:
+        """Qualified leads whose place has a website: those the waterfall may pay for."""
+        return max(0, self.qualified_leads - self.leads_without_website)
+
+    @property
+    def sites_paid(self) -> int:
+        """Leads with a website whose enrichment ran and was not answered by the cache (the
+        leads are enriched by rank, those without a website last)."""
+        return max(0, min(self.leads_enriched, self.leads_with_website) - self.leads_from_cache)
 
 
 def outcome_of(
@@ -149,7 +164,7 @@ class Outcomes:
             mine = await session.execute(
                 _finished(self._user_sample).where(JobRow.user_id == user_id)
             )
-            own = [(row.id, _outcome(row)) for row in mine]
+            own = await _with_sites(session, list(mine))
             everyone = await self._everyone(session)
         seen = {job_id for job_id, _ in own}
         others = [o for job_id, o in everyone if job_id not in seen and o.user_id != user_id]
@@ -159,9 +174,25 @@ class Outcomes:
         now = time.monotonic()
         if self._deployment is None or now - self._deployment[0] > self._ttl_s:
             rows = await session.execute(_finished(self._deployment_sample))
-            self._deployment = (now, [(row.id, _outcome(row)) for row in rows])
+            self._deployment = (now, await _with_sites(session, list(rows)))
         return self._deployment[1]
 
 
-def _outcome(row: Any) -> Outcome:
-    return outcome_of(row.user_id, row.created_at, row.config or {}, row.metrics or {})
+def _outcome(row: Any, without_website: int = 0) -> Outcome:
+    o = outcome_of(row.user_id, row.created_at, row.config or {}, row.metrics or {})
+    return replace(o, leads_without_website=without_website)
+
+
+async def _with_sites(session: AsyncSession, rows: list[Any]) -> list[tuple[str, Outcome]]:
+    """(job id, outcome) of each job row, with its leads without a website counted: one
+    grouped count over those jobs' leads (index ``ix_leads_job_rank``)."""
+    ids = [row.id for row in rows]
+    counts: dict[str, int] = {}
+    if ids:
+        found = await session.execute(
+            select(LeadRow.job_id, func.count())
+            .where(LeadRow.job_id.in_(ids), LeadRow.website == "")
+            .group_by(LeadRow.job_id)
+        )
+        counts = {str(job_id): int(n) for job_id, n in found}
+    return [(row.id, _outcome(row, counts.get(row.id, 0))) for row in rows]

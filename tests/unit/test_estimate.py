@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.rpc import error_details_pb2
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from prospect.v1 import jobs_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, Reason
@@ -18,7 +19,8 @@ from services.jobs.api import rich_status
 from services.jobs.estimate import estimate, prior_pass
 from services.jobs.estimate_prices import current_providers, price_model
 from services.jobs.estimator import check_limit, validate_max_estimated_cost
-from services.jobs.outcomes import History, Outcome, outcome_of, query_key
+from services.jobs.models import Base, JobRow, LeadRow
+from services.jobs.outcomes import History, Outcome, Outcomes, outcome_of, query_key
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 REAL = {"places": "google_places", "email_finder": "hunter", "email_verifier": "neverbounce"}
@@ -134,6 +136,29 @@ def test_a_share_of_leads_answered_by_the_cache_lowers_the_cost() -> None:
     assert "leads answered from it" in with_cache.basis
 
 
+def test_leads_without_a_website_rank_last_and_cost_nothing() -> None:
+    """30 places found, 24 with a website: keeping 25 of them keeps at least one without,
+    so the email steps are paid for 24 leads, not 25, and keeping 10 pays for all 10."""
+    world: list[Outcome] = []
+    for n, kept in enumerate((10, 15, 25, 28, 12, 26)):
+        sites = min(kept, 24)
+        metrics = {
+            "businesses_found": 30, "qualified_leads": kept, "leads_enriched": kept,
+            "cost_by_provider": {"google_places": 70_000, "hunter": 10_000 * sites,
+                                 "neverbounce": 20_000 * sites},
+            "providers": REAL,
+        }  # fmt: skip
+        stored = {"business_type": "bakery", "location": f"Town {n}", "max_results": kept,
+                  "min_confidence_score": 50, "verify_emails": True}  # fmt: skip
+        o = outcome_of("me", NOW - timedelta(hours=n + 1), stored, metrics)
+        world.append(replace(o, leads_without_website=kept - sites))
+    history = History(mine=world)
+    few = run(config(max_results=10), history).by_provider["neverbounce"].p50_micros
+    most = run(config(max_results=28), history).by_provider["neverbounce"].p50_micros
+    assert few / 10 == pytest.approx(20_000, rel=0.15)
+    assert most / 28 < 0.95 * few / 10  # fewer of the 28 leads have a website
+
+
 def test_the_budget_caps_the_range() -> None:
     e = run(config(max_results=50, budget_limit_micros=300_000), History())
     assert e.total.p90_micros <= 300_000 and ordered(e)
@@ -185,3 +210,23 @@ def test_a_p90_over_the_limit_is_refused_with_the_estimate_in_the_details() -> N
     info, detail = error_details_pb2.ErrorInfo(), jobs_pb2.CampaignEstimate()
     assert status.details[0].Unpack(info) and info.reason == "ESTIMATE_OVER_LIMIT"
     assert any(d.Unpack(detail) for d in status.details) and detail == e
+
+
+async def test_the_history_counts_each_campaigns_leads_without_a_website() -> None:
+    engine = create_async_engine("sqlite+aiosqlite://")
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    metrics = {"businesses_found": 20, "qualified_leads": 3, "leads_enriched": 3,
+               "providers": REAL}  # fmt: skip
+    async with sessions() as session, session.begin():
+        session.add(JobRow(id="j1", campaign_id="c1", user_id="me", status="COMPLETED",
+                           stage="done", config={"max_results": 3}, metrics=metrics,
+                           created_at=NOW))  # fmt: skip
+        for rank, site in enumerate(("https://a.example", "https://b.example", "")):
+            session.add(LeadRow(id=f"l{rank}", campaign_id="c1", job_id="j1",
+                                place_id=f"p{rank}", rank=rank, business_name="x",
+                                website=site, confidence_score=50))  # fmt: skip
+    history = await Outcomes(sessions).history("me")
+    await engine.dispose()
+    assert [(o.leads_without_website, o.leads_with_website) for o in history.mine] == [(1, 2)]
