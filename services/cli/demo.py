@@ -21,7 +21,7 @@ from prospect.v1 import jobs_pb2
 from services.cli import render
 from services.cli.client import WatchError, campaign_request, job_service, list_all_leads
 from services.cli.main import watch_job
-from services.cli.stack import Stack, StackError
+from services.cli.stack import Stack, StackError, spawn_by_fork
 
 DEMO_DIR = Path("data") / "demo"
 DEMO_LATENCY_MS = "250"  # slow enough to watch the bar move, fast enough to finish in seconds
@@ -49,6 +49,7 @@ def _print_results(job: jobs_pb2.Job, leads: list[jobs_pb2.Lead], seconds: float
 
 
 def main() -> int:
+    spawn_by_fork()  # before any gRPC channel: the stack starts first
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # all stop and clean up
         signal.signal(sig, signal.default_int_handler)
     shutil.rmtree(DEMO_DIR, ignore_errors=True)

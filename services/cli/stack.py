@@ -34,14 +34,6 @@ _READY = re.compile(rb"\bready\b", re.IGNORECASE)
 
 _live: set[subprocess.Popen[bytes]] = set()
 
-# Children are spawned by fork, not vfork. With vfork a child resets every caught signal to
-# its default before exec, and on Linux 6.x here that reset was seen to reach the parent too
-# (SigCgt 0 in /proc/<launcher>/status after a spawn): the launcher of `make up` or `make
-# run` then died of the next SIGTERM or Ctrl-C instead of stopping what it had started
-# (1 run in 12 of tests/e2e/test_make_up.py; none in 30 with fork). A fork costs a few
-# milliseconds per child.
-subprocess._USE_VFORK = False  # type: ignore[misc]  # CPython's switch (3.11+)
-
 
 @atexit.register
 def _kill_leftovers() -> None:
@@ -55,6 +47,19 @@ def _kill_leftovers() -> None:
 
 class StackError(RuntimeError):
     """A process of the stack failed to start, died, or did not become ready in time."""
+
+
+def spawn_by_fork() -> None:
+    """Make this process spawn its children by fork, not vfork: for the launchers of
+    ``make up`` and ``make run``, which must outlive every signal sent to their group.
+
+    With vfork a child resets every caught signal to its default before exec, and on Linux
+    6.x here that reset was seen to reach the parent too (``SigCgt`` 0 in
+    ``/proc/<launcher>/status`` after a spawn): the launcher then died of the next SIGTERM
+    or Ctrl-C instead of stopping what it had started (1 run in 12 of
+    tests/e2e/test_make_up.py; none in 50 with fork). Not for a process with gRPC threads
+    running (the tests): gRPC's fork handlers can crash the child before its exec."""
+    subprocess._USE_VFORK = False  # type: ignore[misc]  # CPython's switch (3.11+)
 
 
 def nats_server_binary() -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from services.cli.stack import SERVICE_NAMES, WEB, Stack, StackError, _Child
+from services.cli.stack import SERVICE_NAMES, WEB, Stack, StackError, _Child, spawn_by_fork
 
 
 def _follow(children: Iterable[_Child], offsets: dict[str, int], out: IO[str]) -> None:
@@ -65,6 +65,7 @@ def main() -> int:
     (default a SQLite file in the data directory)."""
     from services.cli.render import stack_banner  # the library part needs no gRPC imports
 
+    spawn_by_fork()
     stop = StopRequest()
     stop.install()  # from here on, a signal never raises: the loops below look for it
     stack = Stack(
