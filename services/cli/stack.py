@@ -53,12 +53,15 @@ def spawn_by_fork() -> None:
     """Make this process spawn its children by fork, not vfork: for the launchers of
     ``make up`` and ``make run``, which must outlive every signal sent to their group.
 
-    With vfork a child resets every caught signal to its default before exec, and on Linux
-    6.x here that reset was seen to reach the parent too (``SigCgt`` 0 in
-    ``/proc/<launcher>/status`` after a spawn): the launcher then died of the next SIGTERM
-    or Ctrl-C instead of stopping what it had started (1 run in 12 of
-    tests/e2e/test_make_up.py; none in 50 with fork). Not for a process with gRPC threads
-    running (the tests): gRPC's fork handlers can crash the child before its exec."""
+    The launcher of ``make up`` was seen dying of a SIGTERM sent to its group while it
+    stopped (1 run in 12 of tests/e2e/test_make_up.py), with ``SigCgt`` 0 in its
+    ``/proc`` status: its handlers gone. Two causes fit, and both are closed: a vfork
+    child resets every caught signal before exec, which must not reach the parent but is
+    cheap to rule out (none in 50 runs with fork); and a signal arriving after the clean-up,
+    while the interpreter shuts down with the default handlers back (the launcher ignores
+    them from then on: ``StopRequest.ignore_from_now_on``). Not for a process with gRPC
+    threads running (the tests): gRPC's fork handlers can crash the child before its exec.
+    """
     subprocess._USE_VFORK = False  # type: ignore[misc]  # CPython's switch (3.11+)
 
 

@@ -57,6 +57,13 @@ class StopRequest:
     def requested(self) -> bool:
         return bool(self.received)
 
+    def ignore_from_now_on(self) -> None:
+        """Ignore these signals until the process exits: the clean-up is done, and a late
+        one (a second Ctrl-C, the group's SIGTERM repeated) would otherwise arrive while
+        the interpreter shuts down with the default handlers back, and kill it."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
 
 def main() -> int:
     """``make up``: the stack in the foreground until Ctrl-C or SIGTERM (exit 0), or until a
@@ -111,6 +118,7 @@ def main() -> int:
     finally:
         stack.stop()
         _follow(stack.children(), offsets, sys.stdout)
+        stop.ignore_from_now_on()
     print("stopped", flush=True)
     return code
 
