@@ -6,7 +6,9 @@ that, off again for ``seconds``. ``observability_overhead`` is the on phase's ca
 second over the mean of the two off phases': the phases are symmetric in time, so a steady
 drift over the run (the database growing) weighs on both sides alike, and every side runs
 processes of the same age (the throughput scenario's jobs service has served every
-scenario before it: its figure stays apart). On means:
+scenario before it: its figure stays apart). The report shows both off figures: their
+spread is the noise the ratio carries (on a shared 2-core VM, identical phases differ by up
+to ~10%). On means:
 
 - ``METRICS_ADDR`` on a free port for each process, and the bench scraping every
   ``/metrics`` when the phase starts, every :data:`SCRAPE_INTERVAL_S` (as Prometheus would)
@@ -96,7 +98,12 @@ class Scraper:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        await self.scrape()
+        try:
+            await self.scrape()
+        except BaseException:
+            await self._session.close()
+            self._session = None
+            raise
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
