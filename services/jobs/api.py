@@ -76,6 +76,8 @@ _CODES: dict[type[ProspectError], grpc.StatusCode] = {
 }
 
 R = TypeVar("R")
+# A page of rows of one job: (session, page tokens, job, page size, page token) -> (rows, next).
+Lister = Callable[[AsyncSession, PageTokens, Any, int, str], Awaitable[tuple[list[R], str]]]
 
 
 def _code_of(exc: Exception) -> grpc.StatusCode | None:
@@ -315,10 +317,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         tracing.annotate({tracing.JOB_ID: job_id})
         return job_proto(await self._commands.cancel(_user(), job_id))
 
-    @unary
-    async def ListLeads(
-        self, request: jobs_pb2.ListLeadsRequest, context: grpc.aio.ServicerContext
-    ) -> jobs_pb2.ListLeadsResponse:
+    async def _job_page(
+        self, request: jobs_pb2.ListLeadsRequest | jobs_pb2.ListJobEventsRequest, lister: Lister[R]
+    ) -> tuple[list[R], str]:
+        """One page of something of the caller's job (its leads, its history): the job id
+        and page size checked, the rows counted against the caller's list budget."""
         job_id = validation.validate_job_id(request.job_id)
         bind_job(job_id)
         page_size = validation.validate_page_size(request.page_size)
@@ -326,10 +329,17 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         with self._list_rows.reserve(user, page_size) as listing:
             async with self._sessions() as session:
                 job = await queries.job_for_user(session, user, job_id)
-                rows, token = await queries.list_leads(
+                rows, token = await lister(
                     session, self._tokens, job, page_size, request.page_token
                 )
             listing.used = len(rows)
+        return rows, token
+
+    @unary
+    async def ListLeads(
+        self, request: jobs_pb2.ListLeadsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListLeadsResponse:
+        rows, token = await self._job_page(request, queries.list_leads)
         return jobs_pb2.ListLeadsResponse(
             leads=[lead_proto(r) for r in rows], next_page_token=token
         )
@@ -353,17 +363,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def ListJobEvents(
         self, request: jobs_pb2.ListJobEventsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobEventsResponse:
-        job_id = validation.validate_job_id(request.job_id)
-        bind_job(job_id)
-        page_size = validation.validate_page_size(request.page_size)
-        user = _user()
-        with self._list_rows.reserve(user, page_size) as listing:
-            async with self._sessions() as session:
-                job = await queries.job_for_user(session, user, job_id)
-                rows, token = await history.list_events(
-                    session, self._tokens, job, page_size, request.page_token
-                )
-            listing.used = len(rows)
+        rows, token = await self._job_page(request, history.list_events)
         return jobs_pb2.ListJobEventsResponse(
             events=[history.event_proto(r) for r in rows], next_page_token=token
         )

@@ -29,7 +29,7 @@ from services.jobs.changes import Changes, apply_event
 from services.jobs.models import CampaignRow, JobRow, LeadRow, transient, utcnow
 from services.jobs.publishing import Applied
 from services.jobs.queries import owned
-from services.jobs.submits import active_job_limit, submitted_message
+from services.jobs.submits import active_job_limit, new_campaign, submitted_message
 from services.jobs.tasks import new_id, queue_discovery
 from services.jobs.unit import Unit
 
@@ -154,21 +154,9 @@ def _new_job(first: JobRow, key: str, max_attempts: int) -> tuple[JobRow, Campai
             "retried_by": None,
         },
     )
-    campaign = transient(
-        CampaignRow,
-        {
-            "id": campaign_id,
-            "job_id": job_id,
-            "user_id": first.user_id,
-            "business_type": str(first.config.get("business_type", "")),
-            "location": str(first.config.get("location", "")),
-            "status": job.status,
-            "results_count": 0,
-            "total_cost_micros": 0,
-            "avg_confidence": 0.0,
-            "created_at": now,
-            "completed_at": None,
-        },
+    config = first.config
+    campaign = new_campaign(
+        campaign_id, job, str(config.get("business_type", "")), str(config.get("location", ""))
     )
     return job, campaign
 

@@ -194,23 +194,30 @@ class Submits:
                 "schedule_id": request.schedule_id,
             },
         )
-        campaign = transient(
-            CampaignRow,
-            {
-                "id": campaign_id,
-                "job_id": job_id,
-                "user_id": request.user_id,
-                "business_type": request.config.business_type,
-                "location": request.config.location,
-                "status": job.status,
-                "results_count": 0,
-                "total_cost_micros": 0,
-                "avg_confidence": 0.0,
-                "created_at": now,
-                "completed_at": None,
-            },
+        campaign = new_campaign(
+            campaign_id, job, request.config.business_type, request.config.location
         )
         return job, campaign
+
+
+def new_campaign(campaign_id: str, job: JobRow, business_type: str, location: str) -> CampaignRow:
+    """The campaign row of a new ``job`` (as SubmitCampaign and RetryJob make one)."""
+    return transient(
+        CampaignRow,
+        {
+            "id": campaign_id,
+            "job_id": job.id,
+            "user_id": job.user_id,
+            "business_type": business_type,
+            "location": location,
+            "status": job.status,
+            "results_count": 0,
+            "total_cost_micros": 0,
+            "avg_confidence": 0.0,
+            "created_at": job.created_at,
+            "completed_at": None,
+        },
+    )
 
 
 def active_job_limit(user_id: str, active: int, limit: int) -> ResourceExhausted:
