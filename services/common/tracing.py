@@ -19,8 +19,10 @@ key, a token, an email address or a URL.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -28,10 +30,19 @@ from typing import TYPE_CHECKING
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
@@ -40,11 +51,9 @@ log = logging.getLogger(__name__)
 JOB_ID = "prospect.job_id"
 STAGE = "prospect.stage"
 STATUS = "prospect.status"
-TASK_KIND = "prospect.task_kind"
 PROVIDER = "prospect.provider"
 OPERATION = "prospect.operation"
 ATTEMPT = "prospect.attempt"
-REPORT_KIND = "prospect.report_kind"
 HTTP_STATUS = "http.response.status_code"
 HTTP_METHOD = "http.request.method"
 
@@ -101,12 +110,29 @@ def setup_tracing(service: str, environ: Mapping[str, str] | None = None) -> boo
     named = (env.get("OTEL_SERVICE_NAME") or "").strip()
     resource = Resource.create({} if named else {SERVICE_NAME: f"prospect-{service}"})
     # No sampler given: the SDK's own OTEL_TRACES_SAMPLER (default parentbased_always_on).
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=_hashed_once(resource))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider, _tracer = provider, provider.get_tracer("prospect")
     log.info("tracing on: spans of %s over OTLP/HTTP", resource.attributes.get(SERVICE_NAME))
     return True
+
+
+def _hashed_once(resource: Resource) -> Resource:
+    """``resource`` with its hash computed once. The OTLP encoder groups every span it
+    exports by resource, and a Resource hashes by serialising its attributes to JSON each
+    time: a third of the encoding's cost, for one resource per process."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedResource(Resource):
+        _hash: int | None = None
+
+        def __hash__(self) -> int:
+            if self._hash is None:
+                self._hash = super().__hash__()
+            return self._hash
+
+    return HashedResource(dict(resource.attributes), resource.schema_url)
 
 
 def shutdown_tracing() -> None:
@@ -121,13 +147,47 @@ def enabled() -> bool:
     return _tracer is not None
 
 
+# A version-00 traceparent: trace id, span id, flags (55 characters).
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACEPARENT_LEN = 55
+
+
+def _parse(traceparent: str) -> Context | None:
+    """The context a traceparent names, None when it names none."""
+    if len(traceparent) == _TRACEPARENT_LEN:
+        return _parse_v00(traceparent)
+    # Another version, or malformed (it may come from any process on the bus: not cached).
+    return _PROPAGATOR.extract({TRACEPARENT: traceparent}) if traceparent else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_v00(traceparent: str) -> Context | None:
+    """Cached, its input being bounded: the reports of one task, the tasks of one job and
+    the job's own stored context repeat a few strings, and the W3C propagator's parse is
+    the larger part of a span's cost."""
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None:
+        return _PROPAGATOR.extract({TRACEPARENT: traceparent})
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return None
+    flags = TraceFlags(int(match[3], 16))
+    remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    return trace.set_span_in_context(NonRecordingSpan(remote))
+
+
 def _context(parent: Parent) -> Context | None:
     """The context ``parent`` names, None when it names none."""
     if isinstance(parent, str):
-        parent = {TRACEPARENT: parent}
-    if not parent or TRACEPARENT not in parent:
+        return _parse(parent)
+    if not parent:
         return None
-    return _PROPAGATOR.extract(parent)
+    traceparent = parent.get(TRACEPARENT)
+    if traceparent is None:
+        return None
+    if parent.get("tracestate"):  # vendors' state to carry on: the propagator parses both
+        return _PROPAGATOR.extract(parent)
+    return _parse(traceparent)
 
 
 def span(
@@ -143,28 +203,58 @@ def span(
     otherwise. Off: a shared no-op context manager (yields None)."""
     if _tracer is None:
         return _NOTHING
-    return _span(_tracer, name, kind, _context(parent), attributes, links)
+    started = _tracer.start_span(
+        name, context=_context(parent), kind=kind, attributes=attributes, links=links
+    )
+    return _Current(started)
 
 
-@contextlib.contextmanager
-def _span(
-    tracer: trace.Tracer,
-    name: str,
-    kind: SpanKind,
-    parent: Context | None,
-    attributes: Mapping[str, str | int] | None,
-    links: Sequence[Link],
-) -> Iterator[Span]:
-    # An error is recorded by its class only: its text may quote a user id or a provider.
-    with tracer.start_as_current_span(
-        name, context=parent, kind=kind, attributes=attributes, links=links,
-        record_exception=False, set_status_on_exception=False,
-    ) as current:  # fmt: skip
-        try:
-            yield current
-        except BaseException as exc:
-            current.set_status(StatusCode.ERROR, type(exc).__name__)
-            raise
+class _Current:
+    """Makes ``span`` current for a ``with`` block and ends it after. The SDK's
+    ``start_as_current_span`` does the same through two generator context managers: this
+    is its cost without them (a span is made for every task and every submit)."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+        self._token: object = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
+        # An error is recorded by its class only: its text may quote a user id or a provider.
+        if kind is not None:
+            self._span.set_status(StatusCode.ERROR, kind.__name__)
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+        self._span.end()
+
+
+def continuing(headers: Mapping[str, str] | None) -> AbstractContextManager[object]:
+    """For the ``with`` block, the context ``headers`` carry is the current one, with no
+    span of its own: work done for the sender (the jobs service applying a worker's
+    report) hangs what it causes (the tasks it queues, the job's end) under the sender's
+    span. Off, or no context in ``headers``: nothing changes."""
+    if _tracer is None:
+        return _NOTHING
+    context = _context(headers)
+    return _NOTHING if context is None else _Attached(context)
+
+
+class _Attached:
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        self._token = otel_context.attach(self._context)
+
+    def __exit__(self, *_: object) -> None:
+        otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 def annotate(attributes: Mapping[str, str | int]) -> None:
@@ -174,10 +264,16 @@ def annotate(attributes: Mapping[str, str | int]) -> None:
 
 
 def inject(headers: dict[str, str]) -> dict[str, str]:
-    """Add the current span's W3C context (``traceparent``, ``tracestate``) to ``headers``
-    (a NATS message's, gRPC metadata as a dict); ``headers`` unchanged when off."""
-    if _tracer is not None:
-        _PROPAGATOR.inject(headers)
+    """Add the current span's W3C context (``traceparent``, and ``tracestate`` when it has
+    one) to ``headers`` (a NATS message's, gRPC metadata as a dict); ``headers`` unchanged
+    when off or outside any span."""
+    if _tracer is None:
+        return headers
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        headers[TRACEPARENT] = _traceparent(context)
+        if context.trace_state:
+            headers["tracestate"] = context.trace_state.to_header()
     return headers
 
 
@@ -201,9 +297,11 @@ def current_traceparent() -> str | None:
     if _tracer is None:
         return None
     context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
-        return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    return _traceparent(context) if context.is_valid else None
+
+
+def _traceparent(context: SpanContext) -> str:
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 def trace_id_of(traceparent: str | None) -> int | None:

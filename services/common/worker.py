@@ -240,31 +240,34 @@ class TaskWorker(Generic[T]):
     async def handle(self, msg: Msg) -> None:
         started = time.monotonic()
         try:
+            try:
+                task = self.task_type.FromString(msg.data)
+            except DecodeError:
+                log.error("undecodable %s task dropped", self.name)
+                await msg.term()
+                self.task_ended("failed")
+                return
+            bind_job(task.job_id)  # the rest of this task's coroutine works for this job
             # A child of the span that queued the task (its message's trace context).
             with tracing.span(
                 f"{self.name} task", kind=tracing.CONSUMER, parent=msg.headers,
-                attributes=self._span_attributes(msg),
+                attributes=self._span_attributes(task),
             ):  # fmt: skip
-                await self._handle(msg)
+                await self._handle(task, msg)
         finally:
             worker_metrics.TASK_DURATION.labels(self.name).observe(time.monotonic() - started)
 
-    def _span_attributes(self, msg: Msg) -> dict[str, str | int] | None:
-        """What the task's span says before the task is read (none when tracing is off)."""
+    def _span_attributes(self, task: T) -> dict[str, str | int] | None:
+        """What the task's span says (none when tracing is off)."""
         if not tracing.enabled():
             return None
-        return {tracing.TASK_KIND: self.name, tracing.STAGE: TASK_STAGES[self.name]}
+        return {
+            tracing.JOB_ID: task.job_id,
+            tracing.STAGE: TASK_STAGES[self.name],
+            tracing.ATTEMPT: task.attempt,
+        }
 
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            task = self.task_type.FromString(msg.data)
-        except DecodeError:
-            log.error("undecodable %s task dropped", self.name)
-            await msg.term()
-            self.task_ended("failed")
-            return
-        bind_job(task.job_id)  # the rest of this task's coroutine works for this job
-        tracing.annotate({tracing.JOB_ID: task.job_id, tracing.ATTEMPT: task.attempt})
+    async def _handle(self, task: T, msg: Msg) -> None:
         if await self._cancels.refresh(task.job_id):
             # Queued task of a stopped job: say so (the job waits for every task's word
             # before it ends), then drop it.

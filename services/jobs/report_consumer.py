@@ -18,7 +18,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
@@ -93,7 +92,9 @@ def apply_reports(
 ) -> list[Applied]:
     """Apply checked reports in one transaction's ``unit``, in order. With tracing on,
     ``headers`` are the reports' messages' (their trace context): each report is applied
-    in a span of its own, a child of the worker's that sent it."""
+    in its sender's context, so the tasks it queues and the job's end hang under the
+    worker's task span (no span of its own: the batch applies many traces' reports in
+    one transaction, and a span per report was most of what tracing cost the service)."""
     # Four queries load what the batch looks at: which of its report ids (intents
     # included) were applied already, its jobs, the tasks and the leads it is about.
     unit.load_applied(
@@ -104,26 +105,12 @@ def apply_reports(
     unit.load_leads({reports.lead_id_of(r) for r in batch} - {""})
     done = []
     for i, report in enumerate(batch):
-        with job_context(report.job_id), _report_span(report, headers, i):
+        context = None if headers is None else headers[i]
+        with job_context(report.job_id), tracing.continuing(context):
             applied = _apply_one(unit, report, table)
         if applied is not None:
             done.append(applied)
     return done
-
-
-def _report_span(
-    report: work_pb2.WorkerReport, headers: Sequence[Mapping[str, str] | None] | None, i: int
-) -> AbstractContextManager[object]:
-    """The span applying ``report`` (the ``i``-th of its batch) when tracing is on."""
-    if headers is None:
-        return contextlib.nullcontext()
-    attributes = {
-        tracing.JOB_ID: report.job_id,
-        tracing.REPORT_KIND: report.WhichOneof("body") or "",
-    }
-    return tracing.span(
-        "apply report", kind=tracing.CONSUMER, parent=headers[i], attributes=attributes
-    )
 
 
 def _decode(msg: Msg) -> work_pb2.WorkerReport:

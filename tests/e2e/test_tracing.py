@@ -82,7 +82,7 @@ def campaign_trace(spans: list[ReceivedSpan], job_id: str, leads: int) -> str:
         problems.append(f"the submit span is not a root of the jobs service: {root}")
     if {s.service for s in in_trace} != SERVICES:
         problems.append(f"services in the trace: {sorted({s.service for s in in_trace})}")
-    for name in ("discovery task", "enrichment task", "job completed", "apply report"):
+    for name in ("discovery task", "enrichment task", "job completed"):
         found = of_job(spans, job_id, name)
         if not found:
             problems.append(f"no {name!r} span")
@@ -91,6 +91,16 @@ def campaign_trace(spans: list[ReceivedSpan], job_id: str, leads: int) -> str:
                 problems.append(f"{name!r} span {span.span_id} does not descend from the submit")
     if len(of_job(spans, job_id, "enrichment task")) < leads:
         problems.append(f"fewer enrichment task spans than its {leads} leads")
+    # The jobs service applies a report in its sender's context: what the report causes
+    # (the tasks it queues, the job's end) hangs under the task span that sent it.
+    for name, parents in (
+        ("enrichment task", {"discovery task"}),
+        ("job completed", {"discovery task", "enrichment task"}),
+    ):
+        for span in of_job(spans, job_id, name):
+            parent = by_id.get(span.parent_span_id)
+            if parent is None or parent.name not in parents:
+                problems.append(f"{name!r} span {span.span_id} is not under a {parents} span")
     requests = [s for s in in_trace if s.kind == SPAN_CLIENT]
     providers = {s.attributes.get("prospect.provider") for s in requests}
     if providers != {"google_places", "hunter", "neverbounce"}:

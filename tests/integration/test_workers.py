@@ -150,6 +150,26 @@ async def test_a_dropped_task_of_a_stopped_job_says_so(
     assert fakes.hunter.requests == [] and fakes.neverbounce.requests == []
 
 
+async def test_an_undecodable_task_is_dropped_for_good_and_the_next_one_runs(
+    settings: Settings, nats: tuple[NATS, JetStreamContext], fakes: FakeProviders
+) -> None:
+    nc, js = nats
+    worker, _ = await enrichment_worker(settings, nc, js)
+    await js.publish(bus.ENRICHMENT_SUBJECT, b"\xff not a task", headers={"Nats-Msg-Id": "bad"})
+    psub = await js.pull_subscribe_bind(bus.ENRICHMENT_CONSUMER, bus.WORK_STREAM)
+    [bad] = await psub.fetch(1, timeout=5)
+
+    await worker.handle(bad)  # terminated: never delivered again, no report of any job
+
+    budget = HUNTER_CREDIT_USD + NEVERBOUNCE_CHECK_USD
+    await worker.handle(await queue(js, lead_task(fakes, "lead_c", 1, budget), "t2"))
+    reports = await reports_so_far(js, JOB_ID)
+    assert reports and all(r.report_id.startswith("enrichment.lead_c.") for r in reports)
+    assert any(r.WhichOneof("body") == "enrichment_result" for r in reports)  # the good task ran
+    info = await js.consumer_info(bus.WORK_STREAM, bus.ENRICHMENT_CONSUMER)
+    assert info.num_pending == 0 and info.num_ack_pending == 0
+
+
 async def test_a_lead_coming_again_spends_only_what_its_allowance_has_left(
     settings: Settings, nats: tuple[NATS, JetStreamContext], fakes: FakeProviders
 ) -> None:

@@ -47,6 +47,8 @@ def test_off_every_helper_does_nothing() -> None:
         assert span is None
     with tracing.event_span("job completed", None, None, {}) as span:
         assert span is None
+    with tracing.continuing({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}):
+        assert tracing.current_traceparent() is None
 
 
 @pytest.fixture
@@ -69,11 +71,56 @@ def test_a_message_carries_its_publishers_span(spans: InMemorySpanExporter) -> N
         headers = tracing.inject({"Nats-Msg-Id": "r1"})
         stored = tracing.current_traceparent()
     assert headers["traceparent"] == stored
-    with tracing.span("apply report", parent=headers):
+    with tracing.span("enrichment task", parent=headers):
         pass
-    task, applied = _named(spans, "discovery task"), _named(spans, "apply report")
-    assert applied.parent is not None and applied.parent.span_id == task.context.span_id
-    assert applied.context.trace_id == task.context.trace_id
+    task, child = _named(spans, "discovery task"), _named(spans, "enrichment task")
+    assert child.parent is not None and child.parent.span_id == task.context.span_id
+    assert child.context.trace_id == task.context.trace_id
+
+
+def test_work_continuing_a_message_hangs_what_it_causes_under_the_sender(
+    spans: InMemorySpanExporter,
+) -> None:
+    with tracing.span("enrichment task"):
+        headers = tracing.inject({})
+    with tracing.continuing(headers):
+        caused = tracing.current_traceparent()  # what an outbox row of the report keeps
+        with tracing.span("job completed"):
+            pass
+    assert caused == headers["traceparent"]
+    assert tracing.current_traceparent() is None  # the sender's context is left after
+    task, ending = _named(spans, "enrichment task"), _named(spans, "job completed")
+    assert ending.parent is not None and ending.parent.span_id == task.context.span_id
+    assert len(spans.get_finished_spans()) == 2  # continuing makes no span of its own
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "",
+        "garbage",
+        "00-" + "0" * 32 + "-" + "2" * 16 + "-01",  # an all-zero trace id
+        "00-" + "1" * 32 + "-" + "0" * 16 + "-01",  # an all-zero span id
+        "00-" + "G" * 32 + "-" + "2" * 16 + "-01",
+        "00-" + "1" * 32 + "-" + "2" * 16 + "-01" + "x" * 100_000,
+    ],
+)
+def test_a_malformed_traceparent_starts_no_trace_of_its_own(
+    spans: InMemorySpanExporter, traceparent: str
+) -> None:
+    with tracing.continuing({"traceparent": traceparent}):
+        assert tracing.current_traceparent() is None
+    with tracing.span("discovery task", parent={"traceparent": traceparent}):
+        pass
+    assert _named(spans, "discovery task").parent is None
+
+
+def test_a_tracestate_travels_on(spans: InMemorySpanExporter) -> None:
+    headers = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "tracestate": "v=1"}
+    with tracing.span("discovery task", parent=headers):
+        out = tracing.inject({})
+    assert out["traceparent"].startswith("00-" + "1" * 32 + "-")
+    assert out["tracestate"] == "v=1"
 
 
 def test_an_ending_caused_in_another_trace_hangs_on_the_jobs_and_links(
@@ -96,11 +143,11 @@ def test_an_ending_caused_in_the_jobs_trace_is_the_causes_child(
 ) -> None:
     with tracing.span("SubmitCampaign"):
         home = tracing.current_traceparent()
-        with tracing.span("apply report"):
+        with tracing.span("enrichment task"):
             cause = tracing.current_traceparent()
     with tracing.event_span("job completed", home, cause, {}):
         pass
-    applied, ending = _named(spans, "apply report"), _named(spans, "job completed")
+    applied, ending = _named(spans, "enrichment task"), _named(spans, "job completed")
     assert ending.parent is not None and ending.parent.span_id == applied.context.span_id
     assert not ending.links
 
