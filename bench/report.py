@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.bus_only import BusOnlyResult
 from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
 from bench.estimate import EstimateResult
 from bench.observability import RECEIVER, SCRAPE_INTERVAL_S, ObservabilityResult
@@ -65,6 +66,7 @@ class Results:
     sse_progress: ProgressResult | None = None
     sse_streams: SseStreamsResult | None = None
     throughput: ThroughputResult | None = None
+    bus_only: BusOnlyResult | None = None
     observability: ObservabilityResult | None = None
     speedup: SpeedupResult | None = None
     scaleout: ScaleoutResult | None = None
@@ -82,7 +84,7 @@ class Results:
         s, p, t = self.submit, self.progress, self.throughput
         sp, so, rl = self.speedup, self.scaleout, self.ratelimit
         sse, st, ob = self.sse_progress, self.sse_streams, self.observability
-        sl = self.schedules
+        sl, bo = self.schedules, self.bus_only
         rss = t.peak_rss_mb if t else {}
         return {
             "submit_p50_ms": rounded(percentile(s.latencies_ms, 50) if s else nan),
@@ -95,6 +97,8 @@ class Results:
             "sse_streams_open": st.opened if st else None,
             "campaigns_per_s": rounded(t.campaigns_per_s if t else nan),
             "leads_per_s": rounded(t.leads_per_s if t else nan),
+            "bus_only_campaigns_per_s": rounded(bo.campaigns_per_s if bo else nan),
+            **_cpu_figures(t),
             "observability_overhead": rounded(ob.ratio if ob else nan, 3),
             "throughput_obs_on_campaigns_per_s": rounded(ob.on.campaigns_per_s if ob else nan),
             "speedup_vs_sequential": rounded(sp.speedup if sp else nan),
@@ -206,6 +210,10 @@ class Results:
                 f"    CPU in steady state (cores busy): {_cores(t.cpu_cores)}; other programs "
                 f"on the machine {t.others_cores:.2f}"
             )
+            per = ", ".join(f"{name} {ms:.2f}" for name, ms in t.cpu_ms_per_campaign().items())
+            out.append(f"    CPU ms a campaign: {per or '-'}")
+        if bo := self.bus_only:
+            out += _bus_only(bo, t)
         if sl := self.schedules:
             out.append(
                 f"  schedules: {sl.schedules} firing every 1-2 s during throughput "
@@ -252,6 +260,40 @@ def _waterfall_figures(wf: WaterfallResult | None) -> dict[str, float | None]:
         "waterfall_cost_per_verified_email": rounded(wf.waterfall.per_verified_micros / 1e6, 5),
         "hunter_only_cost_per_verified_email": rounded(wf.hunter_only.per_verified_micros / 1e6, 5),
     }
+
+
+# Processes of the throughput scenario whose CPU per campaign is a figure of its own.
+CPU_KEYS = {
+    "jobs": "jobs_cpu_ms_per_campaign",
+    "discovery": "discovery_cpu_ms_per_campaign",
+    "enrichment": "enrichment_cpu_ms_per_campaign",
+    "nats-server": "nats_cpu_ms_per_campaign",
+}
+
+
+def _cpu_figures(t: ThroughputResult | None) -> dict[str, float | None]:
+    """CPU milliseconds each process spent per campaign completed in the throughput
+    scenario's steady state (its cores busy over the campaigns a second): unlike a rate,
+    this carries from machine to machine (issue 19 halves the jobs service's)."""
+    per = t.cpu_ms_per_campaign() if t else {}
+    return {key: rounded(per.get(name, math.nan)) for name, key in CPU_KEYS.items()}
+
+
+def _bus_only(bo: BusOnlyResult, t: ThroughputResult | None) -> list[str]:
+    share = ""
+    if t is not None and bo.campaigns_per_s > 0:
+        share = (
+            f"; prospect's campaigns_per_s is {t.campaigns_per_s / bo.campaigns_per_s:.1%} of it"
+        )
+    cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in bo.cpu_ms_per_campaign().items())
+    return [
+        f"  bus only: the throughput campaigns' messages on JetStream alone (a process per "
+        f"role, a nats-server of its own, {bo.inflight} in flight): {bo.campaigns_per_s:.1f} "
+        f"campaigns/s over {bo.window_s:.1f}s steady state, {bo.completed} completed, "
+        f"task-to-done p50 {bo.campaign_p50_ms:.1f} ms{share}",
+        f"    CPU ms a campaign: {cpu or '-'}; other programs on the machine "
+        f"{bo.others_cores:.2f} cores",
+    ]
 
 
 def _observability(ob: ObservabilityResult) -> list[str]:

@@ -13,7 +13,9 @@
 3. No workers: **SSE streams** (1,000 event streams on campaigns that stay queued, the
    web process's RSS); the web process is stopped after it.
 4. Workers on the zero-latency sandbox: **throughput** (and RSS; 20 schedules fire
-   meanwhile: their **lateness**), then **observability** (the throughput load three
+   meanwhile: their **lateness**), then **bus only** (the throughput campaigns' messages on
+   JetStream alone: a nats-server and processes of its own, while the stack idles), then
+   **webhooks**, then **observability** (the throughput load three
    times more, the jobs service and the workers restarted before each: metrics and
    tracing off, on, off), then **waterfall** (a fixed campaign set run twice, each time
    on a stack and fakes of its own with fake business websites: Hunter alone, then the
@@ -36,6 +38,7 @@ import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from bench.bus_only import run_bus_only
 from bench.config import (
     FAST_WORKER_ENV,
     SCALEOUT_ENRICHMENT_CONCURRENCY,
@@ -196,6 +199,14 @@ async def _run(
             )
             h.check_alive()
             await h.wait_drained()
+
+        async with _scenario(results, "bus_only"):
+            # The same campaigns on the bus alone, while the stack idles: what every figure
+            # reads against (bench/bus_only.py).
+            results.bus_only = bo = await run_bus_only(
+                config.throughput_s, config.throughput_inflight
+            )
+            log(f"bus only: {bo.campaigns_per_s:.1f} campaigns/s")
 
         async with _scenario(results, "webhooks"):
             results.webhooks = wh = await run_webhooks(h.channel, 50 if config.quick else 200)

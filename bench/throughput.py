@@ -38,6 +38,13 @@ class ThroughputResult:
     campaign_p50_s: float = math.nan  # submit to completion
     others_cores: float = math.nan  # the machine's busy cores besides those sampled
 
+    def cpu_ms_per_campaign(self) -> dict[str, float]:
+        """CPU milliseconds each sampled process spent per campaign completed, over the
+        steady-state window."""
+        if self.campaigns_per_s <= 0:
+            return {}
+        return {name: 1000 * cores / self.campaigns_per_s for name, cores in self.cpu_cores.items()}
+
 
 async def run_throughput(
     harness: Harness, seconds: float, inflight: int, others: Mapping[str, int] | None = None

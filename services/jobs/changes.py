@@ -109,6 +109,11 @@ class Changes:
         self._publisher = publisher
         self._on_finished = on_finished
 
+    @property
+    def blocks_loop(self) -> bool:
+        """Whether a change's transaction holds the event loop until it ends (SQLite)."""
+        return self._writer.blocks_loop
+
     async def run(self, change: Change) -> list[Applied]:
         """Commit ``change(unit)`` (again from the start after a conflict), then publish
         what it caused. :class:`GaveUp` after :data:`ATTEMPTS` conflicts in a row; any

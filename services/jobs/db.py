@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from services.jobs.sqlite_wal import INTERVAL_S, Checkpointer
@@ -66,11 +68,41 @@ def create_engine(url: str) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        kwargs.update(pool_size=10, max_overflow=10)
     engine = create_async_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine.sync_engine.pool, "connect", _note_last_use)  # fresh: no test
+        event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
+        event.listen(engine.sync_engine.pool, "checkin", _note_last_use)
     return engine
+
+
+# A pooled connection idle longer than this is tested before use (see _ping_if_idle).
+PING_AFTER_IDLE_S = 1.0
+_LAST_USE = "prospect_last_use"
+
+
+def _note_last_use(_dbapi_conn: Any, record: Any) -> None:
+    if record is not None:
+        record.info[_LAST_USE] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """Test a pooled connection that sat idle before handing it out; a dead one is
+    replaced (the pool's documented pessimistic disconnect handling). SQLAlchemy's
+    ``pool_pre_ping`` tests every checkout, which on asyncpg is three round trips (BEGIN,
+    a no-op, ROLLBACK) before each transaction: a quarter of the statements of a busy
+    service. A connection in steady use was just seen working; one that sat idle (through
+    a database restart, a failover, an idle timeout on a proxy) is the one to test."""
+    last_use = record.info.get(_LAST_USE)
+    if last_use is not None and time.monotonic() - last_use < PING_AFTER_IDLE_S:
+        return
+    try:
+        dbapi_conn.ping()
+    except Exception as exc:
+        raise DisconnectionError(f"pooled connection is gone: {type(exc).__name__}") from exc
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[Any]:
@@ -129,6 +161,11 @@ class Writer:
                 event.listen(self._sync, "connect", _sqlite_no_checkpoints)
                 self.checkpointer = Checkpointer(path, self._gate, checkpoint_interval_s)
                 self.checkpointer.start()
+
+    @property
+    def blocks_loop(self) -> bool:
+        """Whether a transaction holds the event loop until it ends (SQLite, above)."""
+        return self._sync is not None
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """``work`` in one transaction, committed when it returns, rolled back if it raises."""

@@ -19,7 +19,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    cast,
+    column,
+    func,
+    insert,
+    select,
+    update,
+    values,
+)
 
 from services.jobs.models import (
     AppliedReportRow,
@@ -95,6 +106,11 @@ _APPLIED_IDS = select(APPLIED.c.report_id).where(
 _LEADS_BY_ID = select(LEADS).where(LEADS.c.id.in_(bindparam("ids", expanding=True)))
 _TASKS_BY_ID = select(TASKS).where(TASKS.c.id.in_(bindparam("ids", expanding=True)))
 _LEADS_OF_JOB = select(LEADS).where(LEADS.c.job_id == bindparam("job_id")).order_by(LEADS.c.rank)
+_LEADS_OF_JOBS = (
+    select(LEADS)
+    .where(LEADS.c.job_id.in_(bindparam("job_ids", expanding=True)))
+    .order_by(LEADS.c.job_id, LEADS.c.rank)
+)
 # Both columns of the (user_id, idempotency_key) unique index, so the lookup uses it.
 _JOBS_BY_KEY = select(JOBS).where(
     JOBS.c.user_id.in_(bindparam("users", expanding=True)),
@@ -247,6 +263,18 @@ class Unit:
             self._leads_of[job_id] = sorted(stored + added, key=lambda lead: lead.rank)
         return self._leads_of[job_id]
 
+    def load_leads_of(self, job_ids: Iterable[str]) -> None:
+        """Load the lead lists of ``job_ids`` for :meth:`leads_of` in one query (before any
+        lead of theirs is added in this unit)."""
+        wanted = [i for i in set(job_ids) if i not in self._leads_of]
+        if not wanted:
+            return
+        assert not {lead.job_id for lead in self._new_leads} & set(wanted)
+        lists: dict[str, list[LeadRow]] = {job_id: [] for job_id in wanted}
+        for lead in self._select(LeadRow, _LEADS_OF_JOBS, job_ids=wanted):
+            lists[lead.job_id].append(self._track_lead(lead))
+        self._leads_of.update(lists)
+
     def jobs_by_keys(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JobRow]:
         """Jobs already submitted under these (user, idempotency key) pairs."""
         pairs = set(pairs)
@@ -280,6 +308,7 @@ class Unit:
             self._leads[lead.id] = lead
             if lead.job_id in self._leads_of:
                 self._leads_of[lead.job_id].append(lead)
+                self._leads_of[lead.job_id].sort(key=lambda known: known.rank)
 
     def add_task(self, task: TaskRow) -> None:
         self._new_tasks.append(task)
@@ -344,17 +373,44 @@ class Unit:
         ]
         if tasks:
             conn.execute(_UPDATE_TASK, tasks)
-        for campaign_id, values in self._campaigns.items():  # a few per batch at most
-            conn.execute(update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(values))
+        for campaign_id, changes in self._campaigns.items():  # a few per batch at most
+            conn.execute(update(CAMPAIGNS).where(CAMPAIGNS.c.id == campaign_id).values(changes))
 
     def _update_jobs(self, params: list[dict[str, Any]]) -> None:
-        """Each job's UPDATE guarded by the version it was loaded at; one executemany
-        where the driver counts its rows (SQLite), one statement per job elsewhere."""
+        """Each job's UPDATE guarded by the version it was loaded at: one executemany
+        where the driver counts its rows (SQLite); on PostgreSQL one UPDATE ... FROM
+        (VALUES ...) RETURNING for the whole batch (asyncpg's executemany counts no rows,
+        and a statement per job was a round trip per job)."""
         if self._conn.dialect.supports_sane_multi_rowcount:
             updated = self._conn.execute(_UPDATE_JOB, params).rowcount
+            if updated != len(params):
+                raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
+            return
+        if self._conn.dialect.name == "postgresql":
+            rows = [tuple(one[name] for name in _JOB_PARAMS) for one in params]
+            updated = len(self._conn.execute(_update_jobs_from(rows)).all())
             if updated != len(params):
                 raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
             return
         for one in params:
             if self._conn.execute(_UPDATE_JOB, one).rowcount != 1:
                 raise Conflict(f"job {one['b_id']} changed under this transaction")
+
+
+# The parameters of a job's guarded UPDATE, in the order of _update_jobs_from's columns.
+_JOB_PARAMS = ("b_id", "b_version", *(f"v_{f}" for f in _JOB_CHANGES))
+
+
+def _update_jobs_from(rows: list[tuple[Any, ...]]) -> Any:
+    """One UPDATE of every job in ``rows`` (``_JOB_PARAMS`` each), each guarded by its
+    version, returning the ids it updated."""
+    typed = [JOBS.c.id.type, JOBS.c.version.type, *(JOBS.c[f].type for f in _JOB_CHANGES)]
+    given = values(*(column(n, t) for n, t in zip(_JOB_PARAMS, typed, strict=True)), name="v")
+    given = given.data(rows)
+    return (
+        update(JOBS)
+        .where(JOBS.c.id == given.c.b_id, JOBS.c.version == given.c.b_version)
+        # Cast: a column that is NULL in every row of the VALUES list is text to PostgreSQL.
+        .values({f: cast(given.c[f"v_{f}"], JOBS.c[f].type) for f in _JOB_CHANGES})
+        .returning(JOBS.c.id)
+    )

@@ -5,6 +5,7 @@ idempotent report application, exact costs, scoped listing with signed page toke
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -263,3 +264,41 @@ async def test_a_job_changed_since_it_was_read_is_not_overwritten(harness: Harne
         writer.dispose()
     row = await harness.job(job.id)
     assert (row.version, row.progress) == (1, 0)  # the whole transaction rolled back
+
+
+async def test_one_unit_updates_many_jobs_each_guarded_by_its_version(harness: Harness) -> None:
+    """A batch changes many jobs in one unit (on PostgreSQL in one statement): every
+    change is written, with its own values; one stale job among them writes nothing."""
+    jobs = [await harness.commands.submit("alice", config(), "") for _ in range(3)]
+    writer = db.Writer(harness.engine)
+
+    def change(stale: str | None) -> Callable[[Connection], None]:
+        def work(conn: Connection) -> None:
+            unit = Unit(conn)
+            unit.load_jobs(job.id for job in jobs)
+            if stale is not None:  # another replica's committed change, after the read
+                conn.execute(update(JOBS).where(JOBS.c.id == stale).values(version=2))
+            for n, job in enumerate(jobs):
+                row = unit.job(job.id)
+                assert row is not None
+                row.progress, row.version = 10 * (n + 1), row.version + 1
+                row.metrics = {**row.metrics, "qualified_leads": n}
+                row.error = f"note {n}" if n else ""
+            unit.flush()
+
+        return work
+
+    try:
+        with pytest.raises(Conflict):
+            await writer.run(change(stale=jobs[1].id))
+        for job in jobs:  # rolled back whole, the stale job's own change included
+            row = await harness.job(job.id)
+            assert (row.version, row.progress, row.error) == (1, 0, "")
+        await writer.run(change(stale=None))
+    finally:
+        writer.dispose()
+    for n, job in enumerate(jobs):
+        row = await harness.job(job.id)
+        assert (row.version, row.progress) == (2, 10 * (n + 1))
+        assert row.metrics["qualified_leads"] == n
+        assert row.error == (f"note {n}" if n else "")
