@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.bus_only import BusOnlyResult
 from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
 from bench.estimate import EstimateResult
+from bench.loaded import LoadedResult
 from bench.observability import RECEIVER, SCRAPE_INTERVAL_S, ObservabilityResult
 from bench.progress import ProgressResult
 from bench.ratelimit import RatelimitResult
@@ -55,6 +56,10 @@ RELATIVE_TARGETS: dict[str, tuple[str, float]] = {
     "sse_progress_p99_ms": ("progress_p99_ms", 10),
     "hunter_only_verified_emails": ("waterfall_verified_emails", 0),
 }
+# Targets as a multiple of another figure: figure -> (the other, most times it).
+RATIO_TARGETS: dict[str, tuple[str, float]] = {
+    "progress_loaded_p99_ms": ("progress_p99_ms", 3),  # live updates under 70% load
+}
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Results:
     sse_streams: SseStreamsResult | None = None
     throughput: ThroughputResult | None = None
     bus_only: BusOnlyResult | None = None
+    loaded: LoadedResult | None = None
     observability: ObservabilityResult | None = None
     speedup: SpeedupResult | None = None
     scaleout: ScaleoutResult | None = None
@@ -98,6 +104,9 @@ class Results:
             "campaigns_per_s": rounded(t.campaigns_per_s if t else nan),
             "leads_per_s": rounded(t.leads_per_s if t else nan),
             "bus_only_campaigns_per_s": rounded(bo.campaigns_per_s if bo else nan),
+            "progress_loaded_p50_ms": rounded(self.loaded.p50_ms if self.loaded else nan),
+            "progress_loaded_p99_ms": rounded(self.loaded.p99_ms if self.loaded else nan),
+            "loaded_campaigns_per_s": rounded(self.loaded.achieved_per_s if self.loaded else nan),
             **_cpu_figures(t),
             "observability_overhead": rounded(ob.ratio if ob else nan, 3),
             "throughput_obs_on_campaigns_per_s": rounded(ob.on.campaigns_per_s if ob else nan),
@@ -161,6 +170,13 @@ class Results:
                     met = value is not None and value <= ref + margin
                     verdict = "ok" if met else "MISSED"
                     target = f"<= {ref + margin:g}  {verdict} ({other} + {margin:g})"
+            elif key in RATIO_TARGETS:
+                other, times = RATIO_TARGETS[key]
+                ref = figures.get(other)
+                if ref is not None:
+                    met = value is not None and value <= ref * times
+                    verdict = "ok" if met else "MISSED"
+                    target = f"<= {ref * times:g}  {verdict} ({other} x {times:g})"
             lines.append(f"  {key:<{w}}{shown:>10}   {target}")
         lines += ["", *self.details()]
         if self.timings:
@@ -212,6 +228,13 @@ class Results:
             )
             per = ", ".join(f"{name} {ms:.2f}" for name, ms in t.cpu_ms_per_campaign().items())
             out.append(f"    CPU ms a campaign: {per or '-'}")
+        if ld := self.loaded:
+            out.append(
+                f"  loaded: campaigns offered at {ld.offered_per_s:.1f}/s (70% of throughput), "
+                f"{ld.achieved_per_s:.1f}/s completed, at most {ld.most_inflight} in flight, "
+                f"{ld.errors} errors; progress p50 {ld.p50_ms:.2f} ms, p99 {ld.p99_ms:.2f} ms "
+                f"over {len(ld.latencies_ms)} updates"
+            )
         if bo := self.bus_only:
             out += _bus_only(bo, t)
         if sl := self.schedules:

@@ -13,11 +13,12 @@
 3. No workers: **SSE streams** (1,000 event streams on campaigns that stay queued, the
    web process's RSS); the web process is stopped after it.
 4. Workers on the zero-latency sandbox: **throughput** (and RSS; 20 schedules fire
-   meanwhile: their **lateness**), then **bus only** (the throughput campaigns' messages on
-   JetStream alone: a nats-server and processes of its own, while the stack idles), then
-   **webhooks**, then **observability** (the throughput load three
-   times more, the jobs service and the workers restarted before each: metrics and
-   tracing off, on, off), then **waterfall** (a fixed campaign set run twice, each time
+   meanwhile: their **lateness**), then **loaded** (campaigns offered at 70% of the
+   throughput measured, open loop: live updates under real load), then **bus only** (the
+   throughput campaigns' messages on JetStream alone: a nats-server and processes of its
+   own, while the stack idles), then **webhooks**, then **observability** (the throughput
+   load three times more, the jobs service and the workers restarted before each: metrics
+   and tracing off, on, off), then **waterfall** (a fixed campaign set run twice, each time
    on a stack and fakes of its own with fake business websites: Hunter alone, then the
    default email waterfall), then the enrichment worker swapped for one calling the fake
    Hunter: **rate limit**.
@@ -49,6 +50,7 @@ from bench.config import (
 from bench.estimate import campaign_count, estimate_on_own_stack
 from bench.harness import Harness
 from bench.load import cancel_jobs
+from bench.loaded import run_loaded
 from bench.observability import run_observability
 from bench.progress import run_progress
 from bench.ratelimit import run_ratelimit
@@ -199,6 +201,19 @@ async def _run(
             )
             h.check_alive()
             await h.wait_drained()
+
+        async with _scenario(results, "loaded"):
+            # Campaigns at 70% of the rate just measured: live updates under real load.
+            if results.throughput is not None and results.throughput.campaigns_per_s > 0:
+                results.loaded = ld = await run_loaded(
+                    h, config.throughput_s / 2, results.throughput.campaigns_per_s
+                )
+                log(
+                    f"loaded: {ld.achieved_per_s:.1f} campaigns/s of {ld.offered_per_s:.1f} "
+                    f"offered, progress p50 {ld.p50_ms:.2f} ms, p99 {ld.p99_ms:.2f} ms"
+                )
+                h.check_alive()
+                await h.wait_drained()
 
         async with _scenario(results, "bus_only"):
             # The same campaigns on the bus alone, while the stack idles: what every figure

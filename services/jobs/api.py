@@ -53,6 +53,7 @@ from services.jobs.limits import DistinctUsers, RowBudget
 from services.jobs.machine import Status
 from services.jobs.page_tokens import PageTokens
 from services.jobs.schedule_rpcs import ScheduleRpcs
+from services.jobs.shared_reads import SharedReads
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self._fanout = fanout
         self._tokens = tokens
         self._closing = asyncio.Event()
+        self._resyncs: SharedReads[tuple[str, str], jobs_pb2.JobUpdate] = SharedReads(
+            WATCH_RESYNC_S / 2
+        )
 
     def begin_shutdown(self) -> None:
         """Open watch streams send the job's latest snapshot (when newer than the client's)
@@ -472,7 +476,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 getter.cancel()
         if getter in done:
             return getter.result()
-        return await self._snapshot(user, job_id)
+        # Quiet for a while: read again, one read shared by the job's watchers.
+        return await self._resyncs.get((user, job_id), lambda: self._snapshot(user, job_id))
 
     @streaming
     async def WatchJob(
