@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.bus_only import BusOnlyResult
 from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
 from bench.estimate import EstimateResult
+from bench.large_tables import TARGET_P99_MS, LargeTablesResult
 from bench.loaded import LoadedResult
 from bench.observability import RECEIVER, SCRAPE_INTERVAL_S, ObservabilityResult
 from bench.progress import ProgressResult
@@ -24,6 +25,7 @@ from bench.sse import SseStreamsResult
 from bench.stats import percentile, rounded
 from bench.submit import SubmitResult
 from bench.throughput import ThroughputResult
+from bench.watchers import WatchersResult
 from bench.waterfall import WaterfallResult
 from bench.webhooks import WebhookResult
 
@@ -35,6 +37,10 @@ TARGETS: dict[str, tuple[str, float]] = {
     "submit_p99_ms": ("<=", 10),
     "progress_p99_ms": ("<=", 20),
     "sse_streams_1k_rss_mb": ("<=", 200),
+    # 10,000 WatchJob streams on one jobs replica (bench/watchers.py).
+    "watchers_10k_rss_mb": ("<=", 250),
+    "watchers_10k_update_p99_ms": ("<=", 100),
+    "watchers_10k_incomplete": ("<=", 0),
     "campaigns_per_s": (">=", 100),
     "observability_overhead": (">=", 0.95),  # at most 5% of the throughput lost
     "speedup_vs_sequential": (">=", 5),
@@ -50,6 +56,10 @@ TARGETS: dict[str, tuple[str, float]] = {
     "rss_mb_jobs": ("<=", 150),
     "rss_mb_discovery": ("<=", 150),
     "rss_mb_enrichment": ("<=", 150),
+    # PostgreSQL, 1,000,000 jobs and 10,000,000 leads (bench/large_tables.py).
+    "large_listjobs_p99_ms": ("<=", TARGET_P99_MS),
+    "large_getjob_p99_ms": ("<=", TARGET_P99_MS),
+    "large_listleads_p99_ms": ("<=", TARGET_P99_MS),
 }
 # Targets relative to another figure: figure -> (the other, most it may exceed it by).
 RELATIVE_TARGETS: dict[str, tuple[str, float]] = {
@@ -70,6 +80,7 @@ class Results:
     progress: ProgressResult | None = None
     sse_progress: ProgressResult | None = None
     sse_streams: SseStreamsResult | None = None
+    watchers: WatchersResult | None = None
     throughput: ThroughputResult | None = None
     bus_only: BusOnlyResult | None = None
     loaded: LoadedResult | None = None
@@ -81,6 +92,7 @@ class Results:
     schedules: ScheduleResult | None = None
     waterfall: WaterfallResult | None = None
     estimate: EstimateResult | None = None
+    large_tables: LargeTablesResult | None = None
     timings: dict[str, float] = field(default_factory=dict)  # scenario -> wall seconds
     error: str = ""
 
@@ -101,6 +113,7 @@ class Results:
             "sse_progress_p99_ms": rounded(percentile(sse.latencies_ms, 99) if sse else nan),
             "sse_streams_1k_rss_mb": rounded(st.rss_mb if st and st.opened else nan, 1),
             "sse_streams_open": st.opened if st else None,
+            **_watchers_figures(self.watchers),
             "campaigns_per_s": rounded(t.campaigns_per_s if t else nan),
             "leads_per_s": rounded(t.leads_per_s if t else nan),
             "bus_only_campaigns_per_s": rounded(bo.campaigns_per_s if bo else nan),
@@ -124,6 +137,7 @@ class Results:
             "rss_mb_enrichment": rounded(rss.get("enrichment", nan), 1),
             **_waterfall_figures(self.waterfall),
             **(self.estimate.figures() if self.estimate else dict.fromkeys(ESTIMATE_KEYS)),
+            **(self.large_tables or LargeTablesResult()).figures(),
         }
 
     def json_line(self) -> str:
@@ -215,6 +229,8 @@ class Results:
                 f"jobs service peak {st.jobs_peak_rss_mb:.1f} MB"
             )
             out.append(f"    CPU while opening (cores busy): {_cores(st.cpu_cores)}")
+        if wa := self.watchers:
+            out += _watchers(wa)
         if t := self.throughput:
             out.append(
                 f"  throughput: {t.window_s:.1f}s steady state, {t.completed} campaigns "
@@ -265,7 +281,39 @@ class Results:
                 f"{rl.achieved_rps:.2f}/s in steady state, {rl.requests} requests, "
                 f"{rl.rate_limited} rate-limit answers (Hunter's 403)"
             )
+        if self.large_tables is not None:
+            out += self.large_tables.lines()
         return out
+
+
+def _watchers_figures(wa: WatchersResult | None) -> dict[str, float | None]:
+    """10,000 WatchJob streams (bench/watchers.py): the jobs RSS with all open (the RSS,
+    not the growth, as sse_streams_1k_rss_mb), the report-to-update p99 over every stream,
+    and the streams that did not end on their job's terminal snapshot."""
+    if wa is None:
+        keys = ("watchers_10k_rss_mb", "watchers_10k_update_p99_ms", "watchers_10k_incomplete")
+        return dict.fromkeys(keys)
+    return {
+        "watchers_10k_rss_mb": rounded(wa.rss_mb if wa.opened else math.nan, 1),
+        "watchers_10k_update_p99_ms": rounded(percentile(wa.latencies_ms, 99)),
+        "watchers_10k_incomplete": wa.incomplete,
+    }
+
+
+def _watchers(wa: WatchersResult) -> list[str]:
+    return [
+        f"  watchers: {wa.opened} of {wa.streams} WatchJob streams open over {wa.jobs} queued "
+        f"jobs on {wa.channels} connections (first updates in {wa.open_s:.1f}s); jobs RSS "
+        f"{wa.idle_rss_mb:.1f} MB before, {wa.rss_mb:.1f} MB with them (the figure; "
+        f"~{wa.kb_per_stream:.0f} KB a stream), peak {wa.peak_rss_mb:.1f} MB",
+        f"    then {wa.jobs} campaigns of {wa.leads} leads (300 ms a call) in {wa.run_s:.1f}s: "
+        f"{len(wa.latencies_ms)} stamped updates, report to update p50 "
+        f"{percentile(wa.latencies_ms, 50):.0f} ms, p99 {percentile(wa.latencies_ms, 99):.0f} "
+        f"ms; streams ended: {wa.endings_line()}",
+        f"    CPU (cores busy) opening: {_cores(wa.open_cpu)}; all open and quiet: "
+        f"{_cores(wa.quiet_cpu)}; campaigns running: {_cores(wa.run_cpu)}, other programs "
+        f"on the machine {wa.others_cores:.2f}",
+    ]
 
 
 def _waterfall_figures(wf: WaterfallResult | None) -> dict[str, float | None]:

@@ -10,8 +10,11 @@
    at once and **scale-out** (a second one added half-way). The sequential side of the
    speedup runs meanwhile in a process of its own: it only sleeps, so it takes nothing
    from the stack.
-3. No workers: **SSE streams** (1,000 event streams on campaigns that stay queued, the
-   web process's RSS); the web process is stopped after it.
+3. No workers: **watchers** (10,000 WatchJob streams on 100 queued campaigns, the jobs
+   service's RSS; then workers of its own at 300 ms a call run the campaigns: update
+   latency and how every stream ended; stopped after it), then **SSE streams** (1,000
+   event streams on campaigns that stay queued, the web process's RSS); the web process
+   is stopped after it.
 4. Workers on the zero-latency sandbox: **throughput** (and RSS; 20 schedules fire
    meanwhile: their **lateness**), then **loaded** (campaigns offered at 70% of the
    throughput measured, open loop: live updates under real load), then **bus only** (the
@@ -24,6 +27,8 @@
    Hunter: **rate limit**.
 5. A stack of its own on the three fake providers: **estimate** (each campaign of a fixed
    set estimated, then run: the actual cost against the estimate's p50 and p10-p90).
+6. With ``BENCH_DATABASE_URL`` only: **large tables** (1,000,000 jobs and 10,000,000 leads
+   in a database of its own, a stack of its own on it: reads and the retention purge).
 
 Between scenarios the campaigns still running are cancelled and the queues drained. Every
 process is stopped at the end, after a failure and on Ctrl-C or SIGTERM alike.
@@ -49,6 +54,7 @@ from bench.config import (
 )
 from bench.estimate import campaign_count, estimate_on_own_stack
 from bench.harness import Harness
+from bench.large_tables import run_large_tables
 from bench.load import cancel_jobs
 from bench.loaded import run_loaded
 from bench.observability import run_observability
@@ -62,6 +68,7 @@ from bench.sse import client_session, raise_fd_limit, run_sse_streams, sse_follo
 from bench.stats import percentile
 from bench.submit import run_submit
 from bench.throughput import run_throughput
+from bench.watchers import LEADS, LIMIT_S, QUICK_LEADS, QUICK_LIMIT_S, WORKER_ENV, run_watchers
 from bench.waterfall import run_waterfall
 from bench.webhooks import run_webhooks
 from prospect.v1 import jobs_pb2_grpc
@@ -158,6 +165,35 @@ async def _run(
         results.speedup = SpeedupResult(walls, await baseline.result())
 
         await h.stop_workers(["discovery", "enrichment", "enrichment-2"])
+        async with _scenario(results, "watchers"):
+            # The campaigns stay queued while the streams open; then workers of the
+            # scenario's own (300 ms a call) run them, and are stopped after.
+            stub = jobs_pb2_grpc.JobServiceStub(h.channel)
+            workers = [(name, name, WORKER_ENV) for name in ("discovery", "enrichment")]
+
+            async def start_watched_workers() -> None:
+                await h.start_workers(workers)
+
+            watchers, job_ids = await run_watchers(
+                h,
+                start_watched_workers,
+                leads=QUICK_LEADS if config.quick else LEADS,
+                limit_s=QUICK_LIMIT_S if config.quick else LIMIT_S,
+            )
+            results.watchers = watchers
+            p99 = percentile(watchers.latencies_ms, 99)
+            log(
+                f"watchers: {watchers.opened} of {watchers.streams} open, jobs RSS "
+                f"{watchers.rss_mb:.1f} MB, update p99 {p99:.0f} ms, "
+                f"endings: {watchers.endings_line()}"
+            )
+            for error in watchers.errors:
+                log(f"watchers: {error}")
+            h.check_alive()
+            await cancel_jobs(stub, job_ids)
+            await h.wait_drained()
+            await h.stop_workers(["discovery", "enrichment"])
+
         async with _scenario(results, "sse_streams"):
             stub = jobs_pb2_grpc.JobServiceStub(h.channel)
             sampler = h.sampler(["jobs", WEB])
@@ -272,6 +308,12 @@ async def _run(
                 f"estimate: p50 error {f['estimate_p50_error']}, in range "
                 f"{f['estimate_in_range_ratio']}, {f['estimate_provider_calls']} provider calls"
             )
+
+        async with _scenario(results, "large_tables"):
+            # PostgreSQL only (BENCH_DATABASE_URL): a database and a stack of its own.
+            results.large_tables = lt = await run_large_tables(config)
+            if lt.skipped:
+                log(f"large tables: skipped, {lt.skipped}")
     finally:
         await session.close()
         await baseline.aclose()

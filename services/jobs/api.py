@@ -244,6 +244,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         ordinary retry continues on another replica; a stream that reached its job's
         terminal snapshot ends OK as always."""
         self._closing.set()
+        self._fanout.wake_all()  # those waiting for a snapshot see _closing at once
 
     @unary
     @traced
@@ -463,19 +464,19 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def _next_update(
         self, queue: asyncio.Queue[jobs_pb2.JobUpdate], user: str, job_id: str
     ) -> jobs_pb2.JobUpdate:
-        """The next announced snapshot; a fresh read after a quiet spell or on shutdown."""
-        getter = asyncio.ensure_future(queue.get())
-        closing = asyncio.ensure_future(self._closing.wait())
+        """The next announced snapshot; a fresh read after a quiet spell. Shutdown wakes
+        it at once with an empty update (:meth:`begin_shutdown`).
+
+        A timeout around the queue's get, with no task of its own: each quiet stream wakes
+        every WATCH_RESYNC_S, and a task for the get and one for the shutdown event, made
+        and cancelled at every wait, kept most of a core busy with 10,000 streams open,
+        so busy that gRPC core cancelled new WatchJob calls the event loop had not yet
+        taken up (after 30 s, ``grpc.server_max_unrequested_time_in_server``)."""
         try:
-            done, _ = await asyncio.wait(
-                {getter, closing}, timeout=WATCH_RESYNC_S, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            closing.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter in done:
-            return getter.result()
+            async with asyncio.timeout(WATCH_RESYNC_S):
+                return await queue.get()
+        except TimeoutError:
+            pass
         # Quiet for a while: read again, one read shared by the job's watchers.
         return await self._resyncs.get((user, job_id), lambda: self._snapshot(user, job_id))
 

@@ -53,6 +53,13 @@ class Fanout:
         if job_id in self._watchers:
             self._deliver(job_id, jobs_pb2.JobUpdate.FromString(msg.data))
 
+    def wake_all(self) -> None:
+        """Hand every watcher an empty update (version 0: never newer than a snapshot), so
+        those waiting for the next snapshot wake now (the jobs service's shutdown)."""
+        empty = jobs_pb2.JobUpdate()
+        for job_id in list(self._watchers):
+            self._deliver(job_id, empty)
+
     def _deliver(self, job_id: str, update: jobs_pb2.JobUpdate) -> None:
         for queue in self._watchers.get(job_id, ()):
             if queue.full():

@@ -49,10 +49,14 @@ async def list_jobs(
     if position is not None:
         created, last_id = jobs_position(position)
         query = query.where(
+            # Implied by the OR, but an index can seek on it: without it a deep page read
+            # and dropped every row before it (page 150 of a user's jobs: 11.6 -> 0.3 ms
+            # on PostgreSQL with 1,000,000 jobs; bench/large_tables.py).
+            JobRow.created_at <= created,
             or_(
                 JobRow.created_at < created,
                 and_(JobRow.created_at == created, JobRow.id < last_id),
-            )
+            ),
         )
     query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(page_size + 1)
     rows = list((await session.scalars(query)).all())

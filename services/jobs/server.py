@@ -132,6 +132,10 @@ def add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> N
     )
 
 
+# Calls waiting to be taken up that gRPC core keeps before refusing new ones (see above).
+MAX_PENDING_CALLS = 20_000
+
+
 def build_grpc_server(
     servicer: JobService, settings: Settings
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -144,6 +148,13 @@ def build_grpc_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            # Calls that arrived and wait for the event loop to take them up: past the
+            # soft limit gRPC core refuses new ones at random, past the hard one all of
+            # them, as CANCELLED before any handler runs (defaults 1,000 and 3,000). The
+            # watchers of a replica that stops all reconnect at once to the others: 2,000
+            # WatchJob calls in a burst lost 140-209 to the defaults (bench/watchers.py).
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
         ],
     )
     jobs_pb2_grpc.add_JobServiceServicer_to_server(servicer, server)
