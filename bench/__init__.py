@@ -12,6 +12,15 @@ module                  scenario
 :mod:`bench.sse`        the same over the web process's Server-Sent Events; RSS of the web
                         process with 1,000 event streams open
 :mod:`bench.throughput` completed campaigns and leads per second, peak RSS, CPU per process
+                        (and per campaign: ``jobs_cpu_ms_per_campaign`` ...)
+:mod:`bench.loaded`     report -> watcher latency with campaigns offered at 70% of the
+                        throughput measured (``progress_loaded_p99_ms``)
+:mod:`bench.bus_only`   the throughput campaigns' messages on JetStream alone, no database
+                        and no gRPC (``bus_only_campaigns_per_s``): what the rest reads against
+:mod:`bench.watchers`   10,000 WatchJob streams on one jobs replica: its RSS, update p99
+                        and how every stream ended (``watchers_10k_*``)
+:mod:`bench.large_tables` PostgreSQL only: reads and the retention purge with 1,000,000 jobs
+                        and 10,000,000 leads (``large_*``)
 :mod:`bench.observability` the same with metrics served and scraped and every campaign
                         traced to a local OTLP receiver (:mod:`bench.otlp_sink`), against off
 :mod:`bench.speedup`    one 10-lead campaign at 300 ms a call vs :mod:`bench.sequential`
