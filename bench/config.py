@@ -27,6 +27,16 @@ STACK_ENV = {
     "MAX_SCHEDULES_PER_USER": "1000",
 }
 
+# Stacks of their own on the fake providers (bench.estimate, bench.waterfall): quiet, no
+# observability, provider limits far above what one campaign at a time asks.
+FAKES_STACK_ENV = {
+    "LOG_LEVEL": "WARNING",
+    "METRICS_ADDR": "",
+    "OTEL_TRACES_EXPORTER": "none",
+    **{f"RATE_LIMIT_{p}_{k}": v for p in ("GOOGLE_PLACES", "HUNTER", "NEVERBOUNCE")
+       for k, v in (("RPS", "200"), ("BURST", "50"))},
+}  # fmt: skip
+
 # Workers of the throughput and rate-limit scenarios: zero-latency sandbox, 10 businesses.
 FAST_WORKER_ENV = {"SANDBOX_LATENCY_MS": "0", "SANDBOX_MAX_PLACES": "10"}
 

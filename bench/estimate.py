@@ -30,19 +30,13 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from bench.config import FAKES_STACK_ENV
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.client import watch_until_done
 from services.cli.stack import Stack
 from tests.fakes import FakeProviders
 
-STACK_ENV = {
-    "LOG_LEVEL": "WARNING",
-    "ENRICHMENT_CACHE_DAYS": "30",
-    "METRICS_ADDR": "",
-    "OTEL_TRACES_EXPORTER": "none",
-    **{f"RATE_LIMIT_{p}_{k}": v for p in ("GOOGLE_PLACES", "HUNTER", "NEVERBOUNCE")
-       for k, v in (("RPS", "200"), ("BURST", "50"))},
-}  # fmt: skip
+STACK_ENV = {**FAKES_STACK_ENV, "ENRICHMENT_CACHE_DAYS": "30"}
 PLACES_PER_QUERY = 30
 TARGET_P50_ERROR = 0.15
 TARGET_IN_RANGE = 0.8

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from bench.config import FAKES_STACK_ENV
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.client import list_all_leads, watch_until_done
 from services.cli.stack import Stack
@@ -58,13 +59,6 @@ PLACES_PER_QUERY = 20
 MAX_RESULTS = 20  # every place of the query a lead (the search asks for 40, finds 20)
 HUNTER_ONLY, WATERFALL = "hunter", ""  # "": the default order, website,pattern,hunter
 DISCOVERY = "google_places"
-STACK_ENV = {
-    "LOG_LEVEL": "WARNING",
-    "METRICS_ADDR": "",
-    "OTEL_TRACES_EXPORTER": "none",
-    **{f"RATE_LIMIT_{p}_{k}": v for p in ("GOOGLE_PLACES", "HUNTER", "NEVERBOUNCE")
-       for k, v in (("RPS", "200"), ("BURST", "50"))},
-}  # fmt: skip
 CAMPAIGN_TIMEOUT_S = 120.0
 
 
@@ -174,7 +168,7 @@ async def _run(steps: str) -> Run:
     """The campaign set on a stack and fakes of its own, EMAIL_WATERFALL=``steps`` (the
     default when empty)."""
     with FakeProviders(places_per_query=PLACES_PER_QUERY, websites=True) as fakes:
-        env = {**fakes.env(), **STACK_ENV}
+        env = {**fakes.env(), **FAKES_STACK_ENV}
         if steps:
             env["EMAIL_WATERFALL"] = steps
         stack = Stack(env=env)

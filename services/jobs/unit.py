@@ -105,7 +105,6 @@ _APPLIED_IDS = select(APPLIED.c.report_id).where(
 )
 _LEADS_BY_ID = select(LEADS).where(LEADS.c.id.in_(bindparam("ids", expanding=True)))
 _TASKS_BY_ID = select(TASKS).where(TASKS.c.id.in_(bindparam("ids", expanding=True)))
-_LEADS_OF_JOB = select(LEADS).where(LEADS.c.job_id == bindparam("job_id")).order_by(LEADS.c.rank)
 _LEADS_OF_JOBS = (
     select(LEADS)
     .where(LEADS.c.job_id.in_(bindparam("job_ids", expanding=True)))
@@ -256,24 +255,23 @@ class Unit:
 
     def leads_of(self, job_id: str) -> list[LeadRow]:
         """Every lead of ``job_id`` by rank, those added in this unit included."""
-        if job_id not in self._leads_of:
-            loaded = self._select(LeadRow, _LEADS_OF_JOB, job_id=job_id)
-            stored = [self._track_lead(lead) for lead in loaded]
-            added = [lead for lead in self._new_leads if lead.job_id == job_id]
-            self._leads_of[job_id] = sorted(stored + added, key=lambda lead: lead.rank)
+        self.load_leads_of([job_id])
         return self._leads_of[job_id]
 
     def load_leads_of(self, job_ids: Iterable[str]) -> None:
-        """Load the lead lists of ``job_ids`` for :meth:`leads_of` in one query (before any
-        lead of theirs is added in this unit)."""
+        """Load the lead lists of ``job_ids`` for :meth:`leads_of`, in one query for all
+        (a batch's discovery results read theirs together)."""
         wanted = [i for i in set(job_ids) if i not in self._leads_of]
         if not wanted:
             return
-        assert not {lead.job_id for lead in self._new_leads} & set(wanted)
         lists: dict[str, list[LeadRow]] = {job_id: [] for job_id in wanted}
         for lead in self._select(LeadRow, _LEADS_OF_JOBS, job_ids=wanted):
             lists[lead.job_id].append(self._track_lead(lead))
-        self._leads_of.update(lists)
+        for lead in self._new_leads:
+            if lead.job_id in lists:
+                lists[lead.job_id].append(lead)
+        for job_id, leads in lists.items():
+            self._leads_of[job_id] = sorted(leads, key=lambda lead: lead.rank)
 
     def jobs_by_keys(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], JobRow]:
         """Jobs already submitted under these (user, idempotency key) pairs."""
