@@ -45,21 +45,17 @@ from services.common.logs import bind_job
 from services.jobs import history, metrics, queries, validation
 from services.jobs.auth import current_principal
 from services.jobs.commands import Commands
-from services.jobs.convert import job_proto, lead_proto, status_from_proto
+from services.jobs.convert import job_proto, lead_proto, snapshot_proto, status_from_proto
 from services.jobs.deliveries import WebhookRpcs
 from services.jobs.estimator import Estimator, check_limit, validate_max_estimated_cost
-from services.jobs.fanout import Fanout
+from services.jobs.fanout import Fanout, newest
 from services.jobs.limits import DistinctUsers, RowBudget
 from services.jobs.machine import Status
 from services.jobs.page_tokens import PageTokens
 from services.jobs.schedule_rpcs import ScheduleRpcs
-from services.jobs.shared_reads import SharedReads
 
 log = logging.getLogger(__name__)
 
-# A watcher re-reads the job when no update arrived for this long, so a snapshot lost on
-# core NATS (e.g. during a server restart) is caught up, terminal one included.
-WATCH_RESYNC_S = 2.0
 # A watch ended by this replica's shutdown can resume on another at once; RetryInfo asks
 # for a moment first, for a load balancer to see this replica go.
 SHUTDOWN_RETRY_S = 0.2
@@ -232,11 +228,9 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self._sessions = sessions
         self._commands = commands
         self._fanout = fanout
+        fanout.read_with(commands.snapshots)  # its watch streams' resync
         self._tokens = tokens
         self._closing = asyncio.Event()
-        self._resyncs: SharedReads[tuple[str, str], jobs_pb2.JobUpdate] = SharedReads(
-            WATCH_RESYNC_S / 2
-        )
 
     def begin_shutdown(self) -> None:
         """Open watch streams send the job's latest snapshot (when newer than the client's)
@@ -458,27 +452,27 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         return page
 
     async def _snapshot(self, user: str, job_id: str) -> jobs_pb2.JobUpdate:
-        row = await self._commands.job(user, job_id)
-        return jobs_pb2.JobUpdate(job=job_proto(row), message=row.message)
+        return snapshot_proto(await self._commands.job(user, job_id))
 
     async def _next_update(
         self, queue: asyncio.Queue[jobs_pb2.JobUpdate], user: str, job_id: str
     ) -> jobs_pb2.JobUpdate:
-        """The next announced snapshot; a fresh read after a quiet spell. Shutdown wakes
-        it at once with an empty update (:meth:`begin_shutdown`).
+        """The next snapshot the fan-out hands over (the newest, when several wait: one
+        announced, or the job read again after a quiet spell); the job read by this stream
+        when the fan-out says look again (a job its resync did not find). At shutdown the
+        look-again comes back as it is: the stream sees the service closing and reads the
+        job itself.
 
-        A timeout around the queue's get, with no task of its own: each quiet stream wakes
-        every WATCH_RESYNC_S, and a task for the get and one for the shutdown event, made
-        and cancelled at every wait, kept most of a core busy with 10,000 streams open,
-        so busy that gRPC core cancelled new WatchJob calls the event loop had not yet
-        taken up (after 30 s, ``grpc.server_max_unrequested_time_in_server``)."""
-        try:
-            async with asyncio.timeout(WATCH_RESYNC_S):
-                return await queue.get()
-        except TimeoutError:
-            pass
-        # Quiet for a while: read again, one read shared by the job's watchers.
-        return await self._resyncs.get((user, job_id), lambda: self._snapshot(user, job_id))
+        The stream waits on its queue alone, with no task and no timer of its own: with
+        10,000 streams open, a task for the get and one for the shutdown event made and
+        cancelled at every wait kept most of a core busy (so busy that gRPC core cancelled
+        new WatchJob calls the event loop had not yet taken up, after 30 s:
+        ``grpc.server_max_unrequested_time_in_server``), and a timeout's timer at every
+        wait still cost a tenth of the process's time."""
+        update = newest(queue, await queue.get())
+        if update.job.version or self._closing.is_set():
+            return update
+        return await self._snapshot(user, job_id)
 
     @streaming
     async def WatchJob(

@@ -9,7 +9,7 @@ from services.common.errors import FailedPrecondition, Reason
 from services.jobs import machine as m
 from services.jobs import queries
 from services.jobs.changes import Changes, apply_event
-from services.jobs.convert import state_of
+from services.jobs.convert import snapshot_proto, state_of
 from services.jobs.db import Writer
 from services.jobs.models import JobRow
 from services.jobs.publishing import Applied
@@ -30,6 +30,12 @@ class Commands:
     async def job(self, user_id: str, job_id: str) -> JobRow:
         """The caller's job as stored now (NotFound for anyone else's)."""
         return await self._writer.read(lambda conn: queries.job_of_user(conn, user_id, job_id))
+
+    async def snapshots(self, job_ids: list[str]) -> dict[str, jobs_pb2.JobUpdate]:
+        """The stored snapshots of those of ``job_ids`` that exist (the watch fan-out's
+        resync: :func:`queries.jobs_by_id`)."""
+        rows = await self._writer.read(lambda conn: queries.jobs_by_id(conn, job_ids))
+        return {row.id: snapshot_proto(row) for row in rows}
 
     async def submit(
         self, user_id: str, config: jobs_pb2.CampaignConfig, idempotency_key: str

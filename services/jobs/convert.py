@@ -114,6 +114,11 @@ def metrics_proto(m: Metrics) -> jobs_pb2.JobMetrics:
     )
 
 
+def snapshot_proto(row: JobRow) -> jobs_pb2.JobUpdate:
+    """A watch stream's snapshot of a job as stored."""
+    return jobs_pb2.JobUpdate(job=job_proto(row), message=row.message)
+
+
 def job_proto(row: JobRow, state: JobState | None = None) -> jobs_pb2.Job:
     """The API's view of a job: the row, or the row at an intermediate ``state``."""
     s = state or state_of(row)

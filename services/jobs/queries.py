@@ -26,6 +26,15 @@ def job_of_user(conn: Connection, user_id: str, job_id: str) -> JobRow:
     return owned(Unit(conn).job(job_id), user_id, job_id)
 
 
+def jobs_by_id(conn: Connection, job_ids: list[str]) -> list[JobRow]:
+    """The jobs of ``job_ids`` that exist, whoever owns them: only for the fan-out's resync,
+    which hands each to the watchers of its job (each watcher was checked as the job's owner
+    by its first read, before it saw anything)."""
+    unit = Unit(conn)
+    unit.load_jobs(job_ids)
+    return [job for job in (unit.job(job_id) for job_id in job_ids) if job is not None]
+
+
 async def job_for_user(session: AsyncSession, user_id: str, job_id: str) -> JobRow:
     """:func:`job_of_user` in an async session."""
     conn = await session.connection()

@@ -2,9 +2,11 @@
 
 A quiet stream holds no asyncio task besides its own: with 10,000 streams open, a task
 for the queue and one for the shutdown event, made and cancelled at every wait (every
-WATCH_RESYNC_S when quiet), kept the jobs service's event loop so busy that gRPC core
-cancelled new WatchJob calls it had not taken up in time. Shutdown still wakes a waiting
-stream at once (the fan-out hands it an empty update), and a quiet spell still re-reads.
+resync period when quiet), kept the jobs service's event loop so busy that gRPC core
+cancelled new WatchJob calls it had not taken up in time; one timer, the fan-out's, serves
+every quiet stream. Shutdown still wakes a waiting stream at once (the fan-out hands it an
+empty update), and a quiet spell still re-reads. A stream behind its job sends the newest
+snapshot waiting, not every step.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from prospect.v1 import jobs_pb2
-from services.common.errors import Unavailable
-from services.jobs import api
+from services.common.errors import NotFound, Unavailable
 from services.jobs.api import JobService
 from services.jobs.commands import Commands
+from services.jobs.convert import snapshot_proto
 from services.jobs.fanout import Fanout
 from services.jobs.models import JobRow, transient, utcnow
 from services.jobs.page_tokens import PageTokens
@@ -45,19 +47,36 @@ def job_row(version: int) -> JobRow:
 
 
 class Rows:
-    """The database as the watch reads it: the job at ``version``, reads counted."""
+    """The database as the watch reads it: the job at ``version`` (or gone, or failing),
+    reads counted: a stream's own (:meth:`job`) and the fan-out's resync
+    (:meth:`snapshots`)."""
 
     def __init__(self) -> None:
         self.version = 1
         self.reads = 0
+        self.resyncs = 0
+        self.gone = False
+        self.failing = False
+        self.resynced = asyncio.Event()
 
     async def job(self, user_id: str, job_id: str) -> JobRow:
         self.reads += 1
+        if self.gone:
+            raise NotFound(f"job {job_id} not found")
         return job_row(self.version)
 
+    async def snapshots(self, job_ids: list[str]) -> dict[str, jobs_pb2.JobUpdate]:
+        self.resyncs += 1
+        self.resynced.set()
+        if self.failing:
+            raise ConnectionError("database unreachable")
+        return {} if self.gone else {JOB: snapshot_proto(job_row(self.version))}
 
-def service(rows: Rows) -> tuple[JobService, Fanout]:
-    fanout = Fanout(NATS())  # never connected: nothing here publishes
+
+def service(rows: Rows, resync_s: float = 3600.0) -> tuple[JobService, Fanout]:
+    """The service, its fan-out waking quiet watchers every ``resync_s`` (by default,
+    never within a test)."""
+    fanout = Fanout(NATS(), resync_s)  # never connected: nothing here publishes
     sessions: Any = None
     commands = cast(Commands, rows)
     return JobService(sessions, commands, fanout, PageTokens(b"k" * 32)), fanout
@@ -76,8 +95,7 @@ async def next_version(stream: Stream) -> int:
         return (await anext(stream)).job.version
 
 
-async def test_a_waiting_stream_holds_no_task_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api, "WATCH_RESYNC_S", 3600.0)  # no quiet-spell read in this test
+async def test_a_waiting_stream_holds_no_task_of_its_own() -> None:
     rows = Rows()
     svc, fanout = service(rows)
     streams = [watch(svc) for _ in range(50)]
@@ -86,7 +104,8 @@ async def test_a_waiting_stream_holds_no_task_of_its_own(monkeypatch: pytest.Mon
     for _ in range(10):
         await asyncio.sleep(0)  # every stream now waits for the next snapshot
     assert not any(task.done() for task in waiting)
-    assert len(asyncio.all_tasks()) == len(waiting) + 1  # theirs and this test's, no more
+    # Theirs, this test's and the fan-out's resync timer, no more.
+    assert len(asyncio.all_tasks()) == len(waiting) + 2
 
     rows.version = 2
     fanout._deliver(JOB, jobs_pb2.JobUpdate(job=jobs_pb2.Job(id=JOB, version=2)))  # heard
@@ -95,11 +114,8 @@ async def test_a_waiting_stream_holds_no_task_of_its_own(monkeypatch: pytest.Mon
         await stream.aclose()
 
 
-async def test_shutdown_wakes_a_waiting_stream_which_ends_unavailable_after_the_latest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(api, "WATCH_RESYNC_S", 3600.0)  # only the shutdown can wake it
-    rows = Rows()
+async def test_shutdown_wakes_a_waiting_stream_which_ends_unavailable_after_the_latest() -> None:
+    rows = Rows()  # only the shutdown can wake the stream
     svc, _ = service(rows)
     stream = watch(svc)
     assert await next_version(stream) == 1
@@ -115,13 +131,135 @@ async def test_shutdown_wakes_a_waiting_stream_which_ends_unavailable_after_the_
         await next_version(stream)
 
 
-async def test_a_quiet_spell_reads_the_job_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(api, "WATCH_RESYNC_S", 0.01)
+async def test_a_quiet_spell_reads_the_job_again() -> None:
     rows = Rows()
-    svc, _ = service(rows)
+    svc, fanout = service(rows, resync_s=0.01)
     stream = watch(svc)
     assert await next_version(stream) == 1
     rows.version = 2  # its snapshot lost on the way: only a re-read finds it
     assert await next_version(stream) == 2
-    assert rows.reads >= 2
+    assert rows.resyncs >= 1 and rows.reads == 1  # the fan-out's read, not the stream's
     await stream.aclose()
+    await fanout.stop()
+
+
+async def test_the_watchers_of_a_quiet_job_get_one_read_of_it() -> None:
+    rows = Rows()
+    svc, fanout = service(rows)
+    streams = [watch(svc) for _ in range(20)]
+    assert [await next_version(s) for s in streams] == [1] * 20
+    rows.version = 2  # its snapshot lost on the way: only a re-read finds it
+    waiting = [asyncio.create_task(next_version(s)) for s in streams]
+    await fanout._resync([JOB])  # what the resync timer does for a quiet job
+    assert await asyncio.gather(*waiting) == [2] * 20
+    assert (rows.reads, rows.resyncs) == (20, 1)  # each stream's first read, and one more
+
+    # Read again with nothing new: nothing is sent, the streams wait on.
+    waiting = [asyncio.create_task(next_version(s)) for s in streams]
+    await fanout._resync([JOB])
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not any(task.done() for task in waiting)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    for stream in streams:
+        await stream.aclose()
+    await fanout.stop()
+
+
+async def test_a_job_the_resync_does_not_find_ends_its_streams_not_found() -> None:
+    rows = Rows()
+    svc, fanout = service(rows)
+    stream = watch(svc)
+    assert await next_version(stream) == 1
+    rows.gone = True
+    waiting = asyncio.create_task(next_version(stream))
+    await fanout._resync([JOB])  # not found: its watchers look again themselves
+    with pytest.raises(NotFound):
+        await waiting
+
+
+async def test_a_failed_resync_read_is_tried_again_at_the_next_period() -> None:
+    rows = Rows()
+    rows.failing = True
+    svc, fanout = service(rows, resync_s=0.01)
+    stream = watch(svc)
+    assert await next_version(stream) == 1
+    rows.version = 2
+    waiting = asyncio.create_task(next_version(stream))
+    async with asyncio.timeout(GUARD_S):
+        while rows.resyncs < 3:  # failed, and failed again: the timer goes on
+            rows.resynced.clear()
+            await rows.resynced.wait()
+    assert not waiting.done()
+    rows.failing = False
+    assert await waiting == 2
+    await stream.aclose()
+    await fanout.stop()
+
+
+async def test_the_resync_timer_ends_when_no_one_watches_and_starts_with_the_next() -> None:
+    rows = Rows()
+    svc, fanout = service(rows, resync_s=0.01)
+    stream = watch(svc)
+    assert await next_version(stream) == 1
+    await stream.aclose()
+    ticker = fanout._ticker
+    assert ticker is not None
+    async with asyncio.timeout(GUARD_S):
+        await ticker  # its next tick finds no watcher: it ends
+    assert not fanout._heard
+
+    again = watch(svc)
+    rows.version = 3
+    assert await next_version(again) == 3
+    rows.version = 4  # lost on the way: the new timer's resync finds it
+    assert await next_version(again) == 4
+    await again.aclose()
+    await fanout.stop()
+
+
+def heard(
+    fanout: Fanout, version: int, stamp_ns: int = 0, terminal: bool = False
+) -> jobs_pb2.JobUpdate:
+    """The fan-out hands every watcher of JOB the snapshot at ``version``."""
+    status = jobs_pb2.JOB_STATUS_COMPLETED if terminal else jobs_pb2.JOB_STATUS_PROCESSING
+    update = jobs_pb2.JobUpdate(job=jobs_pb2.Job(id=JOB, version=version, status=status))
+    if stamp_ns:
+        update.report_published_at.FromNanoseconds(stamp_ns)
+    fanout._deliver(JOB, update)
+    return update
+
+
+async def test_a_stream_behind_its_job_skips_to_the_newest_snapshot_stamped_by_the_oldest() -> None:
+    svc, fanout = service(Rows())
+    stream, other = watch(svc), watch(svc)
+    assert await next_version(stream) == 1 and await next_version(other) == 1
+    shared = [heard(fanout, 2, stamp_ns=2_000), heard(fanout, 4, stamp_ns=4_000)]
+    shared.append(heard(fanout, 3, stamp_ns=3_000))  # another replica's, heard late
+
+    sent = await anext(stream)  # it was behind by three snapshots: it sends one
+    assert sent.job.version == 4
+    assert sent.report_published_at.ToNanoseconds() == 2_000  # the longest wait folded in
+    # The snapshots are the other stream's too: none was changed.
+    assert [u.report_published_at.ToNanoseconds() for u in shared] == [2_000, 4_000, 3_000]
+    assert await next_version(other) == 4
+
+    heard(fanout, 5, stamp_ns=5_000)  # one at a time: sent as it is
+    alone = await anext(stream)
+    assert (alone.job.version, alone.report_published_at.ToNanoseconds()) == (5, 5_000)
+    await stream.aclose()
+    await other.aclose()
+
+
+async def test_a_stream_behind_ends_on_the_terminal_snapshot() -> None:
+    svc, fanout = service(Rows())
+    stream = watch(svc)
+    assert await next_version(stream) == 1
+    for version in range(2, 9):
+        heard(fanout, version)
+    heard(fanout, 9, terminal=True)
+    assert await next_version(stream) == 9
+    with pytest.raises(StopAsyncIteration):
+        await next_version(stream)
