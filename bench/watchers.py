@@ -21,13 +21,13 @@ say how long each had waited).
 With every stream open and quiet, the jobs process's RSS is read (``watchers_10k_rss_mb``:
 the RSS itself, as ``sse_streams_1k_rss_mb`` is the web process's; the growth is in the
 details), after :data:`QUIET_S` (more than a resync period: the fan-out reads quiet jobs
-again every ``services.jobs.fanout.RESYNC_S``) whose CPU is recorded too. Then the
-workers start (providers at 300 ms a call, :data:`WORKER_ENV`: reports spread over the
-run), and every update is timed from the worker's report (``report_published_at``) to its
-arrival at the bench, as :class:`bench.load.Tracker` does for the progress figure: the p99
-over all streams is ``watchers_10k_update_p99_ms``. Every stream is read to its end, and how it ended is
-counted: on its job's terminal snapshot (by the job's status), on a gRPC error (by its
-code), ended OK without the terminal snapshot, or still open when the bench stopped
+again every ``services.jobs.fanout.RESYNC_S``) whose CPU is recorded too. Then the workers
+start (providers at 300 ms a call, :data:`WORKER_ENV`: reports spread over the run), and
+every update is timed from the worker's report (``report_published_at``) to its arrival at
+the bench, as :class:`bench.load.Tracker` does for the progress figure: the p99 over all
+streams is ``watchers_10k_update_p99_ms``. Every stream is read to its end, and how it
+ended is counted: on its job's terminal snapshot (by the job's status), on a gRPC error (by
+its code), ended OK without the terminal snapshot, or still open when the bench stopped
 waiting; ``watchers_10k_incomplete`` is every stream that did not end on the terminal
 snapshot.
 """
