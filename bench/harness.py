@@ -24,11 +24,6 @@ READY_TIMEOUT_S = 60.0
 _QUEUES = (
     (bus.WORK_STREAM, bus.DISCOVERY_CONSUMER),
     (bus.WORK_STREAM, bus.ENRICHMENT_CONSUMER),
-    # The services read REPORT_PARTITIONS from the environment the bench runs in.
-    *(
-        (bus.EVENTS_STREAM, name)
-        for name in bus.report_consumers(Settings.from_env().report_partitions)
-    ),
 )
 
 WorkerSpec = tuple[str, str, Mapping[str, str]]  # (service name, label, settings)
@@ -145,13 +140,13 @@ class Harness:
         await asyncio.to_thread(stop)
 
     async def queued(self) -> int:
-        """Tasks and reports not yet delivered or not yet acked, over the three consumers."""
+        """Tasks and reports not yet delivered or not yet acked: the workers' consumers and
+        every consumer of the events stream (one per report partition, however many the
+        jobs service was started with)."""
         assert self._js is not None
-        total = 0
-        for stream, consumer in _QUEUES:
-            info = await self._js.consumer_info(stream, consumer)
-            total += (info.num_pending or 0) + (info.num_ack_pending or 0)
-        return total
+        infos = [await self._js.consumer_info(stream, name) for stream, name in _QUEUES]
+        infos += await self._js.consumers_info(bus.EVENTS_STREAM)
+        return sum((info.num_pending or 0) + (info.num_ack_pending or 0) for info in infos)
 
     async def wait_drained(self, limit_s: float = 60.0) -> None:
         """Until every queue is empty (twice in a row), so leftovers of a scenario (tasks of

@@ -18,6 +18,7 @@ from bench.loaded import LoadedResult
 from bench.observability import RECEIVER, SCRAPE_INTERVAL_S, ObservabilityResult
 from bench.progress import ProgressResult
 from bench.ratelimit import RatelimitResult
+from bench.replicas import ReplicasResult, replicas_figures
 from bench.scaleout import ScaleoutResult
 from bench.schedules import ScheduleResult
 from bench.speedup import SpeedupResult
@@ -43,6 +44,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "watchers_10k_incomplete": ("<=", 0),
     "campaigns_per_s": (">=", 100),
     "observability_overhead": (">=", 0.95),  # at most 5% of the throughput lost
+    # Two jobs replicas sharing the reports (bench/replicas.py): no dearer than one.
+    "replicas_2_jobs_cpu_ratio": ("<=", 1.0),
+    "replicas_2_bad_campaigns": ("<=", 0),
     "speedup_vs_sequential": (">=", 5),
     "scaleout_2x": (">=", 1.8),
     "ratelimit_utilization": (">=", 0.9),
@@ -85,6 +89,7 @@ class Results:
     bus_only: BusOnlyResult | None = None
     loaded: LoadedResult | None = None
     observability: ObservabilityResult | None = None
+    replicas: ReplicasResult | None = None
     speedup: SpeedupResult | None = None
     scaleout: ScaleoutResult | None = None
     ratelimit: RatelimitResult | None = None
@@ -123,6 +128,7 @@ class Results:
             **_cpu_figures(t),
             "observability_overhead": rounded(ob.ratio if ob else nan, 3),
             "throughput_obs_on_campaigns_per_s": rounded(ob.on.campaigns_per_s if ob else nan),
+            **replicas_figures(self.replicas),
             "speedup_vs_sequential": rounded(sp.speedup if sp else nan),
             "scaleout_2x": rounded(so.ratio if so else nan),
             "ratelimit_utilization": rounded(rl.utilization if rl else nan, 3),
@@ -262,6 +268,8 @@ class Results:
             )
         if ob := self.observability:
             out += _observability(ob)
+        if rp := self.replicas:
+            out += rp.lines()
         if sp := self.speedup:
             walls = ", ".join(f"{w:.2f}" for w in sp.stack_walls_s)
             out.append(

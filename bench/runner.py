@@ -60,6 +60,7 @@ from bench.loaded import run_loaded
 from bench.observability import run_observability
 from bench.progress import run_progress
 from bench.ratelimit import run_ratelimit
+from bench.replicas import run_replicas
 from bench.report import Results
 from bench.scaleout import run_scaleout
 from bench.schedules import ScheduleLoad
@@ -276,6 +277,16 @@ async def _run(
                 h, config.observability_s, config.throughput_inflight
             )
             log(f"observability: on / off {ob.ratio:.3f}")
+
+        async with _scenario(results, "replicas"):
+            # Two jobs replicas sharing the report partitions, against one (docs/capacity.md).
+            results.replicas = rp = await run_replicas(
+                h, config.observability_s, config.throughput_inflight
+            )
+            log(
+                f"replicas: two jobs replicas' CPU a campaign {rp.cpu_ratio:.3f} of one's, "
+                f"{rp.bad_campaigns} campaigns not completed with all their leads"
+            )
 
         async with _scenario(results, "waterfall"):
             # Two stacks and fakes of their own (Hunter alone, then the default waterfall).

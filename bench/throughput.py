@@ -22,6 +22,7 @@ from bench.load import CampaignLoad, campaign
 from bench.stats import percentile, rate
 
 SERVICES = ("jobs", "discovery", "enrichment")
+LEADS = 5  # each campaign's max_results: a completed one has enriched exactly this many
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ThroughputResult:
     progress_p99_ms: float = math.nan
     campaign_p50_s: float = math.nan  # submit to completion
     others_cores: float = math.nan  # the machine's busy cores besides those sampled
+    short_of_leads: int = 0  # campaigns COMPLETED with other than LEADS leads enriched
 
     def cpu_ms_per_campaign(self) -> dict[str, float]:
         """CPU milliseconds each sampled process spent per campaign completed, over the
@@ -52,7 +54,7 @@ async def run_throughput(
     """The run; ``others`` (name -> pid) are sampled with the stack's processes."""
     sampler = harness.sampler(SERVICES, others)
     sampler.start()
-    load = CampaignLoad(harness.channel, inflight, lambda n: campaign(n, max_results=5))
+    load = CampaignLoad(harness.channel, inflight, lambda n: campaign(n, max_results=LEADS))
     load.start()
     try:
         await load.run_for(seconds)
@@ -84,4 +86,5 @@ async def run_throughput(
         progress_p50_ms=percentile(under_load, 50),
         progress_p99_ms=percentile(under_load, 99),
         campaign_p50_s=percentile(walls, 50),
+        short_of_leads=sum(1 for _, leads in seen.leads_done if leads != LEADS),
     )
