@@ -5,6 +5,7 @@ and a look at the JetStream consumers to know when queued work has drained."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -12,9 +13,10 @@ from collections.abc import Mapping, Sequence
 import grpc
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from sqlalchemy.engine import make_url
 
 from bench.config import BenchConfig, log
-from bench.procstat import Sampler
+from bench.procstat import Sampler, postmaster_pid, server_cpu_s
 from services.cli.stack import WEB, Stack, wait_all_ready
 from services.common import bus
 from services.common.nats_auth import JOBS
@@ -26,12 +28,29 @@ _QUEUES = (
     (bus.WORK_STREAM, bus.ENRICHMENT_CONSUMER),
 )
 
+POSTGRES = "postgres"  # the PostgreSQL server's processes, among those sampled
+
+
+def _local_postmaster(database_url: str | None) -> int | None:
+    """The main process of the PostgreSQL server ``database_url`` names, when it is on this
+    machine (a loopback host); None otherwise."""
+    if not database_url or not database_url.startswith("postgresql"):
+        return None
+    host = make_url(database_url).host or "localhost"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return postmaster_pid()
+
+
 WorkerSpec = tuple[str, str, Mapping[str, str]]  # (service name, label, settings)
 
 
 class Harness:
     def __init__(self, config: BenchConfig) -> None:
         self.config = config
+        # PostgreSQL's main process when the bench runs on a server of this machine: its CPU
+        # is counted like a service's (docs/capacity.md sizes PostgreSQL by it).
+        self._postmaster = _local_postmaster(config.database_url)
         self.stack = Stack(env=config.stack_env, database_url=config.database_url)
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
@@ -63,12 +82,16 @@ class Harness:
 
     def sampler(self, labels: Sequence[str], others: Mapping[str, int] | None = None) -> Sampler:
         """A :class:`Sampler` of the services ``labels``, nats-server, the bench itself and
-        ``others`` (name -> pid)."""
+        ``others`` (name -> pid); and of PostgreSQL when the stack's database is a server on
+        this machine (its every process: :data:`POSTGRES`)."""
         pids = {label: self.pid(label) for label in labels}
         if self.stack.nats.pid is not None:
             pids["nats-server"] = self.stack.nats.pid
         pids["bench"] = os.getpid()
-        return Sampler({**pids, **(others or {})})
+        servers = {}
+        if self._postmaster is not None:
+            servers[POSTGRES] = functools.partial(server_cpu_s, self._postmaster)
+        return Sampler({**pids, **(others or {})}, servers=servers)
 
     async def start(self, workers: Sequence[WorkerSpec] = ()) -> None:
         """nats-server, then the jobs service and ``workers`` together; connect to both."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.bus_only import BusOnlyResult
 from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
 from bench.estimate import EstimateResult
+from bench.harness import POSTGRES
 from bench.large_tables import TARGET_P99_MS, LargeTablesResult
 from bench.loaded import LoadedResult
 from bench.observability import RECEIVER, SCRAPE_INTERVAL_S, ObservabilityResult
@@ -347,6 +348,7 @@ CPU_KEYS = {
     "discovery": "discovery_cpu_ms_per_campaign",
     "enrichment": "enrichment_cpu_ms_per_campaign",
     "nats-server": "nats_cpu_ms_per_campaign",
+    POSTGRES: "postgres_cpu_ms_per_campaign",  # a PostgreSQL server on this machine
 }
 
 
