@@ -23,6 +23,8 @@ module                  scenario
                         and 10,000,000 leads (``large_*``)
 :mod:`bench.observability` the same with metrics served and scraped and every campaign
                         traced to a local OTLP receiver (:mod:`bench.otlp_sink`), against off
+:mod:`bench.replicas`   the same with two jobs replicas sharing the report partitions,
+                        against one (``replicas_2_jobs_cpu_ratio``)
 :mod:`bench.speedup`    one 10-lead campaign at 300 ms a call vs :mod:`bench.sequential`
 :mod:`bench.scaleout`   enrichment throughput with two enrichment workers over one
 :mod:`bench.ratelimit`  Hunter calls per second against a fake that enforces R/s

@@ -21,10 +21,11 @@
    throughput campaigns' messages on JetStream alone: a nats-server and processes of its
    own, while the stack idles), then **webhooks**, then **observability** (the throughput
    load three times more, the jobs service and the workers restarted before each: metrics
-   and tracing off, on, off), then **waterfall** (a fixed campaign set run twice, each time
-   on a stack and fakes of its own with fake business websites: Hunter alone, then the
-   default email waterfall), then the enrichment worker swapped for one calling the fake
-   Hunter: **rate limit**.
+   and tracing off, on, off), then **replicas** (the throughput load with the events stream
+   in four partitions, applied by one jobs replica, then by two), then **waterfall** (a
+   fixed campaign set run twice, each time on a stack and fakes of its own with fake
+   business websites: Hunter alone, then the default email waterfall), then the enrichment
+   worker swapped for one calling the fake Hunter: **rate limit**.
 5. A stack of its own on the three fake providers: **estimate** (each campaign of a fixed
    set estimated, then run: the actual cost against the estimate's p50 and p10-p90).
 6. With ``BENCH_DATABASE_URL`` only: **large tables** (1,000,000 jobs and 10,000,000 leads
