@@ -113,6 +113,8 @@ class Fanout:
             quiet = [job for job, at in self._heard.items() if now - at >= self._resync_s]
             for start in range(0, len(quiet), RESYNC_READ_AT_ONCE):
                 await self._resync(quiet[start : start + RESYNC_READ_AT_ONCE])
+                # SQLite reads on the event loop's thread: let others in between queries.
+                await asyncio.sleep(0)
 
     async def _resync(self, job_ids: list[str]) -> None:
         """Hand the watchers of ``job_ids`` their jobs as stored now; :data:`LOOK_AGAIN`
