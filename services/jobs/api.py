@@ -48,7 +48,7 @@ from services.jobs.commands import Commands
 from services.jobs.convert import job_proto, lead_proto, snapshot_proto, status_from_proto
 from services.jobs.deliveries import WebhookRpcs
 from services.jobs.estimator import Estimator, check_limit, validate_max_estimated_cost
-from services.jobs.fanout import Fanout, newest
+from services.jobs.fanout import Fanout, Mailbox
 from services.jobs.limits import DistinctUsers, RowBudget
 from services.jobs.machine import Status
 from services.jobs.page_tokens import PageTokens
@@ -454,22 +454,20 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     async def _snapshot(self, user: str, job_id: str) -> jobs_pb2.JobUpdate:
         return snapshot_proto(await self._commands.job(user, job_id))
 
-    async def _next_update(
-        self, queue: asyncio.Queue[jobs_pb2.JobUpdate], user: str, job_id: str
-    ) -> jobs_pb2.JobUpdate:
+    async def _next_update(self, mailbox: Mailbox, user: str, job_id: str) -> jobs_pb2.JobUpdate:
         """The next snapshot the fan-out hands over (the newest, when several wait: one
         announced, or the job read again after a quiet spell); the job read by this stream
         when the fan-out says look again (a job its resync did not find). At shutdown the
         look-again comes back as it is: the stream sees the service closing and reads the
         job itself.
 
-        The stream waits on its queue alone, with no task and no timer of its own: with
+        The stream waits on its mailbox alone, with no task and no timer of its own: with
         10,000 streams open, a task for the get and one for the shutdown event made and
         cancelled at every wait kept most of a core busy (so busy that gRPC core cancelled
         new WatchJob calls the event loop had not yet taken up, after 30 s:
         ``grpc.server_max_unrequested_time_in_server``), and a timeout's timer at every
         wait still cost a tenth of the process's time."""
-        update = newest(queue, await queue.get())
+        update = await mailbox.get()
         if update.job.version or self._closing.is_set():
             return update
         return await self._snapshot(user, job_id)
@@ -511,7 +509,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         """Snapshots of ``job_id`` newer than ``after_version``, ending OK after the terminal
         one; on shutdown, the latest snapshot then :class:`Unavailable`."""
         # Listen before reading the snapshot, so no change falls between the two.
-        async with self._fanout.watch(job_id) as queue:
+        async with self._fanout.watch(job_id) as mailbox:
             update = await self._snapshot(user, job_id)
             last = after_version
             latest_read_on_closing = False
@@ -530,8 +528,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                         retry_after=SHUTDOWN_RETRY_S,
                     )
                 if self._closing.is_set():
-                    # A fresh read: the queue may hold an older snapshot than the database.
+                    # A fresh read: the mailbox may hold an older snapshot than the database.
                     latest_read_on_closing = True
                     update = await self._snapshot(user, job_id)
                 else:
-                    update = await self._next_update(queue, user, job_id)
+                    update = await self._next_update(mailbox, user, job_id)

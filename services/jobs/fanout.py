@@ -1,12 +1,12 @@
 """Progress fan-out: every jobs replica hears every snapshot and forwards it to its watchers.
 
 The replica that commits a change publishes the snapshot on ``prospect.updates.<job_id>``
-(core NATS); each replica subscribes to all of them and hands each to the local queues of
+(core NATS); each replica subscribes to all of them and hands each to the mailboxes of
 that job's watchers. On a connection without echo (the jobs service's), the replica hands
 its own snapshots to its watchers directly, saving them the round trip through the server.
-A slow watcher's queue drops its oldest entries, never the newest, so the terminal
-snapshot always gets through, and a watcher that fell behind skips to the newest snapshot
-waiting (:func:`newest`; docs/design.md allows coalescing under load).
+A mailbox holds only the newest snapshot its watcher has not taken (:class:`Mailbox`), so a
+watcher that fell behind skips to where its job is now, and the terminal snapshot always
+gets through (docs/design.md allows coalescing under load).
 
 Core NATS delivers at most once, so a snapshot can be lost (a server restart). Every
 :data:`RESYNC_S` the fan-out reads the jobs it has heard nothing of for that long, in one
@@ -36,7 +36,6 @@ from services.common.bus import UPDATES_WILDCARD, updates_subject
 
 log = logging.getLogger(__name__)
 
-QUEUE_LIMIT = 256
 # A job's watchers read it again when nothing was heard of it for this long, so a snapshot
 # lost on core NATS (e.g. during a server restart) is caught up, terminal one included.
 RESYNC_S = 2.0
@@ -54,7 +53,7 @@ class Fanout:
         self._nc = nc
         self._resync_s = resync_s
         self._read: ReadSnapshots | None = None
-        self._watchers: dict[str, set[asyncio.Queue[jobs_pb2.JobUpdate]]] = defaultdict(set)
+        self._watchers: dict[str, set[Mailbox]] = defaultdict(set)
         self._heard: dict[str, float] = {}  # job id -> when a snapshot of it last came
         self._sub: Subscription | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -95,14 +94,12 @@ class Fanout:
             self._deliver(job_id, LOOK_AGAIN)
 
     def _deliver(self, job_id: str, update: jobs_pb2.JobUpdate) -> None:
-        queues = self._watchers.get(job_id)
-        if not queues:
+        mailboxes = self._watchers.get(job_id)
+        if not mailboxes:
             return
         self._heard[job_id] = time.monotonic()
-        for queue in queues:
-            if queue.full():
-                queue.get_nowait()  # coalesce: drop the oldest, keep the newest
-            queue.put_nowait(update)
+        for mailbox in mailboxes:
+            mailbox.put(update)
 
     async def _resync_forever(self) -> None:
         """Every resync period, the jobs heard of no more for a period read and handed to
@@ -131,53 +128,70 @@ class Fanout:
                 self._deliver(job_id, found.get(job_id, LOOK_AGAIN))
 
     @asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Queue[jobs_pb2.JobUpdate]]:
-        """A queue receiving every snapshot of ``job_id`` announced while inside the block,
-        the job read again after a quiet spell, and :data:`LOOK_AGAIN` at shutdown."""
-        queue: asyncio.Queue[jobs_pb2.JobUpdate] = asyncio.Queue(QUEUE_LIMIT)
-        self._watchers[job_id].add(queue)
+    async def watch(self, job_id: str) -> AsyncIterator[Mailbox]:
+        """A mailbox receiving every snapshot of ``job_id`` announced while inside the
+        block, the job read again after a quiet spell, and :data:`LOOK_AGAIN` at shutdown."""
+        mailbox = Mailbox()
+        self._watchers[job_id].add(mailbox)
         self._heard.setdefault(job_id, time.monotonic())  # the watcher reads it first
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._resync_forever())
         try:
-            yield queue
+            yield mailbox
         finally:
             watchers = self._watchers.get(job_id)
             if watchers is not None:
-                watchers.discard(queue)
+                watchers.discard(mailbox)
                 if not watchers:
                     del self._watchers[job_id]
                     del self._heard[job_id]
 
 
-def newest(
-    queue: asyncio.Queue[jobs_pb2.JobUpdate], first: jobs_pb2.JobUpdate
-) -> jobs_pb2.JobUpdate:
-    """``first`` (just taken from ``queue``), or the newest snapshot when more wait behind
-    it: a stream that fell behind its job sends where the job is now, not every step it
-    missed. With 10,000 streams on one replica, writing every queued step kept the event
-    loop seconds behind (bench/watchers.py); each skipped step is a write saved.
+class Mailbox:
+    """The newest snapshot of a job its watcher has not taken yet, and the watcher waiting
+    for one: a stream that fell behind its job sends where the job is now, not every step
+    it missed. With 10,000 streams on one replica, writing every step kept the event loop
+    seconds behind (bench/watchers.py), and a queue a stream (three deques and an event)
+    weighed more than the stream's own state.
 
-    The snapshot sent carries the oldest report stamp among those folded into it, as the
+    The snapshot taken carries the oldest report stamp among those folded into it, as the
     batch's own coalescing does (services/jobs/publishing.py), so the delivery latency
-    counts from the longest wait. Snapshots are shared by every stream of the job: one
+    counts from the longest wait. Snapshots are shared by every watcher of the job: one
     whose stamp must change is copied, never changed in place."""
-    if queue.empty():
-        return first
-    chosen, oldest = first, _stamp(first)
-    while not queue.empty():
-        update = queue.get_nowait()
-        if update.job.version >= chosen.job.version:
-            chosen = update
+
+    __slots__ = ("_oldest", "_update", "_waiter")
+
+    def __init__(self) -> None:
+        self._update: jobs_pb2.JobUpdate | None = None
+        self._oldest = 0  # the oldest report stamp folded in (ns; 0: none)
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, update: jobs_pb2.JobUpdate) -> None:
+        held = self._update
+        if held is None or update.job.version >= held.job.version:
+            self._update = update
         stamp = _stamp(update)
-        if stamp and (not oldest or stamp < oldest):
-            oldest = stamp
-    if not oldest or oldest == _stamp(chosen):
-        return chosen
-    folded = jobs_pb2.JobUpdate()
-    folded.CopyFrom(chosen)
-    folded.report_published_at.FromNanoseconds(oldest)
-    return folded
+        if stamp and (not self._oldest or stamp < self._oldest):
+            self._oldest = stamp
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> jobs_pb2.JobUpdate:
+        """The newest snapshot put since the last get, waiting for one if none is."""
+        while self._update is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        update, oldest = self._update, self._oldest
+        self._update, self._oldest = None, 0
+        if not oldest or oldest == _stamp(update):
+            return update
+        folded = jobs_pb2.JobUpdate()
+        folded.CopyFrom(update)
+        folded.report_published_at.FromNanoseconds(oldest)
+        return folded
 
 
 def _stamp(update: jobs_pb2.JobUpdate) -> int:
