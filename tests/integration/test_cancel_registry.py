@@ -15,17 +15,10 @@ from nats.js.kv import KeyValue
 
 from services.cli.stack import NatsServer
 from services.common import bus
+from tests.clock import Clock
 from tests.nats_helpers import announce_stop, connected
 
 JOB_ID = "job_" + "1" * 32
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -19,18 +19,11 @@ from services.common.errors import ConfigError
 from services.common.settings import Settings
 from services.jobs.auth import Principal, TokenVerifier, Unauthenticated
 from services.jobs.jwks import MAX_AGE_S, MIN_REFETCH_S, JwksKeys, parse_key_set
+from tests.clock import Clock
 from tests.e2e import tokens as t
 from tests.fakes.identity_provider import FakeIdentityProvider, new_key
 
 PAGE = {"PAGE_TOKEN_SECRET": secrets.token_hex(32)}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -11,21 +11,19 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.js import JetStreamContext
 
+import tests.clock
 from services.cli.stack import NatsServer
 from services.common.cache import CachedEmail, CachedVerification, EnrichmentCache
 from services.common.ratelimit import SPACING_MARGIN, SharedRateLimiter, open_bucket
 from tests.nats_helpers import connected
 
 
-class Clock:
+class Clock(tests.clock.Clock):
     """A clock that moves only when someone sleeps on it (or the test moves it)."""
 
     def __init__(self) -> None:
-        self.now = 1_000.0
+        super().__init__()
         self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(round(seconds, 6))

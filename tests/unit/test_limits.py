@@ -7,15 +7,7 @@ import pytest
 
 from services.common.errors import ResourceExhausted
 from services.jobs.limits import SWEEP_S, WINDOW_S, DistinctUsers, RowBudget
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.clock import Clock
 
 # -- distinct users per service principal --------------------------------------------------
 
