@@ -46,6 +46,8 @@ class Observed:
     walls: list[float] = field(default_factory=list)  # submit -> terminal, completed ones
     not_completed: int = 0
     errors: int = 0
+    # When the load stopped, how long each campaign still running had run (seconds).
+    running_at_stop: list[float] = field(default_factory=list)
 
     def latencies(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
         return [ms for t, ms in self.progress_ms if start < t <= end]
@@ -145,7 +147,7 @@ class CampaignLoad:
         self.inflight = inflight
         self.make_config = make_config
         self.seen = Observed()
-        self.running: set[str] = set()  # job ids submitted and not seen ending
+        self.running: dict[str, float] = {}  # job ids submitted, not seen ending -> when
         self.started_at = 0.0
         self._numbers = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
@@ -161,9 +163,9 @@ class CampaignLoad:
             try:
                 request = jobs_pb2.SubmitCampaignRequest(config=config)
                 job_id = (await self.stub.SubmitCampaign(request, timeout=30)).job_id
-                self.running.add(job_id)
+                self.running[job_id] = started
                 job = await self.follow_job(job_id, self.seen)
-                self.running.discard(job_id)
+                self.running.pop(job_id, None)
                 if job.status == jobs_pb2.JOB_STATUS_COMPLETED:
                     self.seen.walls.append(time.monotonic() - started)
             except (grpc.aio.AioRpcError, RuntimeError) as exc:
@@ -193,6 +195,7 @@ class CampaignLoad:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.seen.running_at_stop = [stopped - at for at in self.running.values()]
         await cancel_jobs(self.stub, sorted(self.running))
         self.running.clear()
         return stopped

@@ -10,8 +10,9 @@ report is applied by the replica owning its job's partition.
 ``replicas_2_jobs_cpu_ratio`` is the two replicas' CPU per campaign together over the one
 replica's: more than 1 means a second replica costs more than the work it takes over.
 Every campaign must end COMPLETED with all its leads (``replicas_2_bad_campaigns`` counts
-those that did not: a lost report leaves its campaign unfinished, one applied twice would
-count a lead twice); the load gets a terminal snapshot for every campaign or the run fails.
+those that did not: ended otherwise, completed with another lead count, which a report
+applied twice would cause, or still running after the whole measured window, as a lost
+report would leave it; a campaign takes well under a second here).
 Afterwards ``jobs-2`` stops and the jobs service runs again as before (one partition).
 """
 
@@ -51,7 +52,8 @@ class ReplicasResult:
 
     @property
     def bad_campaigns(self) -> int:
-        return self.two.not_completed + self.two.short_of_leads
+        two = self.two
+        return two.not_completed + two.wrong_lead_count + two.stalled
 
     def lines(self) -> list[str]:
         def cpu(run: ThroughputResult) -> str:
@@ -64,7 +66,8 @@ class ReplicasResult:
             f"{one.campaigns_per_s:.1f} campaigns/s, two {two.campaigns_per_s:.1f}; jobs CPU "
             f"ms a campaign: {cpu(one)} -> {cpu(two)} (together {self.jobs_cpu_ms(two):.2f}, "
             f"{self.cpu_ratio:.3f} of one's); two replicas: {two.completed} completed, "
-            f"{two.not_completed} not COMPLETED, {two.short_of_leads} short of leads",
+            f"{two.not_completed} not COMPLETED, {two.wrong_lead_count} with another lead count, "
+            f"{two.stalled} stalled",
         ]
 
 

@@ -38,7 +38,8 @@ class ThroughputResult:
     progress_p99_ms: float = math.nan
     campaign_p50_s: float = math.nan  # submit to completion
     others_cores: float = math.nan  # the machine's busy cores besides those sampled
-    short_of_leads: int = 0  # campaigns COMPLETED with other than LEADS leads enriched
+    wrong_lead_count: int = 0  # campaigns COMPLETED with other than LEADS leads enriched
+    stalled: int = 0  # campaigns still running at the end that ran through the whole window
 
     def cpu_ms_per_campaign(self) -> dict[str, float]:
         """CPU milliseconds each sampled process spent per campaign completed, over the
@@ -86,5 +87,8 @@ async def run_throughput(
         progress_p50_ms=percentile(under_load, 50),
         progress_p99_ms=percentile(under_load, 99),
         campaign_p50_s=percentile(walls, 50),
-        short_of_leads=sum(1 for _, leads in seen.leads_done if leads != LEADS),
+        wrong_lead_count=sum(1 for _, leads in seen.leads_done if leads != LEADS),
+        # A campaign takes well under a second here: one running all the window waits on
+        # something that will not come (a lost task or report).
+        stalled=sum(1 for age in seen.running_at_stop if age > end - start),
     )
