@@ -195,7 +195,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     The handler then sees the caller as :func:`current_principal`.
 
     ``abort`` ends an RPC with the status answering an error: the API's own
-    (:func:`services.jobs.api.abort`), so these errors carry the same details as the rest."""
+    (:func:`services.jobs.statuses.abort`), so these errors carry the same details as the rest."""
 
     def __init__(self, verifier: TokenVerifier | None, *, abort: Abort) -> None:
         self._verifier = verifier

@@ -26,7 +26,7 @@ from services.common.settings import Settings
 from services.common.signals import stop_on_signals
 from services.common.tracing import setup_tracing, shutdown_tracing
 from services.jobs import db, metrics
-from services.jobs.api import JobService, abort
+from services.jobs.api import JobService
 from services.jobs.auth import AuthInterceptor, TokenVerifier, set_local_user
 from services.jobs.changes import Changes
 from services.jobs.commands import Commands
@@ -44,6 +44,7 @@ from services.jobs.retry import Retries
 from services.jobs.schedule_rpcs import ScheduleRpcs
 from services.jobs.scheduler import Scheduler
 from services.jobs.schedules import Schedules
+from services.jobs.statuses import abort
 from services.jobs.submits import Submits
 from services.jobs.watchdog import Watchdog
 from services.jobs.webhook_sender import WebhookSender

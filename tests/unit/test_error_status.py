@@ -1,4 +1,4 @@
-"""The one boundary from errors to statuses (``services.jobs.api.rich_status``): what an
+"""The one boundary from errors to statuses (``services.jobs.statuses.rich_status``): what an
 unexpected error answers (nothing of it), and the reason table that code and README share.
 Every other reason is checked end to end, on a real server, in tests/e2e/test_error_details.py.
 """
@@ -12,7 +12,7 @@ from google.rpc import code_pb2, error_details_pb2
 from prospect.v1 import jobs_pb2
 from services.cli.stack import REPO_ROOT
 from services.common.errors import ConfigError, InvalidArgument, Reason
-from services.jobs.api import rich_status
+from services.jobs.statuses import rich_status
 from services.jobs.validation import validate_config
 
 

@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from prospect.v1 import jobs_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, Reason
 from services.common.settings import Settings
-from services.jobs.api import rich_status
 from services.jobs.estimate import estimate, prior_pass
 from services.jobs.estimate_prices import current_providers, price_model
 from services.jobs.estimator import check_limit, validate_max_estimated_cost
 from services.jobs.models import Base, JobRow, LeadRow
 from services.jobs.outcomes import History, Outcome, Outcomes, outcome_of, query_key
+from services.jobs.statuses import rich_status
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 REAL = {"places": "google_places", "email_finder": "hunter", "email_verifier": "neverbounce"}
