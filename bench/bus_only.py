@@ -15,8 +15,8 @@ together:
 - a discovery worker and an enrichment worker: decode a task, publish its report.
 
 They run on a nats-server of their own (auth on, like the stack's, whose users may not
-touch other streams; streams configured like prospect's: file storage, work queue, the same
-duplicate window, though the reports' stream is not partitioned), started and stopped here.
+touch other streams), started and stopped here, with prospect's own streams, consumers and
+buckets (:func:`services.common.bus.ensure_topology`, one report partition).
 The rate is over a steady-state window as in the throughput scenario (after 15% of the
 run and the first ``inflight`` completions, until the loop stops); the CPU of each process
 is sampled over that window: on a 2-core machine the four processes keep both cores busy,
@@ -45,19 +45,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nats
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
 
 from bench.config import BenchConfig, log
 from bench.procstat import Sampler
@@ -68,18 +59,10 @@ from services.common import bus
 from services.common.nats_auth import SUPERUSER
 from services.common.settings import Settings
 
-WORK_STREAM, EVENTS_STREAM = "BUSONLY_WORK", "BUSONLY_EVENTS"
-DISCOVERY_SUBJECT, ENRICHMENT_SUBJECT = "busonly.work.discovery", "busonly.work.enrichment"
-EVENTS_PREFIX = "busonly.events"  # a report about job J: busonly.events.J
-EVENTS_ALL = f"{EVENTS_PREFIX}.*"
 DISCOVERY, ENRICHMENT, COORDINATOR = "discovery", "enrichment", "coordinator"
 ROLES = (COORDINATOR, DISCOVERY, ENRICHMENT)
-# (stream, durable consumer, filter subject, max_ack_pending as prospect's consumers).
-CONSUMERS = (
-    (WORK_STREAM, DISCOVERY, DISCOVERY_SUBJECT, 1000),
-    (WORK_STREAM, ENRICHMENT, ENRICHMENT_SUBJECT, 10000),
-    (EVENTS_STREAM, COORDINATOR, EVENTS_ALL, 10000),
-)
+# The durable consumer each worker role pulls (prospect's own).
+WORKER_CONSUMERS = {DISCOVERY: bus.DISCOVERY_CONSUMER, ENRICHMENT: bus.ENRICHMENT_CONSUMER}
 PLACES, LEADS = 10, 5  # a discovery result's places, the leads made of them
 FETCH_BATCH = 256  # messages a fetch asks for
 FETCH_TIMEOUT_S = 1.0
@@ -169,7 +152,7 @@ def _discovery_report(data: bytes) -> tuple[str, Message, str]:
                 address_complete=True,
             )
         )
-    return f"{EVENTS_PREFIX}.{task.job_id}", report, report.report_id
+    return bus.events_subject(task.job_id), report, report.report_id
 
 
 def _enrichment_report(data: bytes) -> tuple[str, Message, str]:
@@ -185,7 +168,7 @@ def _enrichment_report(data: bytes) -> tuple[str, Message, str]:
             email_source="website",
         )
     )
-    return f"{EVENTS_PREFIX}.{task.job_id}", report, report.report_id
+    return bus.events_subject(task.job_id), report, report.report_id
 
 
 async def _worker(role: str) -> None:
@@ -193,7 +176,7 @@ async def _worker(role: str) -> None:
     handle = _discovery_report if role == DISCOVERY else _enrichment_report
     nc = await _connect(f"bus-only-{role}")
     js = nc.jetstream()
-    psub = await js.pull_subscribe_bind(role, WORK_STREAM)
+    psub = await js.pull_subscribe_bind(WORKER_CONSUMERS[role], bus.WORK_STREAM)
     print(READY, flush=True)
     while True:
         try:
@@ -232,7 +215,7 @@ class _Coordinator:
             task_id=f"{job_id}.discovery",
         )
         self.began[job_id] = time.monotonic()
-        return DISCOVERY_SUBJECT, task, task.task_id
+        return bus.DISCOVERY_SUBJECT, task, task.task_id
 
     def on_report(self, data: bytes, more: bool) -> list[tuple[str, Message, str]]:
         """What a report makes published: a discovery result its enrichment tasks, a
@@ -252,7 +235,7 @@ class _Coordinator:
                     attempt=1,
                     task_id=f"{job_id}.e{i}",
                 )
-                tasks.append((ENRICHMENT_SUBJECT, task, task.task_id))
+                tasks.append((bus.ENRICHMENT_SUBJECT, task, task.task_id))
             return tasks
         self.awaited[job_id] -= 1
         if self.awaited[job_id]:
@@ -301,7 +284,7 @@ async def _coordinate(seconds: float, inflight: int) -> None:
     """Run the loop for ``seconds``; print what it measured as one JSON line."""
     nc = await _connect(f"bus-only-{COORDINATOR}")
     js = nc.jetstream()
-    psub = await js.pull_subscribe_bind(COORDINATOR, EVENTS_STREAM)
+    psub = await js.pull_subscribe_bind(bus.report_consumer(0), bus.EVENTS_STREAM)
     outcome = await _Coordinator(js, inflight).run(psub, seconds)
     print(json.dumps(outcome), flush=True)
     with contextlib.suppress(Exception):
@@ -335,34 +318,11 @@ def child_main(argv: Sequence[str]) -> None:
 # The bench's side.
 
 
-async def _make_topology(url: str, user: str, password: str) -> None:
-    """The streams and consumers, configured as prospect's (services.common.bus)."""
-    nc = await nats.connect(url, user=user, password=password, name="bus-only-setup")
+async def _make_topology(settings: Settings) -> None:
+    """prospect's streams, consumers and buckets, made as the jobs service makes them."""
+    nc = await bus.connect(settings, "bus-only-setup")
     try:
-        js = nc.jetstream()
-        for stream, subject in ((WORK_STREAM, "busonly.work.>"), (EVENTS_STREAM, EVENTS_ALL)):
-            await js.add_stream(
-                StreamConfig(
-                    name=stream,
-                    subjects=[subject],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    storage=StorageType.FILE,
-                    discard=DiscardPolicy.OLD,
-                    duplicate_window=bus.DUPLICATE_WINDOW_S,
-                )
-            )
-        for stream, name, subject, max_ack_pending in CONSUMERS:
-            await js.add_consumer(
-                stream,
-                ConsumerConfig(
-                    durable_name=name,
-                    filter_subject=subject,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=30.0,  # Settings.ack_wait_s and max_deliver's defaults
-                    max_deliver=5,
-                    max_ack_pending=max_ack_pending,
-                ),
-            )
+        await bus.ensure_topology(nc.jetstream(), settings)
     finally:
         await nc.close()
 
@@ -406,7 +366,7 @@ async def run_bus_only(seconds: float, inflight: int) -> BusOnlyResult:
             nats_env = server.client_env(SUPERUSER)
             env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")}
             env.update(nats_env)
-            await _make_topology(server.url, nats_env["NATS_USER"], nats_env["NATS_PASSWORD"])
+            await _make_topology(server.settings(report_partitions=1))
             for role in (DISCOVERY, ENRICHMENT):
                 procs[role] = await _spawn(env, role)
             for role in (DISCOVERY, ENRICHMENT):

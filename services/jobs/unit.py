@@ -302,12 +302,15 @@ class Unit:
         self._new_campaigns.append(campaign)
 
     def add_leads(self, leads: Iterable[LeadRow]) -> None:
+        touched: set[str] = set()
         for lead in leads:
             self._new_leads.append(lead)
             self._leads[lead.id] = lead
             if lead.job_id in self._leads_of:
                 self._leads_of[lead.job_id].append(lead)
-                self._leads_of[lead.job_id].sort(key=lambda known: known.rank)
+                touched.add(lead.job_id)
+        for job_id in touched:  # by rank again, once per list
+            self._leads_of[job_id].sort(key=lambda known: known.rank)
 
     def add_task(self, task: TaskRow) -> None:
         self._new_tasks.append(task)
@@ -382,20 +385,15 @@ class Unit:
         and a statement per job was a round trip per job)."""
         if self._conn.dialect.supports_sane_multi_rowcount:
             updated = self._conn.execute(_UPDATE_JOB, params).rowcount
-            if updated != len(params):
-                raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
-            return
-        if self._conn.dialect.name == "postgresql":
+        elif self._conn.dialect.name == "postgresql":
             bound = {
                 f"{name}_{i}": one[name] for i, one in enumerate(params) for name in _JOB_PARAMS
             }
             updated = len(self._conn.execute(_update_jobs_from(len(params)), bound).all())
-            if updated != len(params):
-                raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
-            return
-        for one in params:
-            if self._conn.execute(_UPDATE_JOB, one).rowcount != 1:
-                raise Conflict(f"job {one['b_id']} changed under this transaction")
+        else:
+            updated = sum(self._conn.execute(_UPDATE_JOB, one).rowcount for one in params)
+        if updated != len(params):
+            raise Conflict(f"{len(params) - updated} job(s) changed under this transaction")
 
 
 # The parameters of a job's guarded UPDATE, in the order of _update_jobs_from's columns.
