@@ -1,13 +1,21 @@
 """The watchdog: no job stays unfinished forever.
 
 A PENDING or PROCESSING job with no change for STALL_TIMEOUT_S is retried (discovery again,
-or its unsettled leads queued again) or, out of attempts, FAILED. Only when its stage's
-work queue is idle, though: while tasks wait in the queue or run, a quiet job is waiting
-its turn, not stuck, and queueing its work again would only run it twice and pay twice. A
-CANCELLING or FAILING job whose work under way has not all reported within STOP_TIMEOUT_S
-of the stop becomes final all the same, unless reports about it are still waiting on the
-events stream: those say what its work cost (a report held up by an outage of NATS or of
-the report consumers), so it becomes final once they are applied.
+or its unsettled leads queued again) or, out of attempts, FAILED. Only when its work is
+neither queued nor reported, though: while tasks wait in its stage's work queue or run, a
+quiet job is waiting its turn, not stuck; while reports about it wait on the events stream
+(held up by an outage of NATS or of the report consumers), its work is done and they will
+move it. Queueing its work again would only run it twice and pay twice, and the money of
+the first run would reach the books late: after the job had ended, if it ended first (a
+cancel), so never. A CANCELLING or FAILING job whose work under way has not all reported
+within STOP_TIMEOUT_S of the stop becomes final all the same, unless reports about it are
+still waiting on the events stream: those say what its work cost, so it becomes final once
+they are applied.
+
+Each round asks the work queues first, then the events stream, then re-reads the job in
+the change's transaction: a task is acked only after its report is on the stream, and a
+report leaves the stream only once applied (which changes the job), so work that moves
+between the three is seen in one of them.
 """
 
 from __future__ import annotations
@@ -125,7 +133,7 @@ class Watchdog:
                     log.info("job %s quiet for %.0fs: its tasks are queued", job_id, waited)
                     return []
                 if job_id in reporting:
-                    log.info("job %s stopping for %.0fs: its reports are waiting", job_id, waited)
+                    log.info("job %s quiet for %.0fs: its reports are waiting", job_id, waited)
                     return []
                 log.warning("job %s: %s in %s for %.0fs", job_id, job.status, job.stage, waited)
                 applied, _ = apply_event(unit, job, event(waited))
@@ -142,10 +150,10 @@ class Watchdog:
 
     async def check_stalled(self) -> int:
         """Retry or fail every active job unchanged for STALL_TIMEOUT_S whose work queue
-        is idle; how many were found stalled."""
+        is idle and with no report about it waiting; how many were found stalled."""
         return await self._each(
             ACTIVE, lambda job: job.updated_at, "updated_at", self._settings.stall_timeout_s,
-            m.Stalled, unless_queued=True,
+            m.Stalled, unless_queued=True, unless_reporting=True,
         )  # fmt: skip
 
     async def check_stopping(self) -> int:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, func, select, text, update
 from prospect.v1 import work_pb2
 from services.cli.stack import NatsServer
 from services.common import bus
-from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, utcnow
+from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, TaskRow, utcnow
 from services.jobs.report_consumer import apply_reports
 from services.jobs.unit import Unit
 from tests.conftest import TEST_DATABASE_URL
@@ -189,6 +189,39 @@ async def test_a_stopping_job_is_final_after_the_stop_timeout(harness: Harness) 
             select(func.count()).select_from(JobRow).where(JobRow.status == "CANCELLING")
         )
     assert unfinished == 0
+
+
+async def test_a_quiet_job_is_not_retried_while_its_reports_wait_on_the_stream(
+    harness: Harness,
+) -> None:
+    """Its discovery ran and reported, but the report is held up (NATS or the report
+    consumers were down): the job is quiet and its work queue idle, yet it is not stalled.
+    Queued again, its discovery would run twice, and the first run's money could reach the
+    books only after the job had ended (a cancel), so never."""
+    job = await harness.commands.submit("alice", config(max_results=2), "")
+    await harness.outbox.settle()
+    await harness.take(bus.DISCOVERY_CONSUMER, 1)  # a worker ran the task, acked after
+    result = await harness.about_task(discovered(job.id, 2))
+    await harness.js.publish(bus.events_subject(job.id), result.SerializeToString())
+    async with harness.sessions() as session, session.begin():
+        await session.execute(
+            update(JobRow)
+            .where(JobRow.id == job.id)
+            .values(updated_at=utcnow() - timedelta(hours=1))
+        )
+    assert await harness.watchdog.check_stalled() == 1  # found quiet, but its report waits
+    row = await harness.job(job.id)
+    assert (row.status, row.attempts) == ("PENDING", 1)
+    async with harness.sessions() as session:
+        discoveries = await session.scalar(
+            select(func.count()).select_from(TaskRow).where(TaskRow.job_id == job.id)
+        )
+    assert discoveries == 1  # no second discovery queued
+    await consume(harness, until=1, partitions=1)
+    row = await harness.job(job.id)
+    assert (row.stage, row.attempts) == ("ENRICHING", 1)
+    assert row.metrics["total_cost_micros"] == 100_000
+    assert await harness.watchdog.check_stalled() == 0  # it moved: no longer quiet
 
 
 async def test_a_stopping_job_waits_for_its_reports_still_on_the_stream(
