@@ -2,9 +2,14 @@
 
 One task per job. Reports go to the jobs service as they happen (search started: 0; search
 done: 10; details done: 30, these two left out when they would follow the previous report
-within PROGRESS_MIN_INTERVAL_S; the qualified places), each carrying the charges of the
-calls made since the last report. Paid requests are on the books as they leave (see
-metering), so every billable call is accounted for whatever happens next.
+within PROGRESS_MIN_INTERVAL_S; the qualified places). Paid requests are on the books as
+they leave (their intents, see metering), so every billable call is accounted for whatever
+happens next; what they billed, and the sandbox's charges, travel in the delivery's last
+report only (its result, failure or stop, or the charges it reports before handing its
+task back), never in a progress report. The last report is the one the job waits for: once
+it is applied the job may end at once, and a progress report held up on the bus (a
+delivery stranded while a partition moved between jobs replicas, redelivered after
+``ACK_WAIT_S``) could arrive after that, when a final job refuses its money.
 
 With a budget (``budget_limit_micros``), every paid call of the job's discovery goes
 through the shared ledger ``job.<job_id>`` (services/common/allowance.py): a redelivered or
@@ -98,20 +103,22 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         await super().start()
         self._discoveries = await bus.open_bucket(self._js, bus.DISCOVERY_BUCKET)
 
-    async def _report(self, run: _Run, what: str, **body: Message) -> None:
-        """Publish the report ``what`` with ``body`` (its oneof field by name) and the
-        charges and intents not reported yet."""
+    async def _report(self, run: _Run, what: str, *, last: bool = True, **body: Message) -> None:
+        """Publish the report ``what`` with ``body`` (its oneof field by name); the
+        delivery's ``last`` report carries every charge and intent not reported yet (see
+        the module's docstring)."""
         report = self.new_report(run.task, run.next_report_id(what))
         for name, message in body.items():
             getattr(report, name).CopyFrom(message)
-        add_charges(report, run.meter, run.unreported)
+        if last:
+            add_charges(report, run.meter, run.unreported)
+            run.unreported = []
         await publish_report(self._js, report)
-        run.unreported = []
         run.last_report = time.monotonic()
 
     async def _report_charges(self, run: _Run, note: str) -> None:
         """Report the calls made and not reported yet, if any: the delivery ends without
-        its result and will be tried again."""
+        its result (its task is handed back, to be tried again)."""
         if run.unreported or run.meter.pending:
             await self._report(run, "charges", charges_only=work_pb2.ChargesOnly(note=note))
 
@@ -178,6 +185,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
         await self._report(
             run,
             "progress",
+            last=False,
             discovery_progress=work_pb2.DiscoveryProgress(
                 stage=jobs_pb2.STAGE_DISCOVERING,
                 progress=progress,
@@ -198,7 +206,7 @@ class DiscoveryWorker(TaskWorker[work_pb2.DiscoveryTask]):
             except DiscoveryBusy as busy:
                 if run.delivery < self._settings.max_deliver:
                     raise
-                await self._report_charges(run, f"Discovery paused ({busy})")
+                # What it spent so far goes with its last report (its intents are on the books).
                 log.info("%s: %s; last delivery, waiting %.1fs", run.prefix, busy, busy.retry_after)
                 await asyncio.sleep(busy.retry_after)
                 self._check_cancelled(run)

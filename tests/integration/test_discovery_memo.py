@@ -270,3 +270,26 @@ async def test_the_last_delivery_waits_for_the_lease_in_place(
     [result] = results(await reports_so_far(js, JOB_ID))
     assert result.report_id.startswith(f"discovery.{JOB_ID}.2.1.")
     assert fakes.google.calls("text_search") == 1
+
+
+async def test_a_delivery_s_money_travels_in_its_last_report(
+    settings: Settings, js: JetStreamContext, fakes: FakeProviders
+) -> None:
+    """Its result carries every call's settled intent and its progress reports none: the
+    job may end as soon as the result is applied, before a progress report held up on the
+    bus (stranded while a partition moved between jobs replicas) arrives, when a final job
+    refuses its money. A chaos run lost a search from the books this way."""
+    fakes.google.latency_s = 0.15  # so the "Found ..." progress report follows the search
+    async with discovery_worker(settings) as worker:
+        await handle_attempt(js, worker, 1)
+
+    published = await reports_so_far(js, JOB_ID)
+    progress = [r for r in published if r.WhichOneof("body") == "discovery_progress"]
+    found = [r for r in progress if r.discovery_progress.progress == 10]
+    assert found, "no progress report after the search"
+    assert all(not r.charges and not r.intents for r in progress)
+    [result] = results(published)
+    own = [r.report_id for r in published if r.WhichOneof("body") == "charges_only"]
+    assert own and sorted(i.report_id for i in result.intents) == sorted(own)
+    assert all(i.settled for i in result.intents)
+    assert sum(i.billed_usd for i in result.intents) == pytest.approx(fakes.bill_for(QUERY))
