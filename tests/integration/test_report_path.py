@@ -46,6 +46,21 @@ async def consume(harness: Harness, until: int, partitions: int) -> None:
         await task
 
 
+async def backdate(harness: Harness, job_id: str, column: str, by: timedelta) -> None:
+    """Set the job's time ``column`` ``by`` in the past (a watchdog timeout has passed)."""
+    async with harness.sessions() as session, session.begin():
+        await session.execute(
+            update(JobRow).where(JobRow.id == job_id).values({column: utcnow() - by})
+        )
+
+
+async def held_up(harness: Harness, held: work_pb2.WorkerReport) -> None:
+    """``held`` (about its task) on the events stream and not applied: the report
+    consumers are down."""
+    await harness.about_task(held)
+    await harness.js.publish(bus.events_subject(held.job_id), held.SerializeToString())
+
+
 @pytest.mark.parametrize("partitions", [1, 4])
 async def test_a_bad_report_is_refused_alone_and_holds_up_nobody(
     database_url: str, nats_server: NatsServer, partitions: int
@@ -174,12 +189,7 @@ async def test_a_stopping_job_is_final_after_the_stop_timeout(harness: Harness) 
     await harness.apply(discovered(job.id, 2))
     await harness.commands.cancel("alice", job.id)
     assert await harness.watchdog.check_stopping() == 0  # not yet
-    async with harness.sessions() as session, session.begin():
-        await session.execute(
-            update(JobRow)
-            .where(JobRow.id == job.id)
-            .values(stopping_since=utcnow() - timedelta(minutes=5))
-        )
+    await backdate(harness, job.id, "stopping_since", timedelta(minutes=5))
     assert await harness.watchdog.check_stopping() == 1
     row = await harness.job(job.id)
     assert row.status == "CANCELLED" and "did not report" in row.message
@@ -201,14 +211,8 @@ async def test_a_quiet_job_is_not_retried_while_its_reports_wait_on_the_stream(
     job = await harness.commands.submit("alice", config(max_results=2), "")
     await harness.outbox.settle()
     await harness.take(bus.DISCOVERY_CONSUMER, 1)  # a worker ran the task, acked after
-    result = await harness.about_task(discovered(job.id, 2))
-    await harness.js.publish(bus.events_subject(job.id), result.SerializeToString())
-    async with harness.sessions() as session, session.begin():
-        await session.execute(
-            update(JobRow)
-            .where(JobRow.id == job.id)
-            .values(updated_at=utcnow() - timedelta(hours=1))
-        )
+    await held_up(harness, discovered(job.id, 2))
+    await backdate(harness, job.id, "updated_at", timedelta(hours=1))
     assert await harness.watchdog.check_stalled() == 1  # found quiet, but its report waits
     row = await harness.job(job.id)
     assert (row.status, row.attempts) == ("PENDING", 1)
@@ -231,15 +235,10 @@ async def test_a_stopping_job_waits_for_its_reports_still_on_the_stream(
     cost: past its stop deadline the job still waits for it, then ends with its money."""
     job = await harness.commands.submit("alice", config(max_results=2), "")
     await harness.commands.cancel("alice", job.id)  # the discovery task is under way
-    charged = report(job.id, "discovery.call1", 0.035, charges_only=work_pb2.ChargesOnly())
-    await harness.about_task(charged)
-    await harness.js.publish(bus.events_subject(job.id), charged.SerializeToString())
-    async with harness.sessions() as session, session.begin():
-        await session.execute(
-            update(JobRow)
-            .where(JobRow.id == job.id)
-            .values(stopping_since=utcnow() - timedelta(minutes=5))
-        )
+    await held_up(
+        harness, report(job.id, "discovery.call1", 0.035, charges_only=work_pb2.ChargesOnly())
+    )
+    await backdate(harness, job.id, "stopping_since", timedelta(minutes=5))
     assert await harness.watchdog.check_stopping() == 1  # found, but its report waits
     assert (await harness.job(job.id)).status == "CANCELLING"
     await consume(harness, until=1, partitions=1)
