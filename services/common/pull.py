@@ -16,7 +16,10 @@ nobody reads any more. It would wait out the consumer's ``ack_wait`` there (30 s
 reach the next reader after messages published later: a jobs replica leaving a report
 partition left a discovery's reports behind this way while its result went to the new
 owner. So the loop's end waits until its last request has surely expired, hands back
-(``nak``: redelivered at once) whatever arrived meanwhile, then unsubscribes.
+whatever arrived meanwhile, then unsubscribes. Handed back with a ``nak`` delayed until
+that request has expired: redelivered at once, the message went straight back to the
+request still open, round after round, until it had used up its deliveries
+(``MAX_DELIVER``) and stayed on the stream for good.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ async def _hand_back(
             except TimeoutError:
                 break
             if msg.reply and not JetStreamContext.is_status_msg(msg):  # not the server's
-                await msg.nak()
+                # Redelivered once the request that brought it here is over.
+                await msg.nak(delay=max(0.0, expired_by - time.monotonic()) + TRANSIT_S)
                 handed += 1
         if handed:
             log.info("%d message(s) of %s handed back on leaving", handed, consumer)

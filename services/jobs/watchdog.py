@@ -16,6 +16,10 @@ Each round asks the work queues first, then the events stream, then re-reads the
 the change's transaction: a task is acked only after its report is on the stream, and a
 report leaves the stream only once applied (which changes the job), so work that moves
 between the three is seen in one of them.
+
+Waiting for reports is bounded: a report still on the stream ``MAX_DELIVER`` times
+``ACK_WAIT_S`` past the timeout may have used up its deliveries (JetStream then keeps it
+but delivers it no more), so the job is retried or made final without it, with a warning.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class Watchdog:
         self._writer = writer
         self._changes = changes
         self._js = js
+        # How long past a timeout a job waits for its reports at most (see the docstring).
+        self._reports_wait_s = settings.max_deliver * settings.ack_wait_s
 
     async def _busy_queues(self) -> set[str]:
         """The work consumers with tasks waiting or running (all of them when NATS does
@@ -133,8 +139,14 @@ class Watchdog:
                     log.info("job %s quiet for %.0fs: its tasks are queued", job_id, waited)
                     return []
                 if job_id in reporting:
-                    log.info("job %s quiet for %.0fs: its reports are waiting", job_id, waited)
-                    return []
+                    if waited < timeout_s + self._reports_wait_s:
+                        log.info("job %s quiet for %.0fs: its reports are waiting", job_id, waited)
+                        return []
+                    log.warning(
+                        "job %s: reports about it have waited on the events stream for "
+                        "%.0fs past its timeout: going on without them", job_id,
+                        waited - timeout_s,
+                    )  # fmt: skip
                 log.warning("job %s: %s in %s for %.0fs", job_id, job.status, job.stage, waited)
                 applied, _ = apply_event(unit, job, event(waited))
                 return [applied]

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from prospect.v1 import jobs_pb2, work_pb2
 from services.cli.stack import NatsServer
 from services.common import bus
+from services.common.settings import Settings
 from services.jobs import db, reports
 from services.jobs.commands import Commands
 from services.jobs.fanout import Fanout
@@ -40,6 +41,7 @@ class Harness:
     consumer: ReportConsumer
     watchdog: Watchdog
     tokens: PageTokens
+    settings: Settings
 
     async def apply(self, report: work_pb2.WorkerReport) -> None:
         """Apply one report as the report consumer does (checked, then in a transaction),
@@ -109,7 +111,7 @@ async def jobs_service(
             try:
                 yield Harness(
                     engine, sessions, nc, js, parts.commands, parts.outbox, parts.reports,
-                    parts.watchdog, PageTokens(b"test"),
+                    parts.watchdog, PageTokens(b"test"), settings,
                 )  # fmt: skip
             finally:
                 parts.writer.dispose()  # its connections, and their checkpoint thread

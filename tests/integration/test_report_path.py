@@ -54,6 +54,11 @@ async def backdate(harness: Harness, job_id: str, column: str, by: timedelta) ->
         )
 
 
+def past_stall(harness: Harness) -> float:
+    """Seconds a job must have been quiet to be stalled, and a little more."""
+    return harness.settings.stall_timeout_s + 5.0
+
+
 async def held_up(harness: Harness, held: work_pb2.WorkerReport) -> None:
     """``held`` (about its task) on the events stream and not applied: the report
     consumers are down."""
@@ -212,7 +217,7 @@ async def test_a_quiet_job_is_not_retried_while_its_reports_wait_on_the_stream(
     await harness.outbox.settle()
     await harness.take(bus.DISCOVERY_CONSUMER, 1)  # a worker ran the task, acked after
     await held_up(harness, discovered(job.id, 2))
-    await backdate(harness, job.id, "updated_at", timedelta(hours=1))
+    await backdate(harness, job.id, "updated_at", timedelta(seconds=past_stall(harness)))
     assert await harness.watchdog.check_stalled() == 1  # found quiet, but its report waits
     row = await harness.job(job.id)
     assert (row.status, row.attempts) == ("PENDING", 1)
@@ -228,6 +233,24 @@ async def test_a_quiet_job_is_not_retried_while_its_reports_wait_on_the_stream(
     assert await harness.watchdog.check_stalled() == 0  # it moved: no longer quiet
 
 
+async def test_a_report_past_every_delivery_holds_a_quiet_job_up_no_longer(
+    harness: Harness,
+) -> None:
+    """A report that has used up its deliveries stays on the stream, delivered no more:
+    waiting for reports is bounded (MAX_DELIVER x ACK_WAIT_S past the stall timeout), so
+    the job is retried all the same."""
+    job = await harness.commands.submit("alice", config(max_results=2), "")
+    await harness.outbox.settle()
+    await harness.take(bus.DISCOVERY_CONSUMER, 1)
+    await held_up(harness, discovered(job.id, 2))
+    s = harness.settings
+    waited = past_stall(harness) + s.max_deliver * s.ack_wait_s
+    await backdate(harness, job.id, "updated_at", timedelta(seconds=waited))
+    assert await harness.watchdog.check_stalled() == 1
+    row = await harness.job(job.id)
+    assert (row.status, row.attempts) == ("PENDING", 2) and "No progress" in row.message
+
+
 async def test_a_stopping_job_waits_for_its_reports_still_on_the_stream(
     harness: Harness,
 ) -> None:
@@ -238,7 +261,9 @@ async def test_a_stopping_job_waits_for_its_reports_still_on_the_stream(
     await held_up(
         harness, report(job.id, "discovery.call1", 0.035, charges_only=work_pb2.ChargesOnly())
     )
-    await backdate(harness, job.id, "stopping_since", timedelta(minutes=5))
+    await backdate(
+        harness, job.id, "stopping_since", timedelta(seconds=harness.settings.stop_timeout_s + 5.0)
+    )
     assert await harness.watchdog.check_stopping() == 1  # found, but its report waits
     assert (await harness.job(job.id)).status == "CANCELLING"
     await consume(harness, until=1, partitions=1)
