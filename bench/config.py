@@ -89,7 +89,7 @@ class BenchConfig:
     sse_stream_jobs: int
     throughput_s: float
     throughput_inflight: int
-    observability_s: float  # each off phase (the on phase: twice that)
+    observability_s: float  # each of the five phases (off and on in turn)
     scaleout_phase_s: float
     scaleout_inflight: int
     ratelimit_s: float

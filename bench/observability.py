@@ -1,14 +1,16 @@
 """What metrics and tracing cost: the throughput load with both on against both off.
 
-After the throughput scenario, on its drained stack, three phases, each with the jobs
-service and the two sandbox workers freshly restarted: off for ``seconds``, on for twice
-that, off again for ``seconds``. ``observability_overhead`` is the on phase's campaigns per
-second over the mean of the two off phases': the phases are symmetric in time, so a steady
-drift over the run (the database growing) weighs on both sides alike, and every side runs
-processes of the same age (the throughput scenario's jobs service has served every
-scenario before it: its figure stays apart). The report shows both off figures: their
-spread is the noise the ratio carries (on a shared 2-core VM, identical phases differ by up
-to ~10%). On means:
+After the throughput scenario, on its drained stack, five phases of ``seconds`` each, with
+the jobs service and the two sandbox workers freshly restarted before each: off, on, off,
+on, off. ``observability_overhead`` is the on phases' campaigns per second over the off
+phases' (each side's completions over its steady windows). The phases alternate and are
+symmetric in time, so a steady drift over the run (the database growing, the machine's
+neighbours) weighs on both sides alike, and a burst of noise in one phase weighs less than
+it did with one phase a side; every phase runs processes of the same age (the throughput
+scenario's jobs service has served every scenario before it: its figure stays apart). The
+report shows every phase's figure: their spread is the noise the ratio carries (on a
+shared 2-core VM, identical phases differ by up to ~10%), and the CPU each process spent a
+campaign on either side, which that noise moves far less. On means:
 
 - ``METRICS_ADDR`` on a free port for each process, and the bench scraping every
   ``/metrics`` when the phase starts, every :data:`SCRAPE_INTERVAL_S` (as Prometheus would)
@@ -122,11 +124,19 @@ class Scraper:
             self._session = None
 
 
+# The phases, in order: True for on. Symmetric in time, so a steady drift cancels out.
+PHASES = (False, True, False, True, False)
+
+
+def _per_s(runs: list[ThroughputResult]) -> float:
+    """Campaigns per second over ``runs``' steady windows together."""
+    window = sum(r.window_s for r in runs)
+    return sum(r.campaigns_per_s * r.window_s for r in runs) / window if window else 0.0
+
+
 @dataclass
 class ObservabilityResult:
-    off_before: ThroughputResult
-    on: ThroughputResult
-    off_after: ThroughputResult
+    phases: list[tuple[bool, ThroughputResult]]  # (on, its run), in the order they ran
     received: SinkStats
     scrapes: int
     scrape_errors: int
@@ -134,18 +144,25 @@ class ObservabilityResult:
     dropped: list[str]  # processes whose span queue overflowed (spans dropped)
     export_failures: list[str]  # processes that logged a failed export
 
+    def runs(self, on: bool) -> list[ThroughputResult]:
+        return [run for is_on, run in self.phases if is_on == on]
+
+    @property
+    def on_campaigns_per_s(self) -> float:
+        return _per_s(self.runs(on=True))
+
     @property
     def off_campaigns_per_s(self) -> float:
-        return (self.off_before.campaigns_per_s + self.off_after.campaigns_per_s) / 2
+        return _per_s(self.runs(on=False))
 
     @property
     def ratio(self) -> float:
-        return self.on.campaigns_per_s / self.off_campaigns_per_s
+        return self.on_campaigns_per_s / self.off_campaigns_per_s
 
     def cpu_ms_per_campaign(self, on: bool) -> dict[str, float]:
-        """CPU milliseconds each process spent per campaign completed in the steady state
-        of the on phase, or of the two off phases together."""
-        runs = [self.on] if on else [self.off_before, self.off_after]
+        """CPU milliseconds each process spent per campaign completed in the steady states
+        of the on phases, or of the off phases, together."""
+        runs = self.runs(on)
         out: dict[str, float] = {}
         for name in runs[0].cpu_cores:
             core_s = sum(r.cpu_cores.get(name, 0.0) * r.window_s for r in runs)
@@ -166,48 +183,44 @@ def _logged(h: Harness, labels: list[str], *needles: str) -> list[str]:
 
 
 async def run_observability(h: Harness, seconds: float, inflight: int) -> ObservabilityResult:
-    """Off for ``seconds``, on for twice that, off for ``seconds`` (on a drained stack whose
-    jobs service and sandbox workers run with observability off)."""
+    """The :data:`PHASES`, ``seconds`` each (on a drained stack whose jobs service and
+    sandbox workers run with observability off)."""
     sink = OtlpSink()
     off_specs = _specs({}, per_process=False)
+    phases: list[tuple[bool, ThroughputResult]] = []
+    scrapers: list[Scraper] = []
     try:
         await sink.start()
         others = {RECEIVER: sink.pid}
-        await h.restart(off_specs)
-        off_before = await run_throughput(h, seconds, inflight, others)
-        log(f"observability off: {off_before.campaigns_per_s:.1f} campaigns/s")
-        h.check_alive()
-        await h.wait_drained()
-
-        await h.restart(_specs(observability_env(sink.endpoint), per_process=True))
-        urls = {label: h.stack.processes[label].metrics_url for label in SERVICES}
-        scraper = Scraper(urls)
-        await scraper.start()
-        try:
-            on = await run_throughput(h, 2 * seconds, inflight, others)
-        finally:
-            await scraper.stop()
-        log(f"observability on: {on.campaigns_per_s:.1f} campaigns/s")
-        h.check_alive()
-        await h.wait_drained()
-
-        # Stopping flushes the spans still queued to the receiver.
-        await h.restart(off_specs)
-        received = await sink.stats()
-        off_after = await run_throughput(h, seconds, inflight, others)
-        h.check_alive()
-        await h.wait_drained()
+        on_env = observability_env(sink.endpoint)
+        for on in PHASES:
+            # Stopping the processes of an on phase flushes their spans to the receiver.
+            await h.restart(_specs(on_env, per_process=True) if on else off_specs)
+            scraper = None
+            if on:
+                urls = {label: h.stack.processes[label].metrics_url for label in SERVICES}
+                scraper = Scraper(urls)
+                scrapers.append(scraper)
+                await scraper.start()
+            try:
+                run = await run_throughput(h, seconds, inflight, others)
+            finally:
+                if scraper is not None:
+                    await scraper.stop()
+            log(f"observability {'on' if on else 'off'}: {run.campaigns_per_s:.1f} campaigns/s")
+            phases.append((on, run))
+            h.check_alive()
+            await h.wait_drained()
+        received = await sink.stats()  # the last phase is off: every on process has stopped
     finally:
         await sink.aclose()
     labels = list(SERVICES)
     result = ObservabilityResult(
-        off_before=off_before,
-        on=on,
-        off_after=off_after,
+        phases=phases,
         received=received,
-        scrapes=scraper.scrapes,
-        scrape_errors=scraper.errors,
-        samples=dict(scraper.samples),
+        scrapes=sum(scraper.scrapes for scraper in scrapers),
+        scrape_errors=sum(scraper.errors for scraper in scrapers),
+        samples=dict(scrapers[-1].samples),
         dropped=_logged(h, labels, "Queue full"),
         export_failures=_logged(h, labels, "Failed to export", "Exception while exporting"),
     )
@@ -216,7 +229,8 @@ async def run_observability(h: Harness, seconds: float, inflight: int) -> Observ
         if not by_service.get(f"prospect-{label}"):
             raise RuntimeError(f"observability: no span of {label} reached the receiver")
     log(
-        f"observability off again: {off_after.campaigns_per_s:.1f} campaigns/s; on / mean(off) "
-        f"{result.ratio:.3f}; {received.total} spans received, {scraper.scrapes} scrapes"
+        f"observability: on {result.on_campaigns_per_s:.1f}, off {result.off_campaigns_per_s:.1f}"
+        f" campaigns/s: {result.ratio:.3f}; {received.total} spans received, "
+        f"{result.scrapes} scrapes"
     )
     return result

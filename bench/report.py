@@ -128,7 +128,7 @@ class Results:
             "loaded_campaigns_per_s": rounded(self.loaded.achieved_per_s if self.loaded else nan),
             **_cpu_figures(t),
             "observability_overhead": rounded(ob.ratio if ob else nan, 3),
-            "throughput_obs_on_campaigns_per_s": rounded(ob.on.campaigns_per_s if ob else nan),
+            "throughput_obs_on_campaigns_per_s": rounded(ob.on_campaigns_per_s if ob else nan),
             **replicas_figures(self.replicas),
             "speedup_vs_sequential": rounded(sp.speedup if sp else nan),
             "scaleout_2x": rounded(so.ratio if so else nan),
@@ -378,9 +378,11 @@ def _bus_only(bo: BusOnlyResult, t: ThroughputResult | None) -> list[str]:
 
 
 def _observability(ob: ObservabilityResult) -> list[str]:
-    before, on, after, got = ob.off_before, ob.on, ob.off_after, ob.received
+    got = ob.received
+    on_runs = ob.runs(on=True)
+    completed = sum(run.completed for run in on_runs)
     spans = ", ".join(
-        f"{service.removeprefix('prospect-')} {n / max(1, on.completed):.1f}"
+        f"{service.removeprefix('prospect-')} {n / max(1, completed):.1f}"
         for service, n in sorted(got.by_service().items())
     )
     samples = ", ".join(f"{label} {n}" for label, n in ob.samples.items())
@@ -393,19 +395,22 @@ def _observability(ob: ObservabilityResult) -> list[str]:
     cpu = ", ".join(
         f"{name} {off_cpu.get(name, 0.0):.2f} -> {ms:.2f}" for name, ms in on_cpu.items()
     )
+    phases = ", ".join(
+        f"{'on' if on else 'off'} {run.campaigns_per_s:.1f} ({run.window_s:.1f}s)"
+        for on, run in ob.phases
+    )
+    others = ", ".join(f"{run.others_cores:.2f}" for _, run in ob.phases)
     return [
-        f"  observability: metrics and tracing off {before.campaigns_per_s:.1f}, on "
-        f"{on.campaigns_per_s:.1f}, off {after.campaigns_per_s:.1f} campaigns/s (steady "
-        f"{before.window_s:.1f}s, {on.window_s:.1f}s, {after.window_s:.1f}s; processes "
-        f"restarted before each): on / mean(off) {ob.ratio:.3f}",
+        f"  observability: metrics and tracing on {ob.on_campaigns_per_s:.1f}, off "
+        f"{ob.off_campaigns_per_s:.1f} campaigns/s: {ob.ratio:.3f}; phases (steady window; "
+        f"processes restarted before each): {phases}",
         f"    traces at 100% to a local OTLP/HTTP receiver: {got.total} spans in "
         f"{got.requests} exports ({got.bytes / 1e6:.1f} MB, {got.bad} refused); spans a "
         f"completed campaign: {spans}; {'; '.join(lost) or 'no span dropped'}",
         f"    /metrics scraped {ob.scrapes} times (every {SCRAPE_INTERVAL_S:g} s and at the "
-        f"ends; {ob.scrape_errors} failed), samples: {samples}",
+        f"ends of each on phase; {ob.scrape_errors} failed), samples: {samples}",
         f"    CPU ms a campaign, off -> on ({RECEIVER}: the receiver): {cpu}; other "
-        f"programs on the machine meanwhile: {before.others_cores:.2f}, "
-        f"{on.others_cores:.2f}, {after.others_cores:.2f} cores",
+        f"programs on the machine in each phase: {others} cores",
     ]
 
 

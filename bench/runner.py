@@ -20,8 +20,8 @@
    throughput measured, open loop: live updates under real load), then **bus only** (the
    throughput campaigns' messages on JetStream alone: a nats-server and processes of its
    own, while the stack idles), then **webhooks**, then **observability** (the throughput
-   load three times more, the jobs service and the workers restarted before each: metrics
-   and tracing off, on, off), then **replicas** (the throughput load with the events stream
+   load five times more, the jobs service and the workers restarted before each: metrics
+   and tracing off, on, off, on, off), then **replicas** (the throughput load with the events stream
    in four partitions, applied by one jobs replica, then by two), then **waterfall** (a
    fixed campaign set run twice, each time on a stack and fakes of its own with fake
    business websites: Hunter alone, then the default email waterfall), then the enrichment

@@ -7,9 +7,9 @@ they leave (their intents, see metering), so every billable call is accounted fo
 happens next; what they billed, and the sandbox's charges, travel in the delivery's last
 report only (its result, failure or stop, or the charges it reports before handing its
 task back), never in a progress report. The last report is the one the job waits for: once
-it is applied the job may end at once, and a progress report held up on the bus (a
-delivery stranded while a partition moved between jobs replicas, redelivered after
-``ACK_WAIT_S``) could arrive after that, when a final job refuses its money.
+it is applied the job may end at once, and a progress report held up on the bus (left
+unacknowledged by a jobs replica that died or gave up its partition, and redelivered)
+could arrive after that, when a final job refuses its money.
 
 With a budget (``budget_limit_micros``), every paid call of the job's discovery goes
 through the shared ledger ``job.<job_id>`` (services/common/allowance.py): a redelivered or

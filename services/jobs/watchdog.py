@@ -113,8 +113,8 @@ class Watchdog:
         """Apply ``event(seconds waited)`` to every job in ``statuses`` whose ``column``
         is older than ``timeout_s``, each in its own change (re-checked inside it); with
         ``unless_queued``, not to a job whose stage's work queue is busy; with
-        ``unless_reporting``, not to a job with reports waiting to be applied. How many
-        were found."""
+        ``unless_reporting``, not to a job with reports waiting to be applied (for at most
+        MAX_DELIVER x ACK_WAIT_S more). How many were found."""
         cutoff = utcnow() - timedelta(seconds=timeout_s)
         query = (
             select(JOBS.c.id)
