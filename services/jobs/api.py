@@ -146,6 +146,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         if max_cost:  # no estimate at all otherwise: the submit path stays as fast
             check_limit(await self._estimates.estimate(owner, config), max_cost)
         job = await self._commands.submit(owner, config, key)
+        self._fanout.remember(job.id, snapshot_proto(job))  # a watch opened next needs no read
         bind_job(job.id)
         log.info("job %s submitted: %s", job.id, job.status)
         tracing.annotate({tracing.JOB_ID: job.id})
@@ -397,9 +398,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[jobs_pb2.JobUpdate]:
         """Snapshots of ``job_id`` newer than ``after_version``, ending OK after the terminal
         one; on shutdown, the latest snapshot then :class:`Unavailable`."""
-        # Listen before reading the snapshot, so no change falls between the two.
+        # Listen before reading the snapshot, so no change falls between the two; a
+        # snapshot the fan-out heard lately stands for the read (services/jobs/fanout.py).
         async with self._fanout.watch(job_id) as mailbox:
-            update = await self._snapshot(user, job_id)
+            update = self._fanout.recent(job_id, user) or await self._snapshot(user, job_id)
             last = after_version
             latest_read_on_closing = False
             while True:

@@ -263,3 +263,54 @@ async def test_a_stream_behind_ends_on_the_terminal_snapshot() -> None:
     assert await next_version(stream) == 9
     with pytest.raises(StopAsyncIteration):
         await next_version(stream)
+
+
+def announced(version: int, user: str = "alice", stamp_ns: int = 0) -> jobs_pb2.JobUpdate:
+    """A snapshot of JOB as the fan-out hears it (announced after a commit)."""
+    update = snapshot_proto(job_row(version))
+    update.job.user_id = user
+    if stamp_ns:
+        update.report_published_at.FromNanoseconds(stamp_ns)
+    return update
+
+
+async def test_a_watch_opened_after_a_snapshot_was_heard_starts_from_it_without_a_read() -> None:
+    rows = Rows()
+    rows.version = 2
+    svc, fanout = service(rows)
+    fanout.remember(JOB, announced(2, stamp_ns=1_000))
+    fanout._deliver(JOB, announced(3, stamp_ns=2_000))  # announced by a replica: the newest
+    fanout.remember(JOB, announced(2))  # older than what was heard: kept out
+    stream = watch(svc)
+    async with asyncio.timeout(GUARD_S):
+        first = await anext(stream)
+    assert first.job.version == 3 and rows.reads == 0
+    # Not a delivery of the report behind it: no stamp to time the delivery by.
+    assert not first.HasField("report_published_at")
+    await stream.aclose()
+
+
+async def test_another_users_watch_never_gets_a_snapshot_heard_of_the_job() -> None:
+    rows = Rows()
+    rows.gone = True  # as another user's read finds it: NotFound
+    svc, fanout = service(rows)
+    fanout.remember(JOB, announced(1, user="alice"))
+    stream = cast(Stream, svc._watch("mallory", JOB, 0))
+    with pytest.raises(NotFound):
+        await next_version(stream)
+    assert rows.reads == 1
+
+
+async def test_a_snapshot_heard_too_long_ago_or_of_a_job_gone_is_read_again() -> None:
+    rows = Rows()
+    svc, fanout = service(rows)
+    fanout._recent_s = 0.0  # every snapshot heard is too old already
+    fanout.remember(JOB, announced(5))
+    assert await next_version(watch(svc)) == 1 and rows.reads == 1  # read: as stored
+
+    svc, fanout = service(rows)
+    fanout.remember(JOB, announced(5))
+    rows.gone = True  # purged meanwhile: the resync finds it gone and forgets it
+    await fanout._resync([JOB])
+    with pytest.raises(NotFound):
+        await next_version(watch(svc))
