@@ -55,7 +55,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class _Child:
+class Child:
     """One child process writing stdout and stderr to a log file (appended across restarts)."""
 
     def __init__(self, label: str, log_path: Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from services.cli.children import StackError, _Child, free_port
+from services.cli.children import Child, StackError, free_port
 from services.common.nats_auth import SUPERUSER, LocalCredentials, authorization_conf
 from services.common.settings import Settings
 
@@ -43,7 +43,7 @@ class TlsFiles:
     ca: Path
 
 
-class NatsServer(_Child):
+class NatsServer(Child):
     """A real ``nats-server`` with JetStream on 127.0.0.1, its store kept across restarts,
     refusing any connection without one of the services' credentials."""
 

@@ -22,8 +22,8 @@ from typing import Self
 
 from services.cli.children import (
     REPO_ROOT,
+    Child,
     StackError,
-    _Child,
     free_port,
     spawn_by_fork,
 )
@@ -34,12 +34,12 @@ __all__ = [
     "REPO_ROOT",
     "SERVICE_NAMES",
     "WEB",
+    "Child",
     "NatsServer",
     "ServiceProcess",
     "Stack",
     "StackError",
     "TlsFiles",
-    "_Child",
     "free_port",
     "nats_server_binary",
     "spawn_by_fork",
@@ -51,7 +51,7 @@ WEB = "web"  # the HTTP API and page: a client of the jobs API, never of NATS
 _READY = re.compile(rb"\bready\b", re.IGNORECASE)
 
 
-class ServiceProcess(_Child):
+class ServiceProcess(Child):
     """``python -m services.<name>`` with the process environment plus ``env`` overrides."""
 
     def __init__(
@@ -282,7 +282,7 @@ class Stack:
         parts = [f"--- {p.label} ({p.log_path}) ---\n{p.log_tail(lines)}" for p in self.children()]
         return "\n".join(parts)
 
-    def children(self) -> list[_Child]:
+    def children(self) -> list[Child]:
         """Every process of the stack, NATS last."""
         return [*self._services(), self.nats]
 

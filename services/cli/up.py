@@ -13,10 +13,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from services.cli.stack import SERVICE_NAMES, WEB, Stack, StackError, _Child, spawn_by_fork
+from services.cli.stack import SERVICE_NAMES, WEB, Child, Stack, StackError, spawn_by_fork
 
 
-def _follow(children: Iterable[_Child], offsets: dict[str, int], out: IO[str]) -> None:
+def _follow(children: Iterable[Child], offsets: dict[str, int], out: IO[str]) -> None:
     """Copy new complete lines from each child's log to ``out``, prefixed by its label."""
     for child in children:
         chunk = child.read_log(offsets.get(child.label, 0))
