@@ -117,14 +117,19 @@ class Watchdog:
         MAX_DELIVER x ACK_WAIT_S more). How many were found."""
         cutoff = utcnow() - timedelta(seconds=timeout_s)
         query = (
-            select(JOBS.c.id)
+            select(JOBS.c.id, JOBS.c.stage)
             .where(JOBS.c.status.in_(statuses), JOBS.c[column] < cutoff)
             .limit(BATCH)
         )
-        job_ids = await self._writer.read(lambda conn: list(conn.scalars(query).all()))
+        found = await self._writer.read(lambda conn: [(i, s) for i, s in conn.execute(query)])
+        job_ids = [job_id for job_id, _ in found]
         # Asked of JetStream once a round, and only when a job was found.
         busy = await self._busy_queues() if unless_queued and job_ids else set()
-        reporting = await self._reports_waiting(job_ids) if unless_reporting else set()
+        # The stream is asked per job: not about those their busy queue already excuses.
+        free = [
+            job_id for job_id, stage in found if _QUEUE_OF_STAGE.get(m.Stage(stage)) not in busy
+        ]
+        reporting = await self._reports_waiting(free) if unless_reporting else set()
 
         def change(job_id: str) -> Callable[[Unit], list[Applied]]:
             def run(unit: Unit) -> list[Applied]:
