@@ -128,10 +128,15 @@ class Scraper:
 PHASES = (False, True, False, True, False)
 
 
+def _done(runs: list[ThroughputResult]) -> float:
+    """Campaigns completed in ``runs``' steady windows together."""
+    return sum(r.campaigns_per_s * r.window_s for r in runs)
+
+
 def _per_s(runs: list[ThroughputResult]) -> float:
     """Campaigns per second over ``runs``' steady windows together."""
     window = sum(r.window_s for r in runs)
-    return sum(r.campaigns_per_s * r.window_s for r in runs) / window if window else 0.0
+    return _done(runs) / window if window else 0.0
 
 
 @dataclass
@@ -163,13 +168,13 @@ class ObservabilityResult:
         """CPU milliseconds each process spent per campaign completed in the steady states
         of the on phases, or of the off phases, together."""
         runs = self.runs(on)
-        out: dict[str, float] = {}
-        for name in runs[0].cpu_cores:
-            core_s = sum(r.cpu_cores.get(name, 0.0) * r.window_s for r in runs)
-            done = sum(r.campaigns_per_s * r.window_s for r in runs)
-            if done > 0:
-                out[name] = 1000 * core_s / done
-        return out
+        done = _done(runs)
+        if done <= 0:
+            return {}
+        return {
+            name: 1000 * sum(r.cpu_cores.get(name, 0.0) * r.window_s for r in runs) / done
+            for name in runs[0].cpu_cores
+        }
 
 
 def _logged(h: Harness, labels: list[str], *needles: str) -> list[str]:
