@@ -101,13 +101,13 @@ class Changes:
         writer: Writer,
         publisher: Publisher,
         *,
-        on_finished: Callable[[], None] | None = None,
+        on_delivery: Callable[[], None] | None = None,
     ) -> None:
-        """``on_finished``: called after a change that made a job final commits (the
-        webhook sender's wake-up: its delivery was queued in that change)."""
+        """``on_delivery``: called after a change that queued a completion webhook commits
+        (the webhook sender's wake-up; a job ending with no webhook wakes nothing)."""
         self._writer = writer
         self._publisher = publisher
-        self._on_finished = on_finished
+        self._on_delivery = on_delivery
 
     @property
     def blocks_loop(self) -> bool:
@@ -119,15 +119,15 @@ class Changes:
         what it caused. :class:`GaveUp` after :data:`ATTEMPTS` conflicts in a row; any
         other error is the change's own and is raised as it is (nothing committed)."""
 
-        def work(conn: Connection) -> list[Applied]:
+        def work(conn: Connection) -> tuple[list[Applied], int]:
             unit = Unit(conn)
             applied = change(unit)
             unit.flush()
-            return applied
+            return applied, unit.deliveries_queued
 
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                applied = await self._writer.run(work)
+                applied, deliveries = await self._writer.run(work)
                 break
             except (Conflict, IntegrityError) as exc:
                 log.debug("change met a conflict (attempt %d): %s", attempt, exc)
@@ -138,8 +138,8 @@ class Changes:
         for done in applied:
             if done.finished is not None:
                 metrics.job_finished(done.finished)
-                if self._on_finished is not None:
-                    self._on_finished()
+        if deliveries and self._on_delivery is not None:
+            self._on_delivery()
         for one in applied:
             log_ending(one)
             trace_ending(one)

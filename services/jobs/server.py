@@ -193,7 +193,7 @@ def assemble(
     writer = db.Writer(engine)
     outbox = Outbox(js, writer)
     sender = WebhookSender(settings, writer)
-    changes = Changes(writer, Publisher(nc, fanout, outbox), on_finished=sender.wake)
+    changes = Changes(writer, Publisher(nc, fanout, outbox), on_delivery=sender.wake)
     submits = Submits(settings, writer, outbox)
     commands = Commands(writer, changes, submits, Retries(settings, changes))
     membership = Membership(js, settings.report_partitions, settings.stream_replicas)

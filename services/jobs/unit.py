@@ -327,6 +327,11 @@ class Unit:
         """A completion webhook to send once committed (services/jobs/webhooks.py)."""
         self._new_deliveries.append(delivery)
 
+    @property
+    def deliveries_queued(self) -> int:
+        """Completion webhooks this unit queues (sent once it commits)."""
+        return len(self._new_deliveries)
+
     def update_campaign(self, campaign_id: str, **values: Any) -> None:
         self._campaigns.setdefault(campaign_id, {}).update(values)
 

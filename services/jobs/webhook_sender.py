@@ -148,8 +148,13 @@ class WebhookSender:
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
-        """A delivery may be due now (a job just became final on this replica)."""
+        """A delivery may be due now (a change on this replica just queued one)."""
         self._wake.set()
+
+    @property
+    def woken(self) -> bool:
+        """Whether a wake-up is waiting for the next round (which clears it)."""
+        return self._wake.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver what is due until ``stop``: at once when woken, else every poll."""

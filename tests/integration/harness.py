@@ -27,6 +27,7 @@ from services.jobs.page_tokens import PageTokens
 from services.jobs.report_consumer import ReportConsumer
 from services.jobs.server import assemble
 from services.jobs.watchdog import Watchdog
+from services.jobs.webhook_sender import WebhookSender
 from tests.nats_helpers import connected
 
 
@@ -42,6 +43,7 @@ class Harness:
     watchdog: Watchdog
     tokens: PageTokens
     settings: Settings
+    webhooks: WebhookSender  # not running: nothing is sent, a wake-up stays set
 
     async def apply(self, report: work_pb2.WorkerReport) -> None:
         """Apply one report as the report consumer does (checked, then in a transaction),
@@ -108,10 +110,11 @@ async def jobs_service(
             fanout = Fanout(nc)
             await fanout.start()
             parts = assemble(settings, engine, nc, js, fanout)
+            assert parts.webhooks is not None
             try:
                 yield Harness(
                     engine, sessions, nc, js, parts.commands, parts.outbox, parts.reports,
-                    parts.watchdog, PageTokens(b"test"), settings,
+                    parts.watchdog, PageTokens(b"test"), settings, parts.webhooks,
                 )  # fmt: skip
             finally:
                 parts.writer.dispose()  # its connections, and their checkpoint thread
