@@ -156,6 +156,12 @@ def report(job_id: str, report_id: str, cost: float = 0.0, **body: object) -> wo
     )
 
 
+def discovered(job_id: str, n: int, report_id: str = "result") -> work_pb2.WorkerReport:
+    """A discovery result of ``n`` qualified places (0.1 USD charged)."""
+    result = work_pb2.DiscoveryResult(businesses_found=n, qualified=places(n))
+    return report(job_id, report_id, 0.1, discovery_result=result)
+
+
 def places(n: int) -> list[work_pb2.Place]:
     return [
         work_pb2.Place(place_id=f"p{i}", name=f"Cafe {i}", website=f"https://cafe{i}.example",

@@ -18,12 +18,7 @@ from services.jobs.models import AppliedReportRow, CampaignRow, JobRow, TaskRow,
 from services.jobs.report_consumer import apply_reports
 from services.jobs.unit import Unit
 from tests.conftest import TEST_DATABASE_URL
-from tests.integration.harness import Harness, config, jobs_service, places, report
-
-
-def discovered(job_id: str, n: int, report_id: str = "result") -> work_pb2.WorkerReport:
-    result = work_pb2.DiscoveryResult(businesses_found=n, qualified=places(n))
-    return report(job_id, report_id, 0.1, discovery_result=result)
+from tests.integration.harness import Harness, config, discovered, jobs_service, report
 
 
 async def consume(harness: Harness, until: int, partitions: int) -> None:

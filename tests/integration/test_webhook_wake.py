@@ -8,8 +8,7 @@ from sqlalchemy import func, select
 from services.cli.stack import NatsServer
 from services.jobs.machine import Status
 from services.jobs.models import WebhookDeliveryRow
-from tests.integration.harness import Harness, config, jobs_service
-from tests.integration.test_report_path import discovered
+from tests.integration.harness import Harness, config, discovered, jobs_service
 
 
 async def _deliveries(harness: Harness) -> int:
