@@ -57,6 +57,11 @@ _QUEUE_OF_STAGE = {
 }
 
 
+def _queued(stage: str, busy: set[str]) -> bool:
+    """Whether a job in ``stage`` has its work waiting in one of the ``busy`` queues."""
+    return _QUEUE_OF_STAGE.get(m.Stage(stage)) in busy
+
+
 class Watchdog:
     def __init__(
         self, settings: Settings, writer: Writer, changes: Changes, js: JetStreamContext
@@ -126,9 +131,7 @@ class Watchdog:
         # Asked of JetStream once a round, and only when a job was found.
         busy = await self._busy_queues() if unless_queued and job_ids else set()
         # The stream is asked per job: not about those their busy queue already excuses.
-        free = [
-            job_id for job_id, stage in found if _QUEUE_OF_STAGE.get(m.Stage(stage)) not in busy
-        ]
+        free = [job_id for job_id, stage in found if not _queued(stage, busy)]
         reporting = await self._reports_waiting(free) if unless_reporting else set()
 
         def change(job_id: str) -> Callable[[Unit], list[Applied]]:
@@ -140,7 +143,7 @@ class Watchdog:
                 if moment >= cutoff:
                     return []  # it moved meanwhile
                 waited = (utcnow() - moment).total_seconds()
-                if _QUEUE_OF_STAGE.get(m.Stage(job.stage)) in busy:
+                if _queued(job.stage, busy):
                     log.info("job %s quiet for %.0fs: its tasks are queued", job_id, waited)
                     return []
                 if job_id in reporting:
