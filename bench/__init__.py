@@ -19,6 +19,8 @@ module                  scenario
                         and no gRPC (``bus_only_campaigns_per_s``): what the rest reads against
 :mod:`bench.watchers`   10,000 WatchJob streams on one jobs replica: its RSS, update p99
                         and how every stream ended (``watchers_10k_*``)
+:mod:`bench.grpc_only`  the same streams and as many snapshots on a bare grpc.aio server
+                        (``grpc_only_watchers_10k_*``): the floor the watchers read against
 :mod:`bench.large_tables` PostgreSQL only: reads and the retention purge with 1,000,000 jobs
                         and 10,000,000 leads (``large_*``)
 :mod:`bench.observability` the same with metrics served and scraped and every campaign

@@ -39,7 +39,6 @@ import math
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,11 +49,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from bench import children
 from bench.config import BenchConfig, log
 from bench.procstat import Sampler
 from bench.stats import percentile
 from prospect.v1 import jobs_pb2, work_pb2
-from services.cli.stack import REPO_ROOT, NatsServer
+from services.cli.stack import NatsServer
 from services.common import bus
 from services.common.nats_auth import SUPERUSER
 from services.common.settings import Settings
@@ -71,6 +71,7 @@ WARMUP_SHARE = 0.15  # of the run, never in the steady-state window
 READY_TIMEOUT_S = 30.0
 NATS_ENV = ("NATS_URL", "NATS_USER", "NATS_PASSWORD")
 READY = "ready"
+MODULE = "bench.bus_only"
 
 
 @dataclass
@@ -291,19 +292,9 @@ async def _coordinate(seconds: float, inflight: int) -> None:
         await asyncio.wait_for(nc.close(), 5)
 
 
-def _exit_with_parent() -> None:
-    """End this process when its parent closes our stdin (or dies): none outlives it."""
-
-    def watch() -> None:
-        sys.stdin.buffer.read()
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def child_main(argv: Sequence[str]) -> None:
     """``<role>``, or ``coordinator <seconds> <inflight>``."""
-    _exit_with_parent()
+    children.exit_with_parent()
     # The client's "disconnected" warning when the coordinator closes is no news.
     logging.basicConfig(level=logging.ERROR)
     role = argv[0]
@@ -327,33 +318,6 @@ async def _make_topology(settings: Settings) -> None:
         await nc.close()
 
 
-async def _spawn(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.bus_only", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO_ROOT,
-    )  # fmt: skip
-
-
-async def _line(proc: asyncio.subprocess.Process, role: str, within_s: float) -> str:
-    """The next line ``proc`` prints; raises if it exits or stays silent first."""
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), within_s)
-    if not line:
-        raise RuntimeError(f"bus only: the {role} process exited ({await proc.wait()})")
-    return line.decode().strip()
-
-
-async def _stop(procs: Sequence[asyncio.subprocess.Process]) -> None:
-    """Kill each process still running and reap it."""
-    for proc in procs:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-    for proc in procs:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 10)
-
-
 async def run_bus_only(seconds: float, inflight: int) -> BusOnlyResult:
     """Start a nats-server and the three processes, run the loop for ``seconds`` with
     ``inflight`` campaigns, stop them all (on failure too)."""
@@ -368,24 +332,28 @@ async def run_bus_only(seconds: float, inflight: int) -> BusOnlyResult:
             env.update(nats_env)
             await _make_topology(server.settings(report_partitions=1))
             for role in (DISCOVERY, ENRICHMENT):
-                procs[role] = await _spawn(env, role)
+                procs[role] = await children.spawn(MODULE, env, role)
             for role in (DISCOVERY, ENRICHMENT):
-                if (line := await _line(procs[role], role, READY_TIMEOUT_S)) != READY:
+                if (line := await children.line(procs[role], role, READY_TIMEOUT_S)) != READY:
                     raise RuntimeError(f"bus only: the {role} process said {line!r}")
-            procs[COORDINATOR] = await _spawn(env, COORDINATOR, f"{seconds:g}", str(inflight))
+            procs[COORDINATOR] = await children.spawn(
+                MODULE, env, COORDINATOR, f"{seconds:g}", str(inflight)
+            )
             assert server.pid is not None
             pids = {role: procs[role].pid for role in ROLES}
             sampler = Sampler({**pids, "nats-server": server.pid})
             sampler.start()
             try:
-                outcome = json.loads(await _line(procs[COORDINATOR], COORDINATOR, seconds + 60))
+                outcome = json.loads(
+                    await children.line(procs[COORDINATOR], COORDINATOR, seconds + 60)
+                )
             finally:
                 await sampler.stop()
             for role in (DISCOVERY, ENRICHMENT):
                 if procs[role].returncode is not None:
                     raise RuntimeError(f"bus only: the {role} process exited during the run")
         finally:
-            await _stop(list(procs.values()))
+            await children.stop(list(procs.values()))
             await asyncio.to_thread(server.stop)
     start, end = outcome["start"], outcome["end"]
     return BusOnlyResult(

@@ -13,6 +13,7 @@ from pathlib import Path
 from bench.bus_only import BusOnlyResult
 from bench.config import SCALEOUT_ENRICHMENT_CONCURRENCY
 from bench.estimate import EstimateResult
+from bench.grpc_only import GrpcOnlyResult
 from bench.harness import POSTGRES
 from bench.large_tables import TARGET_P99_MS, LargeTablesResult
 from bench.loaded import LoadedResult
@@ -88,6 +89,7 @@ class Results:
     watchers: WatchersResult | None = None
     throughput: ThroughputResult | None = None
     bus_only: BusOnlyResult | None = None
+    grpc_only: GrpcOnlyResult | None = None
     loaded: LoadedResult | None = None
     observability: ObservabilityResult | None = None
     replicas: ReplicasResult | None = None
@@ -120,6 +122,7 @@ class Results:
             "sse_streams_1k_rss_mb": rounded(st.rss_mb if st and st.opened else nan, 1),
             "sse_streams_open": st.opened if st else None,
             **_watchers_figures(self.watchers),
+            **_grpc_only_figures(self.grpc_only),
             "campaigns_per_s": rounded(t.campaigns_per_s if t else nan),
             "leads_per_s": rounded(t.leads_per_s if t else nan),
             "bus_only_campaigns_per_s": rounded(bo.campaigns_per_s if bo else nan),
@@ -238,6 +241,8 @@ class Results:
             out.append(f"    CPU while opening (cores busy): {_cores(st.cpu_cores)}")
         if wa := self.watchers:
             out += _watchers(wa)
+        if go := self.grpc_only:
+            out += _grpc_only(go, self.watchers)
         if t := self.throughput:
             out.append(
                 f"  throughput: {t.window_s:.1f}s steady state, {t.completed} campaigns "
@@ -322,6 +327,38 @@ def _watchers(wa: WatchersResult) -> list[str]:
         f"    CPU (cores busy) opening: {_cores(wa.open_cpu)}; all open and quiet: "
         f"{_cores(wa.quiet_cpu)}; campaigns running: {_cores(wa.run_cpu)}, other programs "
         f"on the machine {wa.others_cores:.2f}",
+    ]
+
+
+def _grpc_only_figures(go: GrpcOnlyResult | None) -> dict[str, float | None]:
+    """The watchers scenario's streams and snapshots on a bare grpc.aio server
+    (bench/grpc_only.py): the floor the watchers figures read against."""
+    if go is None:
+        keys = (
+            "grpc_only_watchers_10k_rss_mb",
+            "grpc_only_watchers_10k_update_p99_ms",
+            "grpc_only_cpu_us_per_message",
+        )
+        return dict.fromkeys(keys)
+    return {
+        "grpc_only_watchers_10k_rss_mb": rounded(go.rss_mb if go.opened else math.nan, 1),
+        "grpc_only_watchers_10k_update_p99_ms": rounded(percentile(go.latencies_ms, 99)),
+        "grpc_only_cpu_us_per_message": rounded(go.cpu_us_per_message, 1),
+    }
+
+
+def _grpc_only(go: GrpcOnlyResult, wa: WatchersResult | None) -> list[str]:
+    kb = (go.rss_mb - go.idle_rss_mb) * 1024 / go.opened if go.opened else math.nan
+    than = ""
+    if wa is not None and wa.opened:
+        than = f" (the jobs service: ~{wa.kb_per_stream:.0f} KB)"
+    lat = go.latencies_ms
+    return [
+        f"  grpc only: the same {go.opened} streams on a bare grpc.aio server: RSS "
+        f"{go.idle_rss_mb:.1f} MB before, {go.rss_mb:.1f} MB with them (~{kb:.0f} KB a "
+        f"stream{than}); {go.per_key} snapshots to each at random over {go.send_s:.1f}s: "
+        f"p50 {percentile(lat, 50):.0f} ms, p99 {percentile(lat, 99):.0f} ms, server CPU "
+        f"{go.cpu_us_per_message:.0f} us a message",
     ]
 
 

@@ -1,0 +1,148 @@
+"""The watchers scenario's streams on gRPC alone (``grpc_only_watchers_10k_*``): what a
+grpc.aio server in Python holds and sends for 10,000 streams on this machine, with nothing
+of prospect's own.
+
+A server process (:mod:`bench.grpc_only_server`) has one server-streaming method
+taking and sending raw bytes (a generic handler: no servicer, no interceptor, no
+serializer). The bench opens the streams as :mod:`bench.watchers` does: :data:`STREAMS`
+over :data:`JOBS` keys on :data:`CHANNELS` connections, at most :data:`OPEN_AT_ONCE`
+waiting for their first message, then reads the server's RSS after :data:`QUIET_S` (the
+RSS, as ``watchers_10k_rss_mb`` is the jobs process's).
+
+Then the server sends each key's streams as many snapshots as a stream received in the
+watchers scenario of the same run, at moments drawn at random over the time that
+scenario's campaigns ran. A snapshot is a ``JobUpdate`` shaped as the jobs service sends
+it, serialized once for all the key's streams and stamped (``report_published_at``) as it
+is handed over; the bench times it to its arrival as :mod:`bench.watchers` does, in a
+process whose heap is frozen with the streams open, as there. Moments at random are
+kinder than the scenario's own (there a committed batch of reports moves many jobs at
+once), and sending the same bytes to every stream is less than the jobs service does: so
+these figures are a floor, what no service on grpc.aio could go under on this machine.
+The server's CPU over the sending is recorded too, per message sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from bench import children
+from bench.config import log
+from bench.grpc_only_server import SEND, SERVICE, WATCH
+from bench.procstat import cpu_s, rss_mb
+from bench.stats import percentile
+from bench.watchers import CHANNEL_OPTIONS, CHANNELS, JOBS, OPEN_AT_ONCE, QUIET_S, STREAMS
+from prospect.v1 import jobs_pb2
+
+MODULE = "bench.grpc_only_server"
+READY_TIMEOUT_S = 30.0
+OPEN_ALL_TIMEOUT_S = 90.0
+
+
+# The bench's side.
+
+
+@dataclass
+class GrpcOnlyResult:
+    streams: int
+    opened: int = 0
+    idle_rss_mb: float = 0.0  # the server before the streams
+    rss_mb: float = 0.0  # with them all open, quiet
+    per_key: int = 0  # snapshots sent to each stream after its first
+    send_s: float = 0.0  # the span they were spread over
+    latencies_ms: list[float] = field(default_factory=list)
+    server_cpu_s: float = 0.0  # over the sending, to the last stream's end
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        return 1e6 * self.server_cpu_s / len(self.latencies_ms)
+
+
+async def _open(
+    address: str, streams: int
+) -> tuple[list[grpc.aio.Channel], list[grpc.aio.UnaryStreamCall[bytes, bytes]]]:
+    """Open ``streams`` streams as bench/watchers.py does, each read to its first message."""
+    pool = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(CHANNELS)]
+    gate = asyncio.Semaphore(OPEN_AT_ONCE)
+    calls: list[grpc.aio.UnaryStreamCall[bytes, bytes]] = []
+
+    async def open_one(i: int) -> None:
+        async with gate:
+            channel = pool[(i // JOBS) % CHANNELS]
+            call = channel.unary_stream(f"/{SERVICE}/{WATCH}")(str(i % JOBS).encode())
+            await call.read()
+            calls.append(call)
+
+    await asyncio.wait_for(
+        asyncio.gather(*(open_one(i) for i in range(streams))), OPEN_ALL_TIMEOUT_S
+    )
+    return pool, calls
+
+
+async def run_grpc_only(per_key: int, seconds: float, streams: int = STREAMS) -> GrpcOnlyResult:
+    """Start the server, open ``streams`` streams, read its RSS, have it send ``per_key``
+    snapshots to every stream over ``seconds``, read every stream to its end; the server is
+    stopped whatever happens."""
+    result = GrpcOnlyResult(streams=streams, per_key=per_key, send_s=seconds)
+    proc = await children.spawn(MODULE, os.environ)
+    pool: list[grpc.aio.Channel] = []
+    frozen = False
+    try:
+        port = int(await children.line(proc, "grpc-only server", READY_TIMEOUT_S))
+        result.idle_rss_mb = rss_mb(proc.pid)
+        pool, calls = await _open(f"127.0.0.1:{port}", streams)
+        result.opened = len(calls)
+        await asyncio.sleep(QUIET_S)
+        result.rss_mb = rss_mb(proc.pid)
+        gc.collect()
+        gc.freeze()  # as bench/watchers.py does with its streams open
+        frozen = True
+
+        async def read_on(call: grpc.aio.UnaryStreamCall[bytes, bytes]) -> None:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                now_ns = time.time_ns()
+                update = jobs_pb2.JobUpdate.FromString(message)
+                sent_ns = update.report_published_at.ToNanoseconds()
+                result.latencies_ms.append((now_ns - sent_ns) / 1e6)
+
+        cpu_before = cpu_s(proc.pid)
+        readers = [asyncio.create_task(read_on(call)) for call in calls]
+        request = json.dumps({"per_key": per_key, "seconds": seconds}).encode()
+        await pool[0].unary_unary(f"/{SERVICE}/{SEND}")(request)
+        await asyncio.wait_for(asyncio.gather(*readers), seconds + 120)
+        result.server_cpu_s = cpu_s(proc.pid) - cpu_before
+    finally:
+        if frozen:
+            gc.unfreeze()
+        for channel in pool:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        await children.stop([proc])
+    return result
+
+
+def summary(result: GrpcOnlyResult) -> str:
+    lat = result.latencies_ms
+    return (
+        f"grpc only: {result.opened} of {result.streams} streams, server RSS "
+        f"{result.idle_rss_mb:.1f} -> {result.rss_mb:.1f} MB; {len(lat)} snapshots over "
+        f"{result.send_s:.1f}s, p50 {percentile(lat, 50):.0f} ms, p99 "
+        f"{percentile(lat, 99):.0f} ms, server CPU {result.cpu_us_per_message:.0f} us a message"
+    )
+
+
+async def _alone() -> None:
+    log(summary(await run_grpc_only(per_key=5, seconds=12.0)))
+
+
+if __name__ == "__main__":
+    asyncio.run(_alone())
