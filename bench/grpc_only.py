@@ -9,16 +9,18 @@ over :data:`JOBS` keys on :data:`CHANNELS` connections, at most :data:`OPEN_AT_O
 waiting for their first message, then reads the server's RSS after :data:`QUIET_S` (the
 RSS, as ``watchers_10k_rss_mb`` is the jobs process's).
 
-Then the server sends each key's streams as many snapshots as a stream received in the
-watchers scenario of the same run, at moments drawn at random over the time that
-scenario's campaigns ran. A snapshot is a ``JobUpdate`` shaped as the jobs service sends
-it, serialized once for all the key's streams and stamped (``report_published_at``) as it
-is handed over; the bench times it to its arrival as :mod:`bench.watchers` does, in a
-process whose heap is frozen with the streams open, as there. Moments at random are
-kinder than the scenario's own (there a committed batch of reports moves many jobs at
-once), and sending the same bytes to every stream is less than the jobs service does: so
-these figures are a floor, what no service on grpc.aio could go under on this machine.
-The server's CPU over the sending is recorded too, per message sent.
+Then the server replays the watchers scenario of the same run: for every report stamp a
+stream of job ``k`` received there, a snapshot to every stream of key ``k`` at the same
+moment after the first (:func:`replay`), so the snapshots come in the same bursts. A
+snapshot is a ``JobUpdate`` shaped as the jobs service sends it, serialized once for all
+the key's streams and stamped (``report_published_at``) as it is handed over; the bench
+times it to its arrival as :mod:`bench.watchers` does, in a process whose heap is frozen
+with the streams open, as there. The server stamps a snapshot when it sends it, not when
+a worker published the report (no report to apply, no commit, no fan-out), and sends the
+same bytes to every stream: so these figures are a floor, what no service on grpc.aio
+could go under on this machine with these streams and snapshots. The server's CPU over
+the sending is recorded too, per message sent. Alone (``python -m bench.grpc_only``), it
+sends 5 snapshots to each stream at random moments over 12 s.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import contextlib
 import gc
 import json
 import os
+import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -55,8 +59,8 @@ class GrpcOnlyResult:
     opened: int = 0
     idle_rss_mb: float = 0.0  # the server before the streams
     rss_mb: float = 0.0  # with them all open, quiet
-    per_key: int = 0  # snapshots sent to each stream after its first
-    send_s: float = 0.0  # the span they were spread over
+    snapshots: int = 0  # sent to every stream of their key, after the first
+    send_s: float = 0.0  # from the first to the last
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_s: float = 0.0  # over the sending, to the last stream's end
 
@@ -88,11 +92,30 @@ async def _open(
     return pool, calls
 
 
-async def run_grpc_only(per_key: int, seconds: float, streams: int = STREAMS) -> GrpcOnlyResult:
-    """Start the server, open ``streams`` streams, read its RSS, have it send ``per_key``
-    snapshots to every stream over ``seconds``, read every stream to its end; the server is
-    stopped whatever happens."""
-    result = GrpcOnlyResult(streams=streams, per_key=per_key, send_s=seconds)
+Schedule = list[tuple[float, int]]  # (seconds from the start, key)
+
+
+def replay(moments: Iterable[tuple[int, int]]) -> Schedule:
+    """The schedule of ``moments`` ((key, report stamp in ns), bench/watchers.py's):
+    each at its distance from the earliest."""
+    moments = list(moments)
+    if not moments:
+        return []
+    first = min(stamp for _, stamp in moments)
+    return sorted(((stamp - first) / 1e9, key) for key, stamp in moments)
+
+
+def at_random(per_key: int, seconds: float) -> Schedule:
+    """``per_key`` snapshots to each key at random moments over ``seconds``."""
+    return sorted((random.uniform(0, seconds), key) for key in range(JOBS) for _ in range(per_key))
+
+
+async def run_grpc_only(schedule: Schedule, streams: int = STREAMS) -> GrpcOnlyResult:
+    """Start the server, open ``streams`` streams, read its RSS, have it send the snapshots
+    of ``schedule``, read every stream to its end; the server is stopped whatever
+    happens."""
+    send_s = schedule[-1][0] if schedule else 0.0
+    result = GrpcOnlyResult(streams=streams, snapshots=len(schedule), send_s=send_s)
     proc = await children.spawn(MODULE, os.environ)
     pool: list[grpc.aio.Channel] = []
     frozen = False
@@ -116,9 +139,8 @@ async def run_grpc_only(per_key: int, seconds: float, streams: int = STREAMS) ->
 
         cpu_before = cpu_s(proc.pid)
         readers = [asyncio.create_task(read_on(call)) for call in calls]
-        request = json.dumps({"per_key": per_key, "seconds": seconds}).encode()
-        await pool[0].unary_unary(f"/{SERVICE}/{SEND}")(request)
-        await asyncio.wait_for(asyncio.gather(*readers), seconds + 120)
+        await pool[0].unary_unary(f"/{SERVICE}/{SEND}")(json.dumps(schedule).encode())
+        await asyncio.wait_for(asyncio.gather(*readers), 120)
         result.server_cpu_s = cpu_s(proc.pid) - cpu_before
     finally:
         if frozen:
@@ -134,14 +156,14 @@ def summary(result: GrpcOnlyResult) -> str:
     lat = result.latencies_ms
     return (
         f"grpc only: {result.opened} of {result.streams} streams, server RSS "
-        f"{result.idle_rss_mb:.1f} -> {result.rss_mb:.1f} MB; {len(lat)} snapshots over "
+        f"{result.idle_rss_mb:.1f} -> {result.rss_mb:.1f} MB; {len(lat)} messages over "
         f"{result.send_s:.1f}s, p50 {percentile(lat, 50):.0f} ms, p99 "
         f"{percentile(lat, 99):.0f} ms, server CPU {result.cpu_us_per_message:.0f} us a message"
     )
 
 
 async def _alone() -> None:
-    log(summary(await run_grpc_only(per_key=5, seconds=12.0)))
+    log(summary(await run_grpc_only(at_random(per_key=5, seconds=12.0))))
 
 
 if __name__ == "__main__":

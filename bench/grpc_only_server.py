@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import AsyncIterator
 
@@ -65,17 +64,15 @@ async def _serve() -> None:
             yield message
 
     async def send(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        """``{"per_key": n, "seconds": s}``: n snapshots to every stream of each key at
-        random moments over s seconds, then the end of every stream."""
-        asked = json.loads(request)
-        moments = sorted(
-            (random.uniform(0, asked["seconds"]), key)
-            for key in heads
-            for _ in range(asked["per_key"])
-        )
+        """A JSON list of ``[offset_s, key]``: a snapshot to every stream of ``key`` at
+        each offset from now, in order (a key no stream watches is skipped), then the end
+        of every stream."""
+        schedule = sorted((float(at), int(key)) for at, key in json.loads(request))
         updates = {key: _snapshot(key) for key in heads}
         started = time.monotonic()
-        for at, key in moments:
+        for at, key in schedule:
+            if key not in heads:
+                continue
             if (wait := at - (time.monotonic() - started)) > 0:
                 await asyncio.sleep(wait)
             update = updates[key]

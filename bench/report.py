@@ -356,7 +356,8 @@ def _grpc_only(go: GrpcOnlyResult, wa: WatchersResult | None) -> list[str]:
     return [
         f"  grpc only: the same {go.opened} streams on a bare grpc.aio server: RSS "
         f"{go.idle_rss_mb:.1f} MB before, {go.rss_mb:.1f} MB with them (~{kb:.0f} KB a "
-        f"stream{than}); {go.per_key} snapshots to each at random over {go.send_s:.1f}s: "
+        f"stream{than}); the watchers' {go.snapshots} snapshots replayed over "
+        f"{go.send_s:.1f}s, {len(lat)} messages: "
         f"p50 {percentile(lat, 50):.0f} ms, p99 {percentile(lat, 99):.0f} ms, server CPU "
         f"{go.cpu_us_per_message:.0f} us a message",
     ]

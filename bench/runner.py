@@ -54,7 +54,7 @@ from bench.config import (
     log,
 )
 from bench.estimate import campaign_count, estimate_on_own_stack
-from bench.grpc_only import run_grpc_only, summary
+from bench.grpc_only import replay, run_grpc_only, summary
 from bench.harness import Harness
 from bench.large_tables import run_large_tables
 from bench.load import cancel_jobs
@@ -204,13 +204,10 @@ async def _run(
             await h.start_web()
 
         async with _scenario(results, "grpc_only"):
-            # The same streams and as many snapshots on a bare grpc.aio server: the floor
+            # The same streams and snapshots on a bare grpc.aio server: the floor
             # the watchers figures read against (bench/grpc_only.py).
             if watchers.opened:
-                results.grpc_only = go = await run_grpc_only(
-                    per_key=max(1, round((watchers.updates - watchers.opened) / watchers.opened)),
-                    seconds=watchers.run_s,
-                )
+                results.grpc_only = go = await run_grpc_only(replay(watchers.moments))
                 log(summary(go))
 
         async with _scenario(results, "sse_streams"):

@@ -98,6 +98,9 @@ class WatchersResult:
     run_s: float = 0.0  # from the workers started to the last stream ended
     latencies_ms: list[float] = field(default_factory=list)  # report -> update at the bench
     updates: int = 0  # updates received, first ones included
+    # (job index, report stamp in ns) of every stamped update a stream received: the moments
+    # the snapshots' reports were published, which bench/grpc_only.py replays.
+    moments: set[tuple[int, int]] = field(default_factory=set)
     endings: Counter[str] = field(default_factory=Counter)  # how each stream ended
     open_cpu: dict[str, float] = field(default_factory=dict)  # cores busy while opening
     quiet_cpu: dict[str, float] = field(default_factory=dict)  # all open, no update
@@ -181,7 +184,11 @@ async def run_watchers(
                         gate.release()
                         result.opened += 1
                         settle()
-                    job = tracker.update(update, now, now_ns)  # the snapshot has no stamp
+                    stamp = update.report_published_at
+                    stamp_ns = stamp.ToNanoseconds() if stamp.seconds or stamp.nanos else 0
+                    if stamp_ns:
+                        result.moments.add((i % jobs, stamp_ns))
+                    job = tracker.update(update, now, now_ns, stamp_ns)
                     if job is not None:
                         ending = _status_name(job.status)  # read on: the stream ends OK
             except grpc.aio.AioRpcError as exc:
