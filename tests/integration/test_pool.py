@@ -43,6 +43,10 @@ async def _terminate(pid: int) -> None:
             for _ in range(500):
                 if not (await conn.execute(alive, {"pid": pid})).scalar_one():
                     return
+                # pg_stat_activity is read once a transaction: without ending it, a
+                # backend still exiting at the first look stays "running" for good (a
+                # loaded machine failed the full suite this way).
+                await conn.rollback()
                 await asyncio.sleep(0.01)
             raise AssertionError(f"server process {pid} still running")
     finally:
