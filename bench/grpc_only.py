@@ -72,16 +72,16 @@ class GrpcOnlyResult:
 
 
 async def _open(
-    address: str, streams: int
-) -> tuple[list[grpc.aio.Channel], list[grpc.aio.UnaryStreamCall[bytes, bytes]]]:
-    """Open ``streams`` streams as bench/watchers.py does, each read to its first message."""
-    pool = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(CHANNELS)]
+    pool: list[grpc.aio.Channel], streams: int
+) -> list[grpc.aio.UnaryStreamCall[bytes, bytes]]:
+    """Open ``streams`` streams over ``pool`` as bench/watchers.py does, each read to its
+    first message."""
     gate = asyncio.Semaphore(OPEN_AT_ONCE)
     calls: list[grpc.aio.UnaryStreamCall[bytes, bytes]] = []
 
     async def open_one(i: int) -> None:
         async with gate:
-            channel = pool[(i // JOBS) % CHANNELS]
+            channel = pool[(i // JOBS) % len(pool)]
             call = channel.unary_stream(f"/{SERVICE}/{WATCH}")(str(i % JOBS).encode())
             await call.read()
             calls.append(call)
@@ -89,7 +89,7 @@ async def _open(
     await asyncio.wait_for(
         asyncio.gather(*(open_one(i) for i in range(streams))), OPEN_ALL_TIMEOUT_S
     )
-    return pool, calls
+    return calls
 
 
 Schedule = list[tuple[float, int]]  # (seconds from the start, key)
@@ -122,7 +122,11 @@ async def run_grpc_only(schedule: Schedule, streams: int = STREAMS) -> GrpcOnlyR
     try:
         port = int(await children.line(proc, "grpc-only server", READY_TIMEOUT_S))
         result.idle_rss_mb = rss_mb(proc.pid)
-        pool, calls = await _open(f"127.0.0.1:{port}", streams)
+        address = f"127.0.0.1:{port}"
+        pool = [
+            grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) for _ in range(CHANNELS)
+        ]
+        calls = await _open(pool, streams)
         result.opened = len(calls)
         await asyncio.sleep(QUIET_S)
         result.rss_mb = rss_mb(proc.pid)
