@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import random
@@ -40,8 +39,9 @@ import grpc
 from bench import children
 from bench.config import log
 from bench.grpc_only_server import SEND, SERVICE, WATCH
+from bench.load import Observed, Tracker, frozen_heap
 from bench.procstat import cpu_s, rss_mb
-from bench.stats import percentile
+from bench.stats import kb_each, percentile
 from bench.watchers import CHANNEL_OPTIONS, CHANNELS, JOBS, OPEN_AT_ONCE, QUIET_S, STREAMS
 from prospect.v1 import jobs_pb2
 
@@ -63,6 +63,10 @@ class GrpcOnlyResult:
     send_s: float = 0.0  # from the first to the last
     latencies_ms: list[float] = field(default_factory=list)
     server_cpu_s: float = 0.0  # over the sending, to the last stream's end
+
+    @property
+    def kb_per_stream(self) -> float:
+        return kb_each(self.idle_rss_mb, self.rss_mb, self.opened)
 
     @property
     def cpu_us_per_message(self) -> float:
@@ -118,7 +122,6 @@ async def run_grpc_only(schedule: Schedule, streams: int = STREAMS) -> GrpcOnlyR
     result = GrpcOnlyResult(streams=streams, snapshots=len(schedule), send_s=send_s)
     proc = await children.spawn(MODULE, os.environ)
     pool: list[grpc.aio.Channel] = []
-    frozen = False
     try:
         port = int(await children.line(proc, "grpc-only server", READY_TIMEOUT_S))
         result.idle_rss_mb = rss_mb(proc.pid)
@@ -130,25 +133,22 @@ async def run_grpc_only(schedule: Schedule, streams: int = STREAMS) -> GrpcOnlyR
         result.opened = len(calls)
         await asyncio.sleep(QUIET_S)
         result.rss_mb = rss_mb(proc.pid)
-        gc.collect()
-        gc.freeze()  # as bench/watchers.py does with its streams open
-        frozen = True
+        seen = Observed()
 
         async def read_on(call: grpc.aio.UnaryStreamCall[bytes, bytes]) -> None:
+            tracker = Tracker(WATCH, seen)  # timed as bench/watchers.py times its streams
             while (message := await call.read()) is not grpc.aio.EOF:
-                now_ns = time.time_ns()
-                update = jobs_pb2.JobUpdate.FromString(message)
-                sent_ns = update.report_published_at.ToNanoseconds()
-                result.latencies_ms.append((now_ns - sent_ns) / 1e6)
+                now_ns, now = time.time_ns(), time.monotonic()
+                tracker.update(jobs_pb2.JobUpdate.FromString(message), now, now_ns)
 
-        cpu_before = cpu_s(proc.pid)
-        readers = [asyncio.create_task(read_on(call)) for call in calls]
-        await pool[0].unary_unary(f"/{SERVICE}/{SEND}")(json.dumps(schedule).encode())
-        await asyncio.wait_for(asyncio.gather(*readers), 120)
-        result.server_cpu_s = cpu_s(proc.pid) - cpu_before
+        with frozen_heap():  # as bench/watchers.py, with the streams open
+            cpu_before = cpu_s(proc.pid)
+            readers = [asyncio.create_task(read_on(call)) for call in calls]
+            await pool[0].unary_unary(f"/{SERVICE}/{SEND}")(json.dumps(schedule).encode())
+            await asyncio.wait_for(asyncio.gather(*readers), 120)
+            result.server_cpu_s = cpu_s(proc.pid) - cpu_before
+        result.latencies_ms = [ms for _, ms in seen.progress_ms]
     finally:
-        if frozen:
-            gc.unfreeze()
         for channel in pool:
             with contextlib.suppress(Exception):
                 await channel.close()

@@ -348,16 +348,15 @@ def _grpc_only_figures(go: GrpcOnlyResult | None) -> dict[str, float | None]:
 
 
 def _grpc_only(go: GrpcOnlyResult, wa: WatchersResult | None) -> list[str]:
-    kb = (go.rss_mb - go.idle_rss_mb) * 1024 / go.opened if go.opened else math.nan
     than = ""
     if wa is not None and wa.opened:
         than = f" (the jobs service: ~{wa.kb_per_stream:.0f} KB)"
     lat = go.latencies_ms
     return [
         f"  grpc only: the same {go.opened} streams on a bare grpc.aio server: RSS "
-        f"{go.idle_rss_mb:.1f} MB before, {go.rss_mb:.1f} MB with them (~{kb:.0f} KB a "
-        f"stream{than}); the watchers' {go.snapshots} snapshots replayed over "
-        f"{go.send_s:.1f}s, {len(lat)} messages: "
+        f"{go.idle_rss_mb:.1f} MB before, {go.rss_mb:.1f} MB with them "
+        f"(~{go.kb_per_stream:.0f} KB a stream{than}); the watchers' {go.snapshots} "
+        f"snapshots replayed over {go.send_s:.1f}s, {len(lat)} messages: "
         f"p50 {percentile(lat, 50):.0f} ms, p99 {percentile(lat, 99):.0f} ms, server CPU "
         f"{go.cpu_us_per_message:.0f} us a message",
     ]

@@ -30,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from bench.config import log
 from bench.load import Follow, Observed, Tracker, campaign
 from bench.procstat import Sampler, rss_mb
+from bench.stats import kb_each
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 from services.cli.stack import WEB
 
@@ -148,9 +149,7 @@ class SseStreamsResult:
 
     @property
     def kb_per_stream(self) -> float:
-        if not self.opened:
-            return 0.0
-        return (self.rss_mb - self.idle_rss_mb) * 1024 / self.opened
+        return kb_each(self.idle_rss_mb, self.rss_mb, self.opened)
 
 
 async def run_sse_streams(

@@ -22,6 +22,12 @@ def rate(events: Iterable[tuple[float, float]], start: float, end: float) -> flo
     return sum(w for t, w in events if start < t <= end) / (end - start)
 
 
+def kb_each(before_mb: float, after_mb: float, count: int) -> float:
+    """The growth from ``before_mb`` to ``after_mb`` per one of ``count`` things, in KB
+    (0.0 for none): what a process's RSS grew by per stream it opened."""
+    return (after_mb - before_mb) * 1024 / count if count else 0.0
+
+
 def rounded(value: float, digits: int = 2) -> float | None:
     """``value`` rounded for the JSON line; None (JSON null) when it could not be measured."""
     if value is None or math.isnan(value) or math.isinf(value):

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import math
 import time
 from collections import Counter
@@ -47,8 +46,9 @@ import grpc
 
 from bench.config import SLOW_WORKER_ENV, log
 from bench.harness import Harness
-from bench.load import TERMINAL, Observed, Tracker, campaign
+from bench.load import TERMINAL, Observed, Tracker, campaign, frozen_heap, stamp_of
 from bench.procstat import rss_mb
+from bench.stats import kb_each
 from prospect.v1 import jobs_pb2, jobs_pb2_grpc
 
 STREAMS = 10_000  # the key is watchers_10k_*: the count is not a knob
@@ -119,9 +119,7 @@ class WatchersResult:
 
     @property
     def kb_per_stream(self) -> float:
-        if not self.opened:
-            return 0.0
-        return (self.rss_mb - self.idle_rss_mb) * 1024 / self.opened
+        return kb_each(self.idle_rss_mb, self.rss_mb, self.opened)
 
     def endings_line(self) -> str:
         return ", ".join(f"{ending} {n}" for ending, n in self.endings.most_common()) or "-"
@@ -184,8 +182,7 @@ async def run_watchers(
                         gate.release()
                         result.opened += 1
                         settle()
-                    stamp = update.report_published_at
-                    stamp_ns = stamp.ToNanoseconds() if stamp.seconds or stamp.nanos else 0
+                    stamp_ns = stamp_of(update)
                     if stamp_ns:
                         result.moments.add((i % jobs, stamp_ns))
                     job = tracker.update(update, now, now_ns, stamp_ns)
@@ -216,7 +213,6 @@ async def run_watchers(
     sampler.start()
     started = time.monotonic()
     tasks = [asyncio.create_task(watch(i)) for i in range(streams)]
-    frozen = False
     try:
         try:
             await asyncio.wait_for(opened_all.wait(), OPEN_ALL_TIMEOUT_S)
@@ -231,17 +227,11 @@ async def run_watchers(
             f"watchers: {result.opened} of {streams} open in {result.open_s:.1f}s, jobs RSS "
             f"{result.idle_rss_mb:.1f} -> {result.rss_mb:.1f} MB; starting the workers"
         )
-        # This process stands for 10,000 watchers that would be on many machines: its own
-        # collector walking every stream's objects paused it for up to 0.6 s (full
-        # collections) while updates came, and that counted as the jobs service's latency.
-        # Set aside with the streams open, those objects are no longer walked.
-        gc.collect()
-        gc.freeze()
-        frozen = True
-        await start_workers()
-        running = time.monotonic()
-        _, pending = await asyncio.wait(tasks, timeout=limit_s)
-        ended = time.monotonic()
+        with frozen_heap():  # the streams' objects, no longer walked by the collector
+            await start_workers()
+            running = time.monotonic()
+            _, pending = await asyncio.wait(tasks, timeout=limit_s)
+            ended = time.monotonic()
         result.run_s = ended - running
         if pending:
             log(f"watchers: {len(pending)} streams still open after {limit_s:.0f}s")
@@ -254,8 +244,6 @@ async def run_watchers(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if frozen:
-            gc.unfreeze()  # the scenarios after this one collect as usual
         await sampler.stop()
         for channel in pool:
             with contextlib.suppress(Exception):
